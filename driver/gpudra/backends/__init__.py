@@ -1,0 +1,1 @@
+"""Hardware backends: the only code that talks to NVML, amdsmi or sysfs."""

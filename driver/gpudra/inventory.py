@@ -1,0 +1,84 @@
+"""The vendor-neutral, frozen model of what discovery found on this node.
+
+Backends (NVML, AMD, the mock) produce an :class:`Inventory`; everything above them — slice planning,
+prepare, CDI — reads only this model and never a vendor library. Unknown values are ``None``: a backend
+never fills a gap with a guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Vendor(str, Enum):
+    NVIDIA = "nvidia"
+    AMD = "amd"
+
+
+class DeviceKind(str, Enum):
+    GPU = "gpu"
+    MIG = "mig"
+    PARTITION = "partition"
+
+
+@dataclass(frozen=True, slots=True)
+class Semver:
+    """A strict semver 2.0 core version (what the ResourceSlice ``version`` attribute accepts)."""
+
+    major: int
+    minor: int
+    patch: int
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}.{self.patch}"
+
+    @classmethod
+    def loose(cls, text: str) -> Semver | None:
+        """Parse ``580.159.04`` / ``9.0`` / ``13`` into a Semver (leading zeros dropped); None if not numeric."""
+        parts = text.strip().split(".")
+        if not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+            return None
+        nums = [int(p) for p in parts] + [0] * (3 - len(parts))
+        return cls(nums[0], nums[1], nums[2])
+
+
+@dataclass(frozen=True, slots=True)
+class PciPlacement:
+    """Where a device sits on the PCI tree, in Kubernetes' formats."""
+
+    bus_id: str  # lower case, 4-digit domain: "0000:1b:00.0"
+    pcie_root: str | None = None  # "pci0000:16", from the resolved sysfs path
+    numa_node: int | None = None  # never negative; None when unknown
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One allocatable device: a full GPU, a MIG slice or an AMD partition."""
+
+    kind: DeviceKind
+    vendor: Vendor
+    uuid: str  # vendor identity, e.g. "GPU-bb61b538-..."; the device name derives from it
+    product_name: str
+    index: int  # enumeration index (informational; never used for naming)
+    minor: int | None = None  # device-node minor (/dev/nvidia<minor>)
+    brand: str | None = None
+    architecture: str | None = None  # "Hopper", "Ampere", ...
+    memory_bytes: int | None = None
+    multiprocessors: int | None = None
+    cuda_compute_capability: Semver | None = None
+    pci: PciPlacement | None = None
+    parent_uuid: str | None = None  # for MIG slices / partitions
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """Everything one discovery pass found on the node."""
+
+    devices: tuple[Device, ...] = ()
+    driver_version: Semver | None = None  # kernel driver, e.g. 580.159.4
+    cuda_driver_version: Semver | None = None  # e.g. 13.0.0 from NVML's 13000
+    warnings: tuple[str, ...] = field(default=())  # what discovery skipped or could not read, for logs
+
+    def by_uuid(self) -> dict[str, Device]:
+        return {d.uuid: d for d in self.devices}

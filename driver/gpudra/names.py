@@ -1,0 +1,82 @@
+"""The public vocabulary of gpudra.
+
+Everything here is written by users into CEL selectors, DeviceClasses and scripts. Renaming any of it breaks
+their claims, so it lives in one module and ``tests/unit/test_names.py`` pins every value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Final
+
+DRIVER_NAME: Final = "gpudra.io"
+#: Prefix of the CDI kind: device ids are ``k8s.gpudra.io/claim=<device>``.
+CDI_VENDOR: Final = "k8s.gpudra.io"
+CDI_CLASS: Final = "claim"
+CDI_KIND: Final = f"{CDI_VENDOR}/{CDI_CLASS}"
+
+# Values of the ``vendor`` attribute.
+VENDOR_NVIDIA: Final = "nvidia"
+VENDOR_AMD: Final = "amd"
+
+# Values of the ``type`` attribute.
+TYPE_GPU: Final = "gpu"
+TYPE_MIG: Final = "mig"
+TYPE_PARTITION: Final = "partition"
+
+# Attributes in the driver's own domain. They are published unqualified, which the API reads as
+# ``gpudra.io/<name>``; CEL sees them as ``device.attributes['gpudra.io'].<name>``.
+ATTR_VENDOR: Final = "vendor"
+ATTR_TYPE: Final = "type"
+ATTR_UUID: Final = "uuid"
+ATTR_PRODUCT_NAME: Final = "productName"
+ATTR_BRAND: Final = "brand"
+ATTR_ARCHITECTURE: Final = "architecture"
+ATTR_DRIVER_VERSION: Final = "driverVersion"
+ATTR_CUDA_COMPUTE_CAPABILITY: Final = "cudaComputeCapability"
+ATTR_CUDA_DRIVER_VERSION: Final = "cudaDriverVersion"
+ATTR_INDEX: Final = "index"
+ATTR_MINOR: Final = "minor"
+
+# Standard attributes defined by Kubernetes (k8s.io/dynamic-resource-allocation/deviceattribute).
+STD_DOMAIN: Final = "resource.kubernetes.io"
+ATTR_STD_PCI_BUS_ID: Final = f"{STD_DOMAIN}/pciBusID"
+ATTR_STD_PCIE_ROOT: Final = f"{STD_DOMAIN}/pcieRoot"
+ATTR_STD_NUMA_NODE: Final = f"{STD_DOMAIN}/numaNode"
+
+# Capacities (in the driver's domain).
+CAP_MEMORY: Final = "memory"
+CAP_MULTIPROCESSORS: Final = "multiprocessors"
+
+# DeviceClass names shipped in deviceclasses/.
+CLASS_GPU: Final = "gpu.gpudra.io"
+
+# Opaque configuration API group for DeviceClass / ResourceClaim parameters.
+CONFIG_API_GROUP: Final = "gpudra.io"
+
+_DNS_LABEL_MAX: Final = 63
+_NOT_LABEL = re.compile(r"[^a-z0-9-]+")
+
+
+def dns_label(text: str) -> str:
+    """Fold ``text`` into a DNS label: lower case, ``[a-z0-9-]``, no leading/trailing dash, <= 63 chars.
+
+    Text that does not fit is cut and given a short stable hash suffix so two long inputs never collide.
+    """
+    label = _NOT_LABEL.sub("-", text.lower()).strip("-")
+    label = re.sub(r"-{2,}", "-", label)
+    if len(label) <= _DNS_LABEL_MAX and label:
+        return label
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return f"{label[: _DNS_LABEL_MAX - 11].rstrip('-')}-{digest}"
+
+
+def gpu_device_name(identity: str) -> str:
+    """Device name of a full GPU from its hardware identity (UUID), e.g. ``gpu-bb61b538-f5d8-...``.
+
+    NVIDIA UUIDs already start with ``GPU-``; that prefix is not repeated. Enumeration order never enters.
+    """
+    ident = identity.lower()
+    ident = ident.removeprefix("gpu-")
+    return dns_label(f"gpu-{ident}")
