@@ -1,0 +1,68 @@
+"""Choose and open the hardware backend named on the command line (``--backend``, ``--profile``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final, Literal, get_args
+
+from gpudra.backends.base import DiscoveryError, HardwareBackend
+from gpudra.backends.fake_nvml import MockBackend
+from gpudra.backends.nvml import MOCK_HINT, NvmlBackend
+from gpudra.backends.profile import ProfileError, builtin_profile_names, load_profile
+
+BackendKind = Literal["auto", "nvml", "amd", "mock"]
+BACKEND_KINDS: Final[tuple[str, ...]] = get_args(BackendKind)
+DEFAULT_PROFILE: Final = "dgx-h100"
+
+
+def list_profiles() -> list[str]:
+    """Built-in profile names for ``--backend mock --profile <name>`` (a JSON file path works too)."""
+    return builtin_profile_names()
+
+
+def open_backend(kind: BackendKind, profile: str | None, sysfs_root: Path) -> HardwareBackend:
+    """Open the backend ``kind``; raises :class:`DiscoveryError` with a message meant for the user.
+
+    ``auto`` uses NVML and fails (suggesting the mock) when the library does not load or sees no GPU;
+    ``nvml`` uses NVML as is; ``mock`` serves ``profile`` (default ``dgx-h100``) through a fake pynvml.
+    """
+    if kind == "mock":
+        return _open_mock(profile or DEFAULT_PROFILE)
+    if profile is not None:
+        raise DiscoveryError(f"--profile {profile!r} only applies to --backend mock (backend is {kind!r})")
+    if kind == "nvml":
+        return _open_nvml(sysfs_root)
+    if kind == "auto":
+        return _open_auto(sysfs_root)
+    if kind == "amd":
+        raise DiscoveryError("the AMD backend is not implemented yet (tracked in the AMD issue)")
+    raise DiscoveryError(f"unknown backend {kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
+
+
+def _open_nvml(sysfs_root: Path) -> NvmlBackend:
+    try:
+        import pynvml  # importing it does not load libnvidia-ml; nvmlInit in NvmlBackend does
+    except ImportError as err:  # pragma: no cover - pynvml is a pinned dependency
+        raise DiscoveryError(f"the pynvml package (nvidia-ml-py) is not installed: {err}") from err
+    return NvmlBackend(pynvml, sysfs_root=sysfs_root)
+
+
+def _open_auto(sysfs_root: Path) -> HardwareBackend:
+    backend = _open_nvml(sysfs_root)
+    try:
+        count = backend.device_count()
+    except DiscoveryError:
+        backend.close()
+        raise
+    if count == 0:
+        backend.close()
+        raise DiscoveryError(f"NVML loaded but sees no NVIDIA GPU on this node. {MOCK_HINT}")
+    return backend
+
+
+def _open_mock(profile: str) -> HardwareBackend:
+    try:
+        loaded = load_profile(profile)
+    except ProfileError as err:
+        raise DiscoveryError(str(err)) from err
+    return MockBackend(loaded)
