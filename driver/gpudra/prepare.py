@@ -1,0 +1,202 @@
+"""NodePrepareResources / NodeUnprepareResources: the side-effecting half.
+
+Per call: fetch every claim (no lock held, in parallel with other calls), plan each one (pure, see
+:mod:`gpudra.plan`), then, under the checkpoint's short file lock, check conflicts against what is on disk,
+record ``PrepareStarted``, write the CDI specs, record ``PrepareCompleted``. Errors are per claim: a claim
+that fails leaves no trace and never fails its neighbours. Unprepare removes exactly what prepare recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from gpudra import cdi, edits, names, plan
+from gpudra.checkpoint import CheckpointStore, ClaimRecord, PreparedDevice, Txn
+from gpudra.inventory import Device, Inventory
+from gpudra.k8stypes import ResourceClaim
+from gpudra.kube import KubeError
+from gpudra.plan import ClaimPlan, ClaimRef, PlanError
+
+log = logging.getLogger(__name__)
+
+EditsMode = Literal["nvidia", "mock"]
+State = Literal["PrepareStarted", "PrepareCompleted"]
+
+
+class ClaimSource(Protocol):
+    def get_claim(self, namespace: str, name: str) -> ResourceClaim: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    devices: tuple[PreparedDevice, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareSettings:
+    node_name: str
+    state_dir: Path
+    dev_root: Path
+    edits_mode: EditsMode
+
+
+class Preparer:
+    def __init__(
+        self,
+        claims: ClaimSource,
+        inventory: Inventory,
+        store: CheckpointStore,
+        cdi_writer: cdi.CdiWriter,
+        settings: PrepareSettings,
+    ) -> None:
+        self._claims = claims
+        self._store = store
+        self._cdi = cdi_writer
+        self._settings = settings
+        self._devices: Mapping[str, Device] = {}
+        self.set_inventory(inventory)
+
+    def set_inventory(self, inventory: Inventory) -> None:
+        self._devices = {names.gpu_device_name(d.uuid): d for d in inventory.devices}
+
+    # ---- prepare ------------------------------------------------------------------------------------
+
+    def prepare(self, refs: Sequence[ClaimRef]) -> dict[str, ClaimResult]:
+        results: dict[str, ClaimResult] = {}
+        plans: list[ClaimPlan] = []
+        for ref in refs:
+            try:
+                plans.append(self._plan(ref))
+            except PlanError as e:
+                log.warning("prepare %s: %s", ref, e)
+                results[ref.uid] = ClaimResult(error=str(e))
+        if plans:
+            with self._store.transaction() as txn:
+                results.update(self._apply(txn, plans))
+        return results
+
+    def _plan(self, ref: ClaimRef) -> ClaimPlan:
+        try:
+            claim = self._claims.get_claim(ref.namespace, ref.name)
+        except KubeError as e:
+            if e.not_found:
+                raise PlanError(f"ResourceClaim {ref.namespace}/{ref.name} not found") from e
+            raise PlanError(f"cannot read ResourceClaim {ref.namespace}/{ref.name}: {e}") from e
+        return plan.plan_claim(ref, claim, self._devices, self._settings.node_name)
+
+    def _apply(self, txn: Txn, plans: list[ClaimPlan]) -> dict[str, ClaimResult]:
+        """Inside the checkpoint lock: idempotency, conflicts, then the two-phase record around the CDI
+        writes — two checkpoint writes per call, however many claims it carries."""
+        results: dict[str, ClaimResult] = {}
+        started: list[tuple[ClaimPlan, tuple[PreparedDevice, ...]]] = []
+        for p in plans:
+            done = txn.get(p.ref.uid)
+            if done is not None and done.state == "PrepareCompleted":
+                results[p.ref.uid] = ClaimResult(devices=done.devices)
+                continue
+            conflict = plan.find_conflict(p, _uses(txn.claims.values()))
+            if conflict is not None:
+                log.warning("prepare %s: %s", p.ref, conflict)
+                results[p.ref.uid] = ClaimResult(error=conflict)
+                continue
+            prepared = tuple(_prepared_device(p.ref.uid, d) for d in p.devices)
+            txn.put(self._record(p.ref, "PrepareStarted", prepared))
+            started.append((p, prepared))
+        if not started:
+            return results
+        txn.commit()
+        for p, prepared in started:
+            try:
+                self._write_cdi(p)
+            except (edits.EditsError, cdi.CdiSpecError, OSError) as e:
+                self._forget(txn, p.ref.uid)
+                log.warning("prepare %s: %s", p.ref, e)
+                results[p.ref.uid] = ClaimResult(error=f"cannot prepare devices: {e}")
+                continue
+            txn.put(self._record(p.ref, "PrepareCompleted", prepared))
+            log.debug("prepared %s: %s", p.ref, ", ".join(d.device for d in prepared))
+            results[p.ref.uid] = ClaimResult(devices=prepared)
+        txn.commit()
+        return results
+
+    def _record(self, ref: ClaimRef, state: State, devices: tuple[PreparedDevice, ...]) -> ClaimRecord:
+        spec = str(self._cdi.path_for(ref.uid))
+        return ClaimRecord(ref.uid, ref.namespace, ref.name, state, devices, spec)
+
+    def _forget(self, txn: Txn, claim_uid: str) -> None:
+        self._cdi.remove(claim_uid)
+        self._description_path(claim_uid).unlink(missing_ok=True)
+        txn.remove(claim_uid)
+
+    def _write_cdi(self, p: ClaimPlan) -> None:
+        uid = p.ref.uid
+        if self._settings.edits_mode == "nvidia":
+            devs = [cdi.CdiDevice(cdi.cdi_device_name(uid, d.name), edits.nvidia_edits(d.device, self._settings.dev_root))
+                    for d in p.devices]
+            common = cdi.ContainerEdits()
+        else:
+            desc = self._description_path(uid)
+            edits.write_claim_description(desc, p.ref, [d.device for d in p.devices])
+            devs = [cdi.CdiDevice(cdi.cdi_device_name(uid, d.name), edits.mock_edits(d.device, uid, desc)) for d in p.devices]
+            common = edits.mock_claim_edits(uid, [d.device.uuid for d in p.devices], desc)
+        self._cdi.write(uid, cdi.build_spec(uid, devs, common))
+
+    def _description_path(self, claim_uid: str) -> Path:
+        return self._settings.state_dir / "claims" / f"{claim_uid}.json"
+
+    # ---- unprepare ----------------------------------------------------------------------------------
+
+    def unprepare(self, refs: Sequence[ClaimRef]) -> dict[str, str | None]:
+        """Undo prepare for each claim; an unknown claim is already unprepared (success)."""
+        out: dict[str, str | None] = {}
+        with self._store.transaction() as txn:
+            for ref in refs:
+                out[ref.uid] = self._undo(txn, ref)
+            txn.commit()
+        return out
+
+    def _undo(self, txn: Txn, ref: ClaimRef) -> str | None:
+        if txn.get(ref.uid) is None:
+            return None
+        try:
+            self._forget(txn, ref.uid)
+        except OSError as e:
+            log.warning("unprepare %s: %s", ref, e)
+            return f"cannot remove CDI spec for claim {ref.uid}: {e}"
+        return None
+
+    # ---- housekeeping -------------------------------------------------------------------------------
+
+    def collect_garbage(self) -> list[str]:
+        """Remove CDI specs on disk that no checkpoint entry owns (left by a crash). Returns claim UIDs."""
+        removed = []
+        with self._store.transaction() as txn:
+            for uid in self._cdi.claim_uids_on_disk():
+                if txn.get(uid) is None:
+                    self._forget(txn, uid)
+                    removed.append(uid)
+        if removed:
+            log.info("removed %d orphaned CDI spec(s): %s", len(removed), ", ".join(removed))
+        return removed
+
+
+def _prepared_device(claim_uid: str, d: plan.DeviceToPrepare) -> PreparedDevice:
+    return PreparedDevice(
+        request=d.request,
+        pool=d.pool,
+        device=d.name,
+        cdi_device_ids=(cdi.cdi_device_id(claim_uid, d.name),),
+        admin_access=d.admin_access,
+        share_id=d.share_id,
+    )
+
+
+def _uses(records: Iterable[ClaimRecord]) -> list[plan.DeviceUse]:
+    return [
+        plan.DeviceUse(rec.uid, d.device, d.admin_access, d.share_id) for rec in records for d in rec.devices
+    ]

@@ -1,0 +1,95 @@
+"""The DRAPlugin service in its v1 and v1beta1 versions: decode, call the Preparer, encode.
+
+Both versions carry identical messages under different proto packages; one implementation serves both.
+The gRPC error translation lives here: per-claim failures travel in the response's ``error`` field, and an
+unexpected exception fails only the call (INTERNAL with a message), never the server.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from gpudra._proto import dra_v1_pb2, dra_v1_pb2_grpc, dra_v1beta1_pb2, dra_v1beta1_pb2_grpc
+from gpudra.plan import ClaimRef
+from gpudra.prepare import ClaimResult
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+
+class PrepareBackend(Protocol):
+    def prepare(self, refs: list[ClaimRef]) -> dict[str, ClaimResult]: ...
+    def unprepare(self, refs: list[ClaimRef]) -> dict[str, str | None]: ...
+
+
+def _refs(request: Any) -> list[ClaimRef]:
+    return [ClaimRef(namespace=c.namespace, name=c.name, uid=c.uid) for c in request.claims]
+
+
+def _guard(method: str, context: grpc.ServicerContext, fn: Callable[[], R]) -> R:
+    try:
+        return fn()
+    except Exception as e:
+        log.exception("%s failed unexpectedly", method)
+        context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error: {type(e).__name__}: {e}")
+        raise  # abort() raises; this line only satisfies the type checker
+
+
+class _Servicer:
+    """Shared implementation; ``pb`` is the generated message module of one API version."""
+
+    def __init__(self, backend: PrepareBackend, pb: ModuleType) -> None:
+        self._backend = backend
+        self._pb = pb
+
+    def NodePrepareResources(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return _guard("NodePrepareResources", context, lambda: self._prepare(request))
+
+    def NodeUnprepareResources(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return _guard("NodeUnprepareResources", context, lambda: self._unprepare(request))
+
+    def _prepare(self, request: Any) -> Any:
+        pb = self._pb
+        results = self._backend.prepare(_refs(request))
+        response = pb.NodePrepareResourcesResponse()
+        for uid, result in results.items():
+            entry = response.claims[uid]
+            if result.error is not None:
+                entry.error = result.error
+                continue
+            for d in result.devices:
+                entry.devices.append(
+                    pb.Device(
+                        request_names=[d.request],
+                        pool_name=d.pool,
+                        device_name=d.device,
+                        cdi_device_ids=list(d.cdi_device_ids),
+                        **({"share_id": d.share_id} if d.share_id else {}),
+                    )
+                )
+        return response
+
+    def _unprepare(self, request: Any) -> Any:
+        results = self._backend.unprepare(_refs(request))
+        response = self._pb.NodeUnprepareResourcesResponse()
+        for uid, error in results.items():
+            entry = response.claims[uid]
+            if error:
+                entry.error = error
+        return response
+
+
+def registrars(backend: PrepareBackend) -> list[Callable[[grpc.Server], None]]:
+    """Add the v1 and v1beta1 DRAPlugin services to a server."""
+    v1 = _Servicer(backend, dra_v1_pb2)
+    v1beta1 = _Servicer(backend, dra_v1beta1_pb2)
+    return [
+        lambda s: dra_v1_pb2_grpc.add_DRAPluginServicer_to_server(v1, s),
+        lambda s: dra_v1beta1_pb2_grpc.add_DRAPluginServicer_to_server(v1beta1, s),
+    ]
