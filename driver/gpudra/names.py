@@ -69,7 +69,8 @@ def dns_label(text: str) -> str:
     if len(label) <= _DNS_LABEL_MAX and label:
         return label
     digest = hashlib.sha256(text.encode()).hexdigest()[:10]
-    return f"{label[: _DNS_LABEL_MAX - 11].rstrip('-')}-{digest}"
+    prefix = label[: _DNS_LABEL_MAX - 11].rstrip("-")
+    return f"{prefix}-{digest}" if prefix else digest
 
 
 def gpu_device_name(identity: str) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from gpudra import config, names
 from gpudra.inventory import Device
-from gpudra.k8stypes import ResourceClaim
+from gpudra.k8stypes import DeviceRequestAllocationResult, ResourceClaim
 
 
 class PlanError(Exception):
@@ -65,41 +65,49 @@ def plan_claim(
     """Validate the claim against the kubelet's view and turn its allocation for gpudra.io into a plan."""
     uid = claim.get("metadata", {}).get("uid")
     if uid != ref.uid:
-        raise PlanError(f"ResourceClaim {ref.namespace}/{ref.name} has UID {uid}, the kubelet asked for {ref.uid}")
+        raise PlanError(
+            f"ResourceClaim {ref.namespace}/{ref.name} has UID {uid}, the kubelet asked for {ref.uid}"
+        )
     allocation = claim.get("status", {}).get("allocation", {}).get("devices", {})
     results = [r for r in allocation.get("results", []) if r.get("driver") == names.DRIVER_NAME]
     if not results:
         raise PlanError(f"ResourceClaim {ref} is not allocated any device of driver {names.DRIVER_NAME}")
+    requests = {r.get("request", "") for r in results}
     try:
-        configs = config.resolve(allocation.get("config", []), {r.get("request", "") for r in results}, config_kinds)
+        configs = config.resolve(allocation.get("config", []), requests, config_kinds)
     except config.ConfigError as e:
         raise PlanError(str(e)) from e
-    planned = []
-    for r in results:
-        pool, name, request = r.get("pool", ""), r.get("device", ""), r.get("request", "")
-        if pool != pool_name:
-            raise PlanError(f"device {pool}/{name} is in pool {pool!r}, this node publishes pool {pool_name!r}")
-        dev = devices.get(name)
-        if dev is None:
-            raise PlanError(f"device {name} is not on this node (it may have been removed since allocation)")
-        planned.append(
-            DeviceToPrepare(
-                request=request,
-                pool=pool,
-                name=name,
-                device=dev,
-                admin_access=bool(r.get("adminAccess", False)),
-                share_id=r.get("shareID") or None,
-                configs=configs.get(request, ()),
-            )
-        )
-    return ClaimPlan(ref, tuple(planned))
+    return ClaimPlan(ref, tuple(_device_to_prepare(r, devices, pool_name, configs) for r in results))
+
+
+def _device_to_prepare(
+    r: DeviceRequestAllocationResult,
+    devices: Mapping[str, Device],
+    pool_name: str,
+    configs: Mapping[str, tuple[object, ...]],
+) -> DeviceToPrepare:
+    pool, name, request = r.get("pool", ""), r.get("device", ""), r.get("request", "")
+    if pool != pool_name:
+        raise PlanError(f"device {pool}/{name} is in pool {pool!r}, this node publishes pool {pool_name!r}")
+    dev = devices.get(name)
+    if dev is None:
+        raise PlanError(f"device {name} is not on this node (it may have been removed since allocation)")
+    return DeviceToPrepare(
+        request=request,
+        pool=pool,
+        name=name,
+        device=dev,
+        admin_access=bool(r.get("adminAccess", False)),
+        share_id=r.get("shareID") or None,
+        configs=configs.get(request, ()),
+    )
 
 
 def _may_share(new: DeviceToPrepare, held: DeviceUse) -> bool:
     if new.admin_access or held.admin_access:
         return True  # adminAccess sees devices in use by others by design
-    return new.share_id is not None and held.share_id is not None
+    # Truthiness, not ``is not None``: an empty share ID (e.g. from a hand-edited checkpoint) is no share ID.
+    return bool(new.share_id) and bool(held.share_id)
 
 
 def find_conflict(plan: ClaimPlan, in_use: Iterable[DeviceUse]) -> str | None:

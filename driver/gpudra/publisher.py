@@ -54,6 +54,11 @@ def _generation(obj: ResourceSlice) -> int:
     return obj.get("spec", {}).get("pool", {}).get("generation", 0)
 
 
+def _rv(obj: ResourceSlice) -> int | None:
+    rv = obj.get("metadata", {}).get("resourceVersion", "")
+    return int(rv) if rv.isdigit() else None
+
+
 def _same_plan(a: list[ResourceSlice], b: list[ResourceSlice]) -> bool:
     if [_name(s) for s in a] != [_name(s) for s in b]:
         return False
@@ -77,6 +82,7 @@ class Publisher:
         self._node_uid: str | None = None
         self._generation = 0
         self._actual: dict[str, ResourceSlice] = {}
+        self._written_rv: dict[str, int] = {}  # per slice: version our last write or delete left it at
         self._published: list[ResourceSlice] | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()  # guards _inventory
@@ -127,6 +133,7 @@ class Publisher:
         items, rv = self._api.list_slices(self._node)
         with self._rlock:
             self._actual = {_name(s): s for s in items}
+            self._written_rv.clear()
         self._reconcile()
         self.synced.set()
         for event in self._api.watch_slices(self._node, rv):
@@ -140,11 +147,17 @@ class Publisher:
 
     def _observe(self, event: WatchEvent) -> None:
         name = _name(event.object)
+        # The watch trails our own writes: an event at or below the version our last write/delete of this
+        # object returned is an echo of something already known (client-go's mutation cache does the same).
+        # Where versions are not integers, no event is skipped; a stale one then costs a 409 and a relist.
+        known, seen = self._written_rv.get(name), _rv(event.object)
+        if known is not None and seen is not None and seen <= known:
+            return
+        self._written_rv.pop(name, None)
         if event.type == "DELETED":
             self._actual.pop(name, None)
-            return
-        # resourceVersions are opaque: a stale event costs at most one 409 and a relist, never a wrong state.
-        self._actual[name] = event.object
+        else:
+            self._actual[name] = event.object
 
     def _desired(self, generation: int) -> list[ResourceSlice]:
         with self._lock:
@@ -181,18 +194,22 @@ class Publisher:
             have = self._actual.get(name)
             if have is not None and slices.slice_content_equal(obj, have):
                 continue
-            if have is None:
-                self._actual[name] = self._create(obj)
-            else:
-                self._actual[name] = self._replace(obj, have)
+            written = self._create(obj) if have is None else self._replace(obj, have)
+            self._actual[name] = written
+            self._remember(name, written)
         for name in sorted(set(self._actual) - wanted):
             try:
                 self._api.delete_slice(name)
             except KubeError as e:
                 if not e.not_found:
                     raise
-            self._actual.pop(name, None)
+            self._remember(name, self._actual.pop(name))
         log.info("published %d ResourceSlice(s) for node %s", len(desired), self._node)
+
+    def _remember(self, name: str, obj: ResourceSlice) -> None:
+        rv = _rv(obj)
+        if rv is not None:
+            self._written_rv[name] = rv
 
     def _create(self, obj: ResourceSlice) -> ResourceSlice:
         try:

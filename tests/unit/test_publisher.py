@@ -1,0 +1,132 @@
+"""The publisher against the stand-in API server over real HTTP (through the real lightkube client)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpudra.fakeapi import FakeApiServer
+from gpudra.inventory import Device, DeviceKind, Inventory, PciPlacement, Semver, Vendor
+from gpudra.kube import KubeClient, load_config
+from gpudra.publisher import Backoff, Publisher
+
+NODE = "node-p"
+SLICES = "/apis/resource.k8s.io/v1/resourceslices"
+
+
+def gpus(n: int, memory: int = 80 * 2**30) -> Inventory:
+    devices = tuple(
+        Device(
+            kind=DeviceKind.GPU, vendor=Vendor.NVIDIA, uuid=f"GPU-{i:08x}-0000-0000-0000-000000000000",
+            product_name="NVIDIA H100 80GB HBM3", index=i, minor=i, memory_bytes=memory,
+            pci=PciPlacement(bus_id=f"0000:{i % 256:02x}:00.0", numa_node=i % 2),
+        )
+        for i in range(n)
+    )
+    return Inventory(devices=devices, driver_version=Semver(580, 105, 8), cuda_driver_version=Semver(13, 0, 0))
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    server = FakeApiServer().start()
+    server.put_object({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def kube(api: FakeApiServer, tmp_path: Path) -> Iterator[KubeClient]:
+    client = KubeClient(load_config(api.write_kubeconfig(tmp_path / "kubeconfig")))
+    yield client
+    client.close()
+
+
+def start(kube: KubeClient, inv: Inventory) -> Publisher:
+    p = Publisher(kube, NODE, inv, Backoff(initial_s=0.05, max_s=0.2))
+    p.start()
+    assert p.synced.wait(10)
+    return p
+
+
+def pool(api: FakeApiServer) -> list[dict[str, Any]]:
+    return [s for s in api.list_objects("ResourceSlice") if s["spec"]["nodeName"] == NODE]
+
+
+def writes(api: FakeApiServer) -> int:
+    return sum(api.count(m, SLICES) for m in ("POST", "PUT", "DELETE"))
+
+
+def test_large_inventory_is_split_into_a_consistent_pool(api: FakeApiServer, kube: KubeClient) -> None:
+    p = start(kube, gpus(200))
+    try:
+        slices = pool(api)
+        assert len(slices) == 2
+        assert {s["spec"]["pool"]["resourceSliceCount"] for s in slices} == {2}
+        assert {s["spec"]["pool"]["generation"] for s in slices} == {1}
+        names = [d["name"] for s in slices for d in s["spec"]["devices"]]
+        assert len(names) == len(set(names)) == 200
+    finally:
+        p.stop()
+
+
+def test_inventory_change_bumps_generation_and_drops_obsolete_slices(
+    api: FakeApiServer, kube: KubeClient
+) -> None:
+    p = start(kube, gpus(200))
+    try:
+        p.update_inventory(gpus(3))
+        slices = pool(api)
+        assert len(slices) == 1
+        assert slices[0]["spec"]["pool"] == {"name": NODE, "generation": 2, "resourceSliceCount": 1}
+        assert len(slices[0]["spec"]["devices"]) == 3
+        api.clear_requests()
+        p.update_inventory(gpus(3))  # same content: nothing to write
+        assert writes(api) == 0
+    finally:
+        p.stop()
+
+
+def test_restart_with_current_slices_writes_nothing(api: FakeApiServer, kube: KubeClient) -> None:
+    first = start(kube, gpus(130))
+    first.stop()
+    api.clear_requests()
+    second = start(kube, gpus(130))
+    try:
+        assert writes(api) == 0
+        assert {s["spec"]["pool"]["generation"] for s in pool(api)} == {1}
+    finally:
+        second.stop()
+
+
+def test_restart_with_changed_hardware_takes_a_new_generation(api: FakeApiServer, kube: KubeClient) -> None:
+    start(kube, gpus(4)).stop()
+    second = start(kube, gpus(4, memory=40 * 2**30))
+    try:
+        [s] = pool(api)
+        assert s["spec"]["pool"]["generation"] == 2
+        assert {d["capacity"]["memory"]["value"] for d in s["spec"]["devices"]} == {"42949672960"}
+    finally:
+        second.stop()
+
+
+def test_other_nodes_and_drivers_are_left_alone(api: FakeApiServer, kube: KubeClient) -> None:
+    foreign = {
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+        "metadata": {"name": "other-node-slice"},
+        "spec": {"driver": "gpudra.io", "nodeName": "node-q",
+                 "pool": {"name": "node-q", "generation": 7, "resourceSliceCount": 1}, "devices": []},
+    }
+    other_driver = {**foreign, "metadata": {"name": "other-driver-slice"},
+                    "spec": {**foreign["spec"], "driver": "gpu.example.com", "nodeName": NODE}}
+    api.put_object(foreign)
+    api.put_object(other_driver)
+    p = start(kube, gpus(2))
+    try:
+        assert api.get_object("ResourceSlice", "other-node-slice") is not None
+        assert api.get_object("ResourceSlice", "other-driver-slice") is not None
+        assert api.count("DELETE", SLICES) == 0
+    finally:
+        p.stop()
