@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import socket
 import sys
@@ -139,4 +140,9 @@ def _run(args: argparse.Namespace) -> int:
     )
     backend = _open_backend(args)
     mode = "mock" if args.backend == "mock" else "nvidia"
-    return serve(Plugin(cfg, backend, mode))
+    code = serve(Plugin(cfg, backend, mode))
+    # Everything that matters is on disk (atomic writes) and the sockets are gone. Skip the interpreter's
+    # teardown of gRPC and its threads, which costs ~100 ms: the DaemonSet budget for SIGTERM is 25 ms.
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code)
