@@ -20,6 +20,8 @@ from gpudra.backends.base import HardwareBackend
 from gpudra.checkpoint import CheckpointStore, read_boot_id
 from gpudra.inventory import Inventory
 from gpudra.kube import KubeClient, load_config
+from gpudra.metrics import Metrics, NullMetrics
+from gpudra.metrics import create as create_metrics
 from gpudra.prepare import EditsMode, Preparer, PrepareSettings
 from gpudra.publisher import Publisher
 from gpudra.server import dra
@@ -39,6 +41,7 @@ class RunConfig:
     state_dir: Path | None = None  # default: <plugins_dir>/gpudra.io
     dev_root: Path = Path("/dev")
     pod_uid: str | None = None  # set during rolling updates: per-pod socket names
+    metrics_port: int = 0  # 0: no metrics endpoint
     grpc_workers: int = 8
 
     @property
@@ -73,31 +76,40 @@ class Plugin:
         self.preparer: Preparer | None = None
         self._dra: UnixServer | None = None
         self.registrar: Registrar | None = None
+        self.metrics: Metrics = NullMetrics()
 
     def start(self) -> None:
         cfg = self.cfg
+        self.metrics = metrics = create_metrics(cfg.metrics_port)
         t0 = time.monotonic()
         self.inventory = inv = self._backend.discover()
+        took = time.monotonic() - t0
+        metrics.discovery(took, len(inv.devices))
         for warning in inv.warnings:
             log.warning("discovery: %s", warning)
-        log.info("discovered %d device(s) in %.1f ms via %s", len(inv.devices),
-                 (time.monotonic() - t0) * 1000, self._backend.name)
+        log.info(
+            "discovered %d device(s) in %.1f ms via %s", len(inv.devices), took * 1000, self._backend.name
+        )
         self.kube = kube = KubeClient(load_config(cfg.kubeconfig))
         state = cfg.effective_state_dir
         state.mkdir(parents=True, exist_ok=True)
         store = CheckpointStore(
-            state / "checkpoint.json", state / "checkpoint.lock", read_boot_id(),
+            state / "checkpoint.json",
+            state / "checkpoint.lock",
+            read_boot_id(),
             on_corrupt=lambda path, why: kube.node_event(
-                cfg.node_name, None, "GpudraCheckpointCorrupted",
+                cfg.node_name,
+                None,
+                "GpudraCheckpointCorrupted",
                 f"gpudra moved a corrupted checkpoint aside to {path}: {why}",
             ),
         )
         settings = PrepareSettings(cfg.node_name, state, cfg.dev_root, self._edits_mode)
         self.preparer = preparer = Preparer(kube, inv, store, cdi.CdiWriter(cfg.cdi_root), settings)
         preparer.collect_garbage()
-        self._dra = UnixServer(cfg.dra_socket, dra.registrars(preparer), cfg.grpc_workers)
+        self._dra = UnixServer(cfg.dra_socket, dra.registrars(preparer, metrics), cfg.grpc_workers)
         self._dra.start()
-        self.publisher = Publisher(kube, cfg.node_name, inv)
+        self.publisher = Publisher(kube, cfg.node_name, inv, on_published=metrics.slices_published)
         self.publisher.start()
         self.registrar = Registrar(cfg.registration_socket, cfg.dra_socket)
         self.registrar.start()

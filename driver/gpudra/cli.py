@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from gpudra import __version__, logs
+from gpudra.backends.base import HardwareBackend
 
 BACKENDS = ("auto", "nvml", "amd", "mock")
 
@@ -28,23 +29,45 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 def _add_backend_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=BACKENDS, default=_env("GPUDRA_BACKEND", "auto"),
-                   help="hardware backend [env GPUDRA_BACKEND] (default: auto)")
-    p.add_argument("--profile", default=_env("GPUDRA_PROFILE"),
-                   help="mock hardware profile: a built-in name or a JSON file [env GPUDRA_PROFILE]")
-    p.add_argument("--sysfs-root", type=Path, default=Path(_env("GPUDRA_SYSFS_ROOT", "/sys") or "/sys"),
-                   help="sysfs mount to read PCI/NUMA placement from [env GPUDRA_SYSFS_ROOT]")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=_env("GPUDRA_BACKEND", "auto"),
+        help="hardware backend [env GPUDRA_BACKEND] (default: auto)",
+    )
+    p.add_argument(
+        "--profile",
+        default=_env("GPUDRA_PROFILE"),
+        help="mock hardware profile: a built-in name or a JSON file [env GPUDRA_PROFILE]",
+    )
+    p.add_argument(
+        "--sysfs-root",
+        type=Path,
+        default=Path(_env("GPUDRA_SYSFS_ROOT", "/sys") or "/sys"),
+        help="sysfs mount to read PCI/NUMA placement from [env GPUDRA_SYSFS_ROOT]",
+    )
 
 
 def _add_common_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-v", "--verbose", action="count", default=int(_env("GPUDRA_VERBOSITY", "0") or 0),
-                   help="more logging: -v info, -vv debug, -vvv library debug [env GPUDRA_VERBOSITY]")
-    p.add_argument("--log-format", choices=("text", "json"), default=_env("GPUDRA_LOG_FORMAT", "text"),
-                   help="log line format [env GPUDRA_LOG_FORMAT]")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=int(_env("GPUDRA_VERBOSITY", "0") or 0),
+        help="more logging: -v info, -vv debug, -vvv library debug [env GPUDRA_VERBOSITY]",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=_env("GPUDRA_LOG_FORMAT", "text"),
+        help="log line format [env GPUDRA_LOG_FORMAT]",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpudra", description="Kubernetes DRA driver for NVIDIA and AMD GPUs")
+    parser = argparse.ArgumentParser(
+        prog="gpudra", description="Kubernetes DRA driver for NVIDIA and AMD GPUs"
+    )
     parser.add_argument("--version", action="version", version=f"gpudra {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -52,28 +75,52 @@ def _parser() -> argparse.ArgumentParser:
     _add_backend_flags(d)
     _add_common_flags(d)
     d.add_argument("-o", "--output", choices=("table", "yaml", "json"), default="table")
-    d.add_argument("--node-name", default=_env("NODE_NAME", socket.gethostname()),
-                   help="node the slices are for (default: hostname) [env NODE_NAME]")
+    d.add_argument(
+        "--node-name",
+        default=_env("NODE_NAME", socket.gethostname()),
+        help="node the slices are for (default: hostname) [env NODE_NAME]",
+    )
 
     r = sub.add_parser("run", help="run the kubelet plugin")
     _add_backend_flags(r)
     _add_common_flags(r)
     r.add_argument("--node-name", default=_env("NODE_NAME"), help="this node's name [env NODE_NAME]")
-    r.add_argument("--kubeconfig", type=Path, default=_env("KUBECONFIG"),
-                   help="kubeconfig file; in-cluster config when unset [env KUBECONFIG]")
+    r.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=_env("KUBECONFIG"),
+        help="kubeconfig file; in-cluster config when unset [env KUBECONFIG]",
+    )
     for flag, env, default, what in (
-        ("--plugins-dir", "GPUDRA_PLUGINS_DIR", "/var/lib/kubelet/plugins", "kubelet plugins dir (DRA socket)"),
-        ("--registry-dir", "GPUDRA_REGISTRY_DIR", "/var/lib/kubelet/plugins_registry", "kubelet registry dir"),
+        (
+            "--plugins-dir",
+            "GPUDRA_PLUGINS_DIR",
+            "/var/lib/kubelet/plugins",
+            "kubelet plugins dir (DRA socket)",
+        ),
+        (
+            "--registry-dir",
+            "GPUDRA_REGISTRY_DIR",
+            "/var/lib/kubelet/plugins_registry",
+            "kubelet registry dir",
+        ),
         ("--cdi-root", "GPUDRA_CDI_ROOT", "/var/run/cdi", "where CDI specs are written"),
         ("--state-dir", "GPUDRA_STATE_DIR", None, "checkpoint dir (default: <plugins-dir>/gpudra.io)"),
         ("--dev-root", "GPUDRA_DEV_ROOT", "/dev", "host /dev as this process sees it"),
     ):
         value = _env(env, default)
         r.add_argument(flag, type=Path, default=Path(value) if value else None, help=f"{what} [env {env}]")
-    r.add_argument("--pod-uid", default=_env("GPUDRA_POD_UID"),
-                   help="per-pod socket names for rolling updates [env GPUDRA_POD_UID]")
-    r.add_argument("--metrics-port", type=int, default=int(_env("GPUDRA_METRICS_PORT", "0") or 0),
-                   help="serve Prometheus metrics on this port; 0 disables [env GPUDRA_METRICS_PORT]")
+    r.add_argument(
+        "--pod-uid",
+        default=_env("GPUDRA_POD_UID"),
+        help="per-pod socket names for rolling updates [env GPUDRA_POD_UID]",
+    )
+    r.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("GPUDRA_METRICS_PORT", "0") or 0),
+        help="serve Prometheus metrics on this port; 0 disables [env GPUDRA_METRICS_PORT]",
+    )
 
     m = sub.add_parser("demo", help="run the whole path on mock GPUs with an in-process API server")
     _add_common_flags(m)
@@ -99,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _open_backend(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _open_backend(args: argparse.Namespace) -> HardwareBackend:
     from gpudra.backends.select import open_backend
 
     return open_backend(args.backend, args.profile, args.sysfs_root)
@@ -129,17 +176,24 @@ def _discover(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from gpudra.app import Plugin, RunConfig, serve
+    from gpudra.prepare import EditsMode
 
     if not args.node_name:
         print("gpudra: --node-name (or NODE_NAME) is required", file=sys.stderr)
         return 2
     cfg = RunConfig(
-        node_name=args.node_name, kubeconfig=args.kubeconfig, plugins_dir=args.plugins_dir,
-        registry_dir=args.registry_dir, cdi_root=args.cdi_root, state_dir=args.state_dir,
-        dev_root=args.dev_root, pod_uid=args.pod_uid,
+        node_name=args.node_name,
+        kubeconfig=args.kubeconfig,
+        plugins_dir=args.plugins_dir,
+        registry_dir=args.registry_dir,
+        cdi_root=args.cdi_root,
+        state_dir=args.state_dir,
+        dev_root=args.dev_root,
+        pod_uid=args.pod_uid,
+        metrics_port=args.metrics_port,
     )
     backend = _open_backend(args)
-    mode = "mock" if args.backend == "mock" else "nvidia"
+    mode: EditsMode = "mock" if args.backend == "mock" else "nvidia"
     code = serve(Plugin(cfg, backend, mode))
     # Everything that matters is on disk (atomic writes) and the sockets are gone. Skip the interpreter's
     # teardown of gRPC and its threads, which costs ~100 ms: the DaemonSet budget for SIGTERM is 25 ms.

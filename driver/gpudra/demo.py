@@ -35,22 +35,34 @@ def _node_slices(api: FakeApiServer) -> list[dict[str, Any]]:
 
 
 def _allocate(api: FakeApiServer, device: str) -> str:
-    claim = api.put_object({
-        "apiVersion": "resource.k8s.io/v1",
-        "kind": "ResourceClaim",
-        "metadata": {"name": "demo-gpu", "namespace": "default"},
-        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": names.CLASS_GPU}}]}},
-        "status": {"allocation": {"devices": {"results": [
-            {"request": "gpu", "driver": names.DRIVER_NAME, "pool": NODE, "device": device},
-        ]}}},
-    })
+    claim = api.put_object(
+        {
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "ResourceClaim",
+            "metadata": {"name": "demo-gpu", "namespace": "default"},
+            "spec": {
+                "devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": names.CLASS_GPU}}]}
+            },
+            "status": {
+                "allocation": {
+                    "devices": {
+                        "results": [
+                            {"request": "gpu", "driver": names.DRIVER_NAME, "pool": NODE, "device": device},
+                        ]
+                    }
+                }
+            },
+        }
+    )
     return str(claim["metadata"]["uid"])
 
 
 def _play_kubelet(api: FakeApiServer, cfg: RunConfig) -> None:
     info = kubeletsim.register(cfg.registration_socket)
-    _say("kubelet: registered", f"    {info.name} ({info.type}) at {info.endpoint}, versions "
-         f"{', '.join(info.supported_versions)}")
+    _say(
+        "kubelet: registered",
+        f"    {info.name} ({info.type}) at {info.endpoint}, versions {', '.join(info.supported_versions)}",
+    )
     slices = _node_slices(api)
     device = sorted(d["name"] for s in slices for d in s["spec"]["devices"])[0]
     uid = _allocate(api, device)
@@ -78,8 +90,11 @@ def run(profile: str = "dgx-h100") -> int:
     try:
         api.put_object({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
         cfg = RunConfig(
-            node_name=NODE, kubeconfig=api.write_kubeconfig(root / "kubeconfig"),
-            plugins_dir=root / "plugins", registry_dir=root / "registry", cdi_root=root / "cdi",
+            node_name=NODE,
+            kubeconfig=api.write_kubeconfig(root / "kubeconfig"),
+            plugins_dir=root / "plugins",
+            registry_dir=root / "registry",
+            cdi_root=root / "cdi",
             dev_root=root / "dev",
         )
         _say(f"stand-in API server at {api.url}; mock profile {profile}; work dir {root}")
@@ -90,8 +105,10 @@ def run(profile: str = "dgx-h100") -> int:
             raise DemoError("no ResourceSlice was published within 10 s")
         slices = _node_slices(api)
         count = sum(len(s["spec"]["devices"]) for s in slices)
-        _say(f"published {len(slices)} ResourceSlice(s) with {count} device(s) in "
-             f"{(time.perf_counter() - t0) * 1000:.0f} ms")
+        _say(
+            f"published {len(slices)} ResourceSlice(s) with {count} device(s) in "
+            f"{(time.perf_counter() - t0) * 1000:.0f} ms"
+        )
         _play_kubelet(api, cfg)
         _say("demo finished: all steps checked")
         return 0

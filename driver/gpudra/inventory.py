@@ -8,15 +8,15 @@ never fills a gap with a guess.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class Vendor(str, Enum):
+class Vendor(StrEnum):
     NVIDIA = "nvidia"
     AMD = "amd"
 
 
-class DeviceKind(str, Enum):
+class DeviceKind(StrEnum):
     GPU = "gpu"
     MIG = "mig"
     PARTITION = "partition"
@@ -35,7 +35,7 @@ class Semver:
 
     @classmethod
     def loose(cls, text: str) -> Semver | None:
-        """Parse ``580.159.04`` / ``9.0`` / ``13`` into a Semver (leading zeros dropped); None if not numeric."""
+        """Parse ``580.159.04`` / ``9.0`` / ``13`` (leading zeros dropped); None if not numeric."""
         parts = text.strip().split(".")
         if not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
             return None

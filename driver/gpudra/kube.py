@@ -104,7 +104,7 @@ class KubeClient:
     # ---- ResourceSlices (publisher) -----------------------------------------------------------------
 
     @staticmethod
-    def _slice_fields(node_name: str) -> dict[str, str]:
+    def _slice_fields(node_name: str) -> Any:
         return {"spec.nodeName": node_name, "spec.driver": names.DRIVER_NAME}
 
     def list_slices(self, node_name: str) -> tuple[list[ResourceSlice], str]:
@@ -123,10 +123,7 @@ class KubeClient:
             _SliceRes, fields=self._slice_fields(node_name), resource_version=resource_version
         )
         while True:
-            try:
-                item = _translate("watch ResourceSlices", lambda: next(stream, None))
-            except KubeError:
-                raise
+            item = _translate("watch ResourceSlices", lambda: next(stream, None))
             if item is None:
                 return
             kind, obj = item
@@ -134,12 +131,16 @@ class KubeClient:
 
     def create_slice(self, obj: ResourceSlice) -> ResourceSlice:
         name = obj.get("metadata", {}).get("name", "")
-        res = _translate(f"create ResourceSlice {name}", lambda: self._client.create(_SliceRes(obj)))
+        res = _translate(
+            f"create ResourceSlice {name}", lambda: self._client.create(_SliceRes.from_dict(dict(obj)))
+        )
         return cast(ResourceSlice, _plain(res))
 
     def replace_slice(self, obj: ResourceSlice) -> ResourceSlice:
         name = obj.get("metadata", {}).get("name", "")
-        res = _translate(f"update ResourceSlice {name}", lambda: self._client.replace(_SliceRes(obj)))
+        res = _translate(
+            f"update ResourceSlice {name}", lambda: self._client.replace(_SliceRes.from_dict(dict(obj)))
+        )
         return cast(ResourceSlice, _plain(res))
 
     def delete_slice(self, name: str) -> None:
@@ -173,6 +174,8 @@ class KubeClient:
             "reportingInstance": node_name,
         }
         try:
-            _translate("create Event", lambda: self._client.create(_EventRes(event), namespace="default"))
+            _translate(
+                "create Event", lambda: self._client.create(_EventRes.from_dict(event), namespace="default")
+            )
         except KubeError as e:
             log.warning("could not record Node event %s: %s", reason, e)

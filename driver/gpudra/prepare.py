@@ -136,13 +136,20 @@ class Preparer:
     def _write_cdi(self, p: ClaimPlan) -> None:
         uid = p.ref.uid
         if self._settings.edits_mode == "nvidia":
-            devs = [cdi.CdiDevice(cdi.cdi_device_name(uid, d.name), edits.nvidia_edits(d.device, self._settings.dev_root))
-                    for d in p.devices]
+            devs = [
+                cdi.CdiDevice(
+                    cdi.cdi_device_name(uid, d.name), edits.nvidia_edits(d.device, self._settings.dev_root)
+                )
+                for d in p.devices
+            ]
             common = cdi.ContainerEdits()
         else:
             desc = self._description_path(uid)
             edits.write_claim_description(desc, p.ref, [d.device for d in p.devices])
-            devs = [cdi.CdiDevice(cdi.cdi_device_name(uid, d.name), edits.mock_edits(d.device, uid, desc)) for d in p.devices]
+            devs = [
+                cdi.CdiDevice(cdi.cdi_device_name(uid, d.name), edits.mock_edits(d.device, uid, desc))
+                for d in p.devices
+            ]
             common = edits.mock_claim_edits(uid, [d.device.uuid for d in p.devices], desc)
         self._cdi.write(uid, cdi.build_spec(uid, devs, common))
 

@@ -15,15 +15,17 @@ def inventory_table(inv: Inventory) -> str:
     rows = [header]
     for d in sorted(inv.devices, key=lambda d: names.gpu_device_name(d.uuid)):
         pci = d.pci
-        rows.append((
-            names.gpu_device_name(d.uuid),
-            d.kind.value,
-            d.product_name,
-            _gib(d.memory_bytes),
-            pci.bus_id if pci else "-",
-            str(pci.numa_node) if pci and pci.numa_node is not None else "-",
-            d.uuid,
-        ))
+        rows.append(
+            (
+                names.gpu_device_name(d.uuid),
+                d.kind.value,
+                d.product_name,
+                _gib(d.memory_bytes),
+                pci.bus_id if pci else "-",
+                str(pci.numa_node) if pci and pci.numa_node is not None else "-",
+                d.uuid,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     versions = []

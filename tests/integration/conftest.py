@@ -65,9 +65,26 @@ class PluginProcess:
     def start(self, wait: bool = True) -> PluginProcess:
         kubeconfig = self.api.write_kubeconfig(self.root / "kubeconfig")
         cmd = [
-            sys.executable, "-m", "gpudra", "run", "-vv", "--backend", "mock", "--profile", "dgx-h100",
-            "--node-name", NODE, "--kubeconfig", str(kubeconfig), "--plugins-dir", str(self.plugins),
-            "--registry-dir", str(self.registry), "--cdi-root", str(self.cdi_root), *self.extra_args,
+            sys.executable,
+            "-m",
+            "gpudra",
+            "run",
+            "-vv",
+            "--backend",
+            "mock",
+            "--profile",
+            "dgx-h100",
+            "--node-name",
+            NODE,
+            "--kubeconfig",
+            str(kubeconfig),
+            "--plugins-dir",
+            str(self.plugins),
+            "--registry-dir",
+            str(self.registry),
+            "--cdi-root",
+            str(self.cdi_root),
+            *self.extra_args,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("GPUDRA_")}
         with self.log_path.open("ab") as log:
@@ -132,15 +149,22 @@ def make_claim(
             result["shareID"] = share_id
         results.append(result)
     allocation: dict[str, Any] = {"devices": {"results": results, "config": config or []}}
-    obj = api.put_object({
-        "apiVersion": "resource.k8s.io/v1",
-        "kind": "ResourceClaim",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"devices": {"requests": [
-            {"name": f"gpu{i}", "exactly": {"deviceClassName": names.CLASS_GPU}} for i in range(len(devices))
-        ]}},
-        "status": {"allocation": allocation},
-    })
+    obj = api.put_object(
+        {
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "ResourceClaim",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "devices": {
+                    "requests": [
+                        {"name": f"gpu{i}", "exactly": {"deviceClassName": names.CLASS_GPU}}
+                        for i in range(len(devices))
+                    ]
+                }
+            },
+            "status": {"allocation": allocation},
+        }
+    )
     return kubeletsim.Claim(namespace, name, str(obj["metadata"]["uid"]))
 
 

@@ -10,7 +10,14 @@ import pytest
 
 from gpudra import names
 from gpudra.fakeapi import FakeApiServer
-from tests.integration.conftest import NODE, PluginProcess, cdi_spec_path, device_names, make_claim, node_slices
+from tests.integration.conftest import (
+    NODE,
+    PluginProcess,
+    cdi_spec_path,
+    device_names,
+    make_claim,
+    node_slices,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +105,8 @@ def test_corrupted_checkpoint_is_moved_aside(api: FakeApiServer, plugin: PluginP
     with plugin.client() as client:
         assert client.prepare([claim]).claims[claim.uid].error == ""
     aside = list(plugin.state_dir.glob("checkpoint.json.corrupt-*"))
-    assert len(aside) == 1 and aside[0].read_text() == "{not json"
+    assert len(aside) == 1
+    assert aside[0].read_text() == "{not json"
 
     def event() -> list[dict[str, object]]:
         return [e for e in api.list_objects("Event") if e.get("reason") == "GpudraCheckpointCorrupted"]
@@ -147,3 +155,33 @@ def test_publishes_once_the_api_server_comes_up(short_tmp: Path) -> None:
     finally:
         if p.proc is not None:
             p.terminate()
+
+
+def test_metrics_endpoint_counts_prepares(api: FakeApiServer, short_tmp: Path) -> None:
+    import socket
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = PluginProcess(short_tmp, api, extra_args=["--metrics-port", str(port)]).start()
+    try:
+        assert api.wait_for(lambda: device_names(api), timeout=20), p.log()
+        claim = make_claim(api, "metered", device_names(api)[:1])
+        with p.client() as client:
+            assert client.prepare([claim]).claims[claim.uid].error == ""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        p.terminate()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("gpudra_claims_total", (("method", "NodePrepareResources"), ("result", "ok")))] == 1
+    key = ("gpudra_grpc_call_duration_seconds_count", (("method", "NodePrepareResources"), ("result", "ok")))
+    assert samples[key] == 1
+    assert samples[("gpudra_devices", ())] == 8
+    assert samples[("gpudra_slice_pool_generation", ())] == 1

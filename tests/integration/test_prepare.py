@@ -65,7 +65,8 @@ def test_prepare_is_idempotent(api: FakeApiServer, plugin: PluginProcess) -> Non
     with plugin.client() as client:
         first = client.prepare([claim]).claims[claim.uid]
         second = client.prepare([claim]).claims[claim.uid]
-    assert first.error == "" and len(first.devices) == 2
+    assert first.error == ""
+    assert len(first.devices) == 2
     assert first == second
     assert len(list(plugin.cdi_root.glob("*.yaml"))) == 1
 
@@ -77,16 +78,28 @@ def test_errors_are_per_claim(api: FakeApiServer, plugin: PluginProcess) -> None
     with plugin.client() as client:
         assert client.prepare([holder]).claims[holder.uid].error == ""
         wrong_uid = make_claim(api, "wrong-uid", [devs[2]])
-        wrong_uid = type(wrong_uid)(wrong_uid.namespace, wrong_uid.name, "00000000-0000-0000-0000-000000000000")
+        wrong_uid = type(wrong_uid)(
+            wrong_uid.namespace, wrong_uid.name, "00000000-0000-0000-0000-000000000000"
+        )
         cases = {
             "missing": unknown_claim(),
             "wrong_uid": wrong_uid,
             "other_driver": make_claim(api, "other-driver", [devs[3]], driver="gpu.example.com"),
-            "bad_config": make_claim(api, "bad-config", [devs[4]], config=[{
-                "source": "FromClaim", "requests": [],
-                "opaque": {"driver": names.DRIVER_NAME,
-                           "parameters": {"apiVersion": "gpudra.io/v1", "kind": "NoSuchConfig"}},
-            }]),
+            "bad_config": make_claim(
+                api,
+                "bad-config",
+                [devs[4]],
+                config=[
+                    {
+                        "source": "FromClaim",
+                        "requests": [],
+                        "opaque": {
+                            "driver": names.DRIVER_NAME,
+                            "parameters": {"apiVersion": "gpudra.io/v1", "kind": "NoSuchConfig"},
+                        },
+                    }
+                ],
+            ),
             "in_use": make_claim(api, "in-use", [devs[1]]),
             "unknown_device": make_claim(api, "unknown-device", ["gpu-does-not-exist"]),
             "other_pool": make_claim(api, "other-pool", [devs[5]], pool="node-b"),
@@ -116,7 +129,10 @@ def test_sharing_needs_admin_access_or_share_ids(api: FakeApiServer, plugin: Plu
     with plugin.client() as client:
         response = client.prepare([first, admin, shared_a, shared_b])
     assert {c.name: response.claims[c.uid].error for c in (first, admin, shared_a, shared_b)} == {
-        "first": "", "admin": "", "shared-a": "", "shared-b": "",
+        "first": "",
+        "admin": "",
+        "shared-a": "",
+        "shared-b": "",
     }
     assert response.claims[shared_b.uid].devices[0].share_id == "bbbb"
 

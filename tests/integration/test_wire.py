@@ -35,18 +35,25 @@ def test_dra_method_paths(api: FakeApiServer, plugin: PluginProcess, package: st
     dev = device_names(api)[0]
     claim = make_claim(api, "wire", [dev])
     sock = str(plugin.dra_socket)
-    raw = _call(sock, f"/{package}.DRAPlugin/NodePrepareResources", _claims_request("default", claim.uid, "wire"))
+    raw = _call(
+        sock, f"/{package}.DRAPlugin/NodePrepareResources", _claims_request("default", claim.uid, "wire")
+    )
     prepared = dra_v1_pb2.NodePrepareResourcesResponse.FromString(raw)
     assert prepared.claims[claim.uid].error == ""
     assert [d.device_name for d in prepared.claims[claim.uid].devices] == [dev]
-    raw = _call(sock, f"/{package}.DRAPlugin/NodeUnprepareResources", _claims_request("default", claim.uid, "wire"))
+    raw = _call(
+        sock, f"/{package}.DRAPlugin/NodeUnprepareResources", _claims_request("default", claim.uid, "wire")
+    )
     unprepared = dra_v1_pb2.NodeUnprepareResourcesResponse.FromString(raw)
-    assert list(unprepared.claims) == [claim.uid] and unprepared.claims[claim.uid].error == ""
+    assert list(unprepared.claims) == [claim.uid]
+    assert unprepared.claims[claim.uid].error == ""
 
 
 def test_registration_method_paths(plugin: PluginProcess) -> None:
     sock = str(plugin.registration_socket)
-    info = registration_v1_pb2.PluginInfo.FromString(_call(sock, "/pluginregistration.Registration/GetInfo", b""))
+    info = registration_v1_pb2.PluginInfo.FromString(
+        _call(sock, "/pluginregistration.Registration/GetInfo", b"")
+    )
     assert (info.type, info.name, info.endpoint) == ("DRAPlugin", "gpudra.io", str(plugin.dra_socket))
     status = bytes([1 << 3 | 0, 1])  # RegistrationStatus.plugin_registered = true (varint field 1)
     assert _call(sock, "/pluginregistration.Registration/NotifyRegistrationStatus", status) == b""

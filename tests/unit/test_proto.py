@@ -24,6 +24,9 @@ from types import ModuleType
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2
+from hypothesis import given
+from hypothesis import strategies as st
+
 from gpudra._proto import (
     dra_health_v1alpha1_pb2,
     dra_health_v1alpha1_pb2_grpc,
@@ -34,8 +37,6 @@ from gpudra._proto import (
     registration_v1_pb2,
     registration_v1_pb2_grpc,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[2]
 GENERATED = REPO / "driver" / "gpudra" / "_proto"

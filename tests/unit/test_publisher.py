@@ -20,13 +20,20 @@ SLICES = "/apis/resource.k8s.io/v1/resourceslices"
 def gpus(n: int, memory: int = 80 * 2**30) -> Inventory:
     devices = tuple(
         Device(
-            kind=DeviceKind.GPU, vendor=Vendor.NVIDIA, uuid=f"GPU-{i:08x}-0000-0000-0000-000000000000",
-            product_name="NVIDIA H100 80GB HBM3", index=i, minor=i, memory_bytes=memory,
+            kind=DeviceKind.GPU,
+            vendor=Vendor.NVIDIA,
+            uuid=f"GPU-{i:08x}-0000-0000-0000-000000000000",
+            product_name="NVIDIA H100 80GB HBM3",
+            index=i,
+            minor=i,
+            memory_bytes=memory,
             pci=PciPlacement(bus_id=f"0000:{i % 256:02x}:00.0", numa_node=i % 2),
         )
         for i in range(n)
     )
-    return Inventory(devices=devices, driver_version=Semver(580, 105, 8), cuda_driver_version=Semver(13, 0, 0))
+    return Inventory(
+        devices=devices, driver_version=Semver(580, 105, 8), cuda_driver_version=Semver(13, 0, 0)
+    )
 
 
 @pytest.fixture
@@ -114,13 +121,21 @@ def test_restart_with_changed_hardware_takes_a_new_generation(api: FakeApiServer
 
 def test_other_nodes_and_drivers_are_left_alone(api: FakeApiServer, kube: KubeClient) -> None:
     foreign = {
-        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceSlice",
         "metadata": {"name": "other-node-slice"},
-        "spec": {"driver": "gpudra.io", "nodeName": "node-q",
-                 "pool": {"name": "node-q", "generation": 7, "resourceSliceCount": 1}, "devices": []},
+        "spec": {
+            "driver": "gpudra.io",
+            "nodeName": "node-q",
+            "pool": {"name": "node-q", "generation": 7, "resourceSliceCount": 1},
+            "devices": [],
+        },
     }
-    other_driver = {**foreign, "metadata": {"name": "other-driver-slice"},
-                    "spec": {**foreign["spec"], "driver": "gpu.example.com", "nodeName": NODE}}
+    other_driver = {
+        **foreign,
+        "metadata": {"name": "other-driver-slice"},
+        "spec": {**foreign["spec"], "driver": "gpu.example.com", "nodeName": NODE},
+    }
     api.put_object(foreign)
     api.put_object(other_driver)
     p = start(kube, gpus(2))

@@ -8,6 +8,7 @@ unexpected exception fails only the call (INTERNAL with a message), never the se
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Protocol, TypeVar
@@ -15,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from gpudra._proto import dra_v1_pb2, dra_v1_pb2_grpc, dra_v1beta1_pb2, dra_v1beta1_pb2_grpc
+from gpudra.metrics import Metrics, NullMetrics
 from gpudra.plan import ClaimRef
 from gpudra.prepare import ClaimResult
 
@@ -32,31 +34,38 @@ def _refs(request: Any) -> list[ClaimRef]:
     return [ClaimRef(namespace=c.namespace, name=c.name, uid=c.uid) for c in request.claims]
 
 
-def _guard(method: str, context: grpc.ServicerContext, fn: Callable[[], R]) -> R:
+def _guard(method: str, context: grpc.ServicerContext, metrics: Metrics, fn: Callable[[], R]) -> R:
+    start = time.perf_counter()
     try:
-        return fn()
+        result = fn()
     except Exception as e:
+        metrics.call(method, time.perf_counter() - start, ok=False)
         log.exception("%s failed unexpectedly", method)
         context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error: {type(e).__name__}: {e}")
         raise  # abort() raises; this line only satisfies the type checker
+    metrics.call(method, time.perf_counter() - start, ok=True)
+    return result
 
 
 class _Servicer:
     """Shared implementation; ``pb`` is the generated message module of one API version."""
 
-    def __init__(self, backend: PrepareBackend, pb: ModuleType) -> None:
+    def __init__(self, backend: PrepareBackend, pb: ModuleType, metrics: Metrics) -> None:
         self._backend = backend
         self._pb = pb
+        self._metrics = metrics
 
-    def NodePrepareResources(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return _guard("NodePrepareResources", context, lambda: self._prepare(request))
+    def NodePrepareResources(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return _guard("NodePrepareResources", context, self._metrics, lambda: self._prepare(request))
 
-    def NodeUnprepareResources(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return _guard("NodeUnprepareResources", context, lambda: self._unprepare(request))
+    def NodeUnprepareResources(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return _guard("NodeUnprepareResources", context, self._metrics, lambda: self._unprepare(request))
 
     def _prepare(self, request: Any) -> Any:
         pb = self._pb
         results = self._backend.prepare(_refs(request))
+        failed = sum(1 for r in results.values() if r.error is not None)
+        self._metrics.claims("NodePrepareResources", len(results) - failed, failed)
         response = pb.NodePrepareResourcesResponse()
         for uid, result in results.items():
             entry = response.claims[uid]
@@ -77,6 +86,8 @@ class _Servicer:
 
     def _unprepare(self, request: Any) -> Any:
         results = self._backend.unprepare(_refs(request))
+        failed = sum(1 for e in results.values() if e)
+        self._metrics.claims("NodeUnprepareResources", len(results) - failed, failed)
         response = self._pb.NodeUnprepareResourcesResponse()
         for uid, error in results.items():
             entry = response.claims[uid]
@@ -85,10 +96,53 @@ class _Servicer:
         return response
 
 
-def registrars(backend: PrepareBackend) -> list[Callable[[grpc.Server], None]]:
+class _V1(dra_v1_pb2_grpc.DRAPluginServicer):
+    def __init__(self, impl: _Servicer) -> None:
+        self._impl = impl
+
+    def NodePrepareResources(
+        self, request: dra_v1_pb2.NodePrepareResourcesRequest, context: grpc.ServicerContext
+    ) -> dra_v1_pb2.NodePrepareResourcesResponse:
+        response: dra_v1_pb2.NodePrepareResourcesResponse = self._impl.NodePrepareResources(request, context)
+        return response
+
+    def NodeUnprepareResources(
+        self, request: dra_v1_pb2.NodeUnprepareResourcesRequest, context: grpc.ServicerContext
+    ) -> dra_v1_pb2.NodeUnprepareResourcesResponse:
+        response: dra_v1_pb2.NodeUnprepareResourcesResponse = self._impl.NodeUnprepareResources(
+            request, context
+        )
+        return response
+
+
+class _V1beta1(dra_v1beta1_pb2_grpc.DRAPluginServicer):
+    def __init__(self, impl: _Servicer) -> None:
+        self._impl = impl
+
+    def NodePrepareResources(
+        self, request: dra_v1beta1_pb2.NodePrepareResourcesRequest, context: grpc.ServicerContext
+    ) -> dra_v1beta1_pb2.NodePrepareResourcesResponse:
+        response: dra_v1beta1_pb2.NodePrepareResourcesResponse = self._impl.NodePrepareResources(
+            request, context
+        )
+        return response
+
+    def NodeUnprepareResources(
+        self, request: dra_v1beta1_pb2.NodeUnprepareResourcesRequest, context: grpc.ServicerContext
+    ) -> dra_v1beta1_pb2.NodeUnprepareResourcesResponse:
+        response: dra_v1beta1_pb2.NodeUnprepareResourcesResponse = self._impl.NodeUnprepareResources(
+            request, context
+        )
+        return response
+
+
+def registrars(
+    backend: PrepareBackend, metrics: Metrics | None = None
+) -> list[Callable[[grpc.Server], None]]:
     """Add the v1 and v1beta1 DRAPlugin services to a server."""
-    v1 = _Servicer(backend, dra_v1_pb2)
-    v1beta1 = _Servicer(backend, dra_v1beta1_pb2)
+    m = metrics or NullMetrics()
+    v1 = _V1(_Servicer(backend, dra_v1_pb2, m))
+    v1beta1 = _V1beta1(_Servicer(backend, dra_v1beta1_pb2, m))
     return [
         lambda s: dra_v1_pb2_grpc.add_DRAPluginServicer_to_server(v1, s),
         lambda s: dra_v1beta1_pb2_grpc.add_DRAPluginServicer_to_server(v1beta1, s),

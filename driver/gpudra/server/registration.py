@@ -11,7 +11,6 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import grpc
 
@@ -24,17 +23,23 @@ log = logging.getLogger(__name__)
 SUPPORTED_VERSIONS = ("v1.DRAPlugin", "v1beta1.DRAPlugin")
 
 
-class _RegistrationServicer:
-    def __init__(self, endpoint: str, versions: Sequence[str], on_status: Callable[[bool, str], None]) -> None:
+class _RegistrationServicer(registration_v1_pb2_grpc.RegistrationServicer):
+    def __init__(
+        self, endpoint: str, versions: Sequence[str], on_status: Callable[[bool, str], None]
+    ) -> None:
         self._info = registration_v1_pb2.PluginInfo(
             type="DRAPlugin", name=names.DRIVER_NAME, endpoint=endpoint, supported_versions=list(versions)
         )
         self._on_status = on_status
 
-    def GetInfo(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def GetInfo(
+        self, request: registration_v1_pb2.InfoRequest, context: grpc.ServicerContext
+    ) -> registration_v1_pb2.PluginInfo:
         return self._info
 
-    def NotifyRegistrationStatus(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def NotifyRegistrationStatus(
+        self, request: registration_v1_pb2.RegistrationStatus, context: grpc.ServicerContext
+    ) -> registration_v1_pb2.RegistrationStatusResponse:
         self._on_status(bool(request.plugin_registered), str(request.error))
         return registration_v1_pb2.RegistrationStatusResponse()
 
@@ -52,7 +57,9 @@ class Registrar:
         self.registered = threading.Event()
         servicer = _RegistrationServicer(str(endpoint), versions, self._on_status)
         self._server = UnixServer(
-            socket_path, [lambda s: registration_v1_pb2_grpc.add_RegistrationServicer_to_server(servicer, s)], 2
+            socket_path,
+            [lambda s: registration_v1_pb2_grpc.add_RegistrationServicer_to_server(servicer, s)],
+            2,
         )
         self._interval = watch_interval_s
         self._stop = threading.Event()

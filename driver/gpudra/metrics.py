@@ -1,0 +1,85 @@
+"""Prometheus metrics, served on ``--metrics-port`` (off by default).
+
+prometheus-client is imported only when metrics are enabled: it costs ~14 MiB of RSS, which the plugin does
+not pay when nobody scrapes it. With metrics off every call goes to :class:`NullMetrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from gpudra import __version__
+
+log = logging.getLogger(__name__)
+
+_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics(Protocol):
+    def call(self, method: str, seconds: float, ok: bool) -> None:
+        """One gRPC call (NodePrepareResources / NodeUnprepareResources) and whether it completed."""
+
+    def claims(self, method: str, succeeded: int, failed: int) -> None:
+        """Per-claim outcomes inside one call."""
+
+    def slices_published(self, generation: int) -> None: ...
+
+    def discovery(self, seconds: float, devices: int) -> None: ...
+
+
+class NullMetrics:
+    def call(self, method: str, seconds: float, ok: bool) -> None:
+        return None
+
+    def claims(self, method: str, succeeded: int, failed: int) -> None:
+        return None
+
+    def slices_published(self, generation: int) -> None:
+        return None
+
+    def discovery(self, seconds: float, devices: int) -> None:
+        return None
+
+
+class PrometheusMetrics:
+    def __init__(self, port: int, addr: str = "0.0.0.0") -> None:
+        import prometheus_client as prom
+
+        self._calls = prom.Histogram(
+            "gpudra_grpc_call_duration_seconds",
+            "Duration of kubelet calls by method and result",
+            ["method", "result"],
+            buckets=_BUCKETS,
+        )
+        self._claims = prom.Counter(
+            "gpudra_claims_total", "Claims handled by method and result", ["method", "result"]
+        )
+        self._publishes = prom.Counter("gpudra_slice_publishes_total", "ResourceSlice pool publications")
+        self._generation = prom.Gauge("gpudra_slice_pool_generation", "Current ResourceSlice pool generation")
+        self._discovery = prom.Gauge("gpudra_discovery_duration_seconds", "Duration of the last discovery")
+        self._devices = prom.Gauge("gpudra_devices", "Devices found by the last discovery")
+        prom.Info("gpudra_build", "Build information").info({"version": __version__})
+        prom.start_http_server(port, addr)
+        log.info("serving Prometheus metrics on %s:%d", addr, port)
+
+    def call(self, method: str, seconds: float, ok: bool) -> None:
+        self._calls.labels(method, "ok" if ok else "error").observe(seconds)
+
+    def claims(self, method: str, succeeded: int, failed: int) -> None:
+        if succeeded:
+            self._claims.labels(method, "ok").inc(succeeded)
+        if failed:
+            self._claims.labels(method, "error").inc(failed)
+
+    def slices_published(self, generation: int) -> None:
+        self._publishes.inc()
+        self._generation.set(generation)
+
+    def discovery(self, seconds: float, devices: int) -> None:
+        self._discovery.set(seconds)
+        self._devices.set(devices)
+
+
+def create(port: int) -> Metrics:
+    return PrometheusMetrics(port) if port > 0 else NullMetrics()
