@@ -1,0 +1,430 @@
+"""Pure translation of the node's :class:`~gpudra.inventory.Inventory` into ``resource.k8s.io/v1`` slices.
+
+No I/O, no clock, no state: the same inventory always yields the same slices, so the publisher can diff
+what it wants against what the API holds (:func:`slice_content_equal`).
+
+A value the API would reject (string or version > 64 bytes, a version that is not strict semver, an int
+outside int64, a malformed PCI address) is OMITTED with a warning, never cut: a truncated product name is
+a fabricated value a CEL selector could match by accident, while an absent attribute is honest (selectors
+must guard optional attributes anyway). "" and a negative NUMA node mean unknown and are omitted silently.
+A rule only our own code can break (attribute names, > 32 attributes + capacities, device names, duplicate
+names handed to :func:`pool_slices`) raises ValueError.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from gpudra import k8stypes, names
+from gpudra.inventory import Device, DeviceKind, Inventory, Semver, Vendor
+from gpudra.quantity import quantities_equal
+
+API_VERSION: Final = "resource.k8s.io/v1"
+KIND: Final = "ResourceSlice"
+#: Label on every slice gpudra writes; value from :func:`node_label_value`. (Could move to names.py.)
+LABEL_NODE: Final = f"{names.DRIVER_NAME}/node"
+
+MAX_DEVICES_PER_SLICE: Final = 128
+#: From 1.35 a slice in which any device uses taints or consumesCounters holds at most 64 devices.
+MAX_DEVICES_PER_SLICE_RESTRICTED: Final = 64
+MAX_ATTRIBUTES_AND_CAPACITIES: Final = 32
+MAX_VALUE_BYTES: Final = 64
+_RESTRICTED_DEVICE_FIELDS: Final = ("taints", "consumesCounters")
+
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+_OBJECT_NAME_MAX: Final = 253
+_LABEL_VALUE_MAX: Final = 63
+_DOMAIN_MAX: Final = 63
+_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}", re.ASCII)
+_DNS_LABEL: Final = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", re.ASCII)
+_DNS_SUBDOMAIN: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", re.A)
+_LABEL_VALUE: Final = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?", re.ASCII)
+_SEMVER_ID: Final = r"(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)"
+_SEMVER: Final = re.compile(
+    rf"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-{_SEMVER_ID}(\.{_SEMVER_ID})*)?"
+    r"(\+[0-9a-zA-Z-]+(\.[0-9a-zA-Z-]+)*)?",
+    re.ASCII,
+)
+_BUS_ID: Final = re.compile(r"([0-9a-f]{4,8}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])", re.ASCII)
+_VENDOR_VALUES: Final = {Vendor.NVIDIA: names.VENDOR_NVIDIA, Vendor.AMD: names.VENDOR_AMD}
+
+
+# ---- API rules -----------------------------------------------------------------------------------------
+
+
+def is_dns_label(text: str) -> bool:
+    return _DNS_LABEL.fullmatch(text) is not None
+
+
+def is_dns_subdomain(text: str) -> bool:
+    return len(text) <= _OBJECT_NAME_MAX and _DNS_SUBDOMAIN.fullmatch(text) is not None
+
+
+def is_semver(text: str) -> bool:
+    return _SEMVER.fullmatch(text) is not None
+
+
+def check_qualified_name(name: str) -> None:
+    """Raise ValueError unless ``name`` is a valid attribute/capacity name: ``[domain/]identifier``."""
+    domain, _, ident = name.rpartition("/")
+    if _IDENTIFIER.fullmatch(ident) is None:
+        raise ValueError(f"attribute/capacity name {name!r}: {ident!r} is not a C identifier of <= 32 chars")
+    if "/" in name and (len(domain) > _DOMAIN_MAX or not is_dns_subdomain(domain)):
+        raise ValueError(f"attribute/capacity name {name!r}: domain must be a DNS subdomain of <= 63 chars")
+
+
+def _attribute_problem(attr: Mapping[str, object]) -> str | None:
+    if len(attr) != 1:
+        return "must set exactly one of int/bool/string/version"
+    kind, value = next(iter(attr.items()))
+    if kind == "bool":
+        return None if isinstance(value, bool) else "bool value is not a bool"
+    if kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool) and _INT64_MIN <= value <= _INT64_MAX
+        return None if ok else "int value is not an int64"
+    if kind not in ("string", "version") or not isinstance(value, str):
+        return f"unknown value type {kind!r} or a value that is not a string"
+    if len(value.encode()) > MAX_VALUE_BYTES:
+        return f"{len(value.encode())}-byte value {value!r} exceeds the API limit of {MAX_VALUE_BYTES} bytes"
+    return None if kind == "string" or is_semver(value) else f"{value!r} is not a strict semver 2.0 version"
+
+
+def check_device(device: k8stypes.Device) -> None:
+    """Raise ValueError when ``device`` breaks an API rule (name, attribute names and values, count)."""
+    name = device.get("name", "")
+    if not is_dns_label(name):
+        raise ValueError(f"device name {name!r} is not a DNS label (<= 63 chars of [a-z0-9-])")
+    attributes, capacity = device.get("attributes", {}), device.get("capacity", {})
+    total = len(attributes) + len(capacity)
+    if total > MAX_ATTRIBUTES_AND_CAPACITIES:
+        raise ValueError(f"device {name}: {total} attributes + capacities, the API allows "
+                         f"{MAX_ATTRIBUTES_AND_CAPACITIES}")
+    for key in [*attributes, *capacity]:
+        check_qualified_name(key)
+    for key, value in attributes.items():
+        problem = _attribute_problem(value)
+        if problem:
+            raise ValueError(f"device {name}: attribute {key}: {problem}")
+
+
+def normalize_bus_id(bus_id: str) -> str | None:
+    """``00000000:1B:00.0`` -> ``0000:1b:00.0`` (Kubernetes' form); None when it is not a PCI address."""
+    match = _BUS_ID.fullmatch(bus_id.strip().lower())
+    if match is None or int(match.group(1), 16) > 0xFFFF:  # a 5+ digit domain (Intel VMD) has no such form
+        return None
+    domain, bus, dev, fn = match.groups()
+    return f"{int(domain, 16):04x}:{bus}:{dev}.{fn}"
+
+
+# ---- one device ----------------------------------------------------------------------------------------
+
+
+class _Entry:
+    """Accumulates one device's attributes and capacities; drops unpublishable values with a warning."""
+
+    def __init__(self, device_name: str) -> None:
+        self.name = device_name
+        self.attributes: dict[str, k8stypes.DeviceAttribute] = {}
+        self.capacity: dict[str, k8stypes.DeviceCapacity] = {}
+        self.warnings: list[str] = []
+
+    def put(self, name: str, value: str | int | Semver | None) -> None:
+        """Publish attribute ``name`` unless the value is unknown (None or "") or the API cannot take it."""
+        if value is None or value == "":
+            return
+        attr: k8stypes.DeviceAttribute
+        if isinstance(value, int):
+            attr = {"int": value}
+        elif isinstance(value, Semver):
+            attr = {"version": str(value)}
+        else:
+            attr = {"string": value}
+        problem = _attribute_problem(attr)
+        if problem:
+            self.warnings.append(f"device {self.name}: attribute {name} not published: {problem}")
+        else:
+            self.attributes[name] = attr
+
+    def quantity(self, name: str, value: int | None) -> None:
+        if value is not None and value < 0:
+            self.warnings.append(f"device {self.name}: capacity {name} not published: negative value {value}")
+        elif value is not None:
+            self.capacity[name] = {"value": str(value)}
+
+    def add_pci(self, dev: Device) -> None:
+        if dev.pci is None:
+            return
+        bus_id = normalize_bus_id(dev.pci.bus_id)
+        if bus_id is None:
+            self.warnings.append(f"device {self.name}: attribute {names.ATTR_STD_PCI_BUS_ID} not published: "
+                                 f"{dev.pci.bus_id!r} is not a dddd:bb:dd.f PCI address")
+        self.put(names.ATTR_STD_PCI_BUS_ID, bus_id)
+        self.put(names.ATTR_STD_PCIE_ROOT, dev.pci.pcie_root)
+        if dev.pci.numa_node is not None and dev.pci.numa_node >= 0:
+            self.put(names.ATTR_STD_NUMA_NODE, dev.pci.numa_node)
+
+    def result(self) -> k8stypes.Device:
+        device: k8stypes.Device = {"name": self.name}
+        if self.attributes:
+            device["attributes"] = dict(sorted(self.attributes.items()))
+        if self.capacity:
+            device["capacity"] = dict(sorted(self.capacity.items()))
+        check_device(device)
+        return device
+
+
+@dataclass(frozen=True)
+class DeviceEntry:
+    """One device as published, plus what could not be published and why."""
+
+    device: k8stypes.Device
+    warnings: tuple[str, ...]
+
+
+def build_device(dev: Device, inv: Inventory) -> DeviceEntry:
+    """The ResourceSlice device for ``dev`` (a full GPU) and the warnings about omitted values."""
+    if dev.kind is not DeviceKind.GPU:
+        raise ValueError(f"device {dev.uuid!r}: {dev.kind.value!r} devices cannot be published yet")
+    if not dev.uuid:
+        raise ValueError(f"device at index {dev.index} has no UUID, so it has no stable name")
+    entry = _Entry(names.gpu_device_name(dev.uuid))
+    entry.put(names.ATTR_VENDOR, _VENDOR_VALUES[dev.vendor])
+    entry.put(names.ATTR_TYPE, names.TYPE_GPU)
+    entry.put(names.ATTR_UUID, dev.uuid)
+    entry.put(names.ATTR_PRODUCT_NAME, dev.product_name)
+    entry.put(names.ATTR_BRAND, dev.brand)
+    entry.put(names.ATTR_ARCHITECTURE, dev.architecture)
+    if dev.vendor is Vendor.NVIDIA:
+        entry.put(names.ATTR_DRIVER_VERSION, inv.driver_version)
+        entry.put(names.ATTR_CUDA_COMPUTE_CAPABILITY, dev.cuda_compute_capability)
+        entry.put(names.ATTR_CUDA_DRIVER_VERSION, inv.cuda_driver_version)
+    entry.put(names.ATTR_INDEX, dev.index)
+    entry.put(names.ATTR_MINOR, dev.minor)
+    entry.add_pci(dev)
+    entry.quantity(names.CAP_MEMORY, dev.memory_bytes)
+    entry.quantity(names.CAP_MULTIPROCESSORS, dev.multiprocessors)
+    return DeviceEntry(entry.result(), tuple(entry.warnings))
+
+
+def device_entry(dev: Device, inv: Inventory) -> k8stypes.Device:
+    """The ResourceSlice device for ``dev``; :func:`build_device` also returns the warnings."""
+    return build_device(dev, inv).device
+
+
+# ---- the pool ------------------------------------------------------------------------------------------
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def slice_name(node_name: str, index: int) -> str:
+    """Object name ``<node>-gpudra.io-<index>``; a node name too long for that is cut and given a hash."""
+    tail = f"-{names.DRIVER_NAME}-{index}"
+    if is_dns_subdomain(node_name + tail):
+        return node_name + tail
+    tail = f"-{_digest(node_name)}{tail}"
+    prefix = re.sub(r"[^a-z0-9.-]", "-", node_name.lower()[: _OBJECT_NAME_MAX - len(tail)])
+    prefix = re.sub(r"[-.]*\.[-.]*", ".", prefix).strip("-.")  # no label may start or end with "-"
+    return f"{prefix or 'node'}{tail}"
+
+
+def node_label_value(node_name: str) -> str:
+    """Value of the :data:`LABEL_NODE` label: the node name, or a cut + hashed form when it is too long."""
+    if len(node_name) <= _LABEL_VALUE_MAX and _LABEL_VALUE.fullmatch(node_name):
+        return node_name
+    suffix = f"-{_digest(node_name)}"
+    prefix = re.sub(r"[^A-Za-z0-9_.-]", "-", node_name)[: _LABEL_VALUE_MAX - len(suffix)]
+    prefix = re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", prefix)
+    return f"{prefix}{suffix}" if prefix else suffix[1:]
+
+
+def _chunk_size(devices: Sequence[k8stypes.Device], max_devices_per_slice: int) -> int:
+    if not 1 <= max_devices_per_slice <= MAX_DEVICES_PER_SLICE:
+        raise ValueError(f"max_devices_per_slice must be 1..{MAX_DEVICES_PER_SLICE}: {max_devices_per_slice}")
+    restricted = any(field in dev for dev in devices for field in _RESTRICTED_DEVICE_FIELDS)
+    limit = MAX_DEVICES_PER_SLICE_RESTRICTED if restricted else MAX_DEVICES_PER_SLICE
+    return min(max_devices_per_slice, limit)
+
+
+def _metadata(node_name: str, node_uid: str | None, index: int) -> k8stypes.ObjectMeta:
+    meta: k8stypes.ObjectMeta = {
+        "name": slice_name(node_name, index),
+        "labels": {LABEL_NODE: node_label_value(node_name)},
+    }
+    if node_uid is not None:
+        meta["ownerReferences"] = [
+            {"apiVersion": "v1", "kind": "Node", "name": node_name, "uid": node_uid, "controller": True}
+        ]
+    return meta
+
+
+def pool_slices(
+    devices: Sequence[k8stypes.Device], node_name: str, node_uid: str | None, generation: int,
+    max_devices_per_slice: int = MAX_DEVICES_PER_SLICE,
+) -> list[k8stypes.ResourceSlice]:
+    """Spread built devices, sorted by name, over the slices of the node's pool (at least one slice)."""
+    if not is_dns_subdomain(node_name):
+        raise ValueError(f"node name {node_name!r} is not a DNS subdomain")
+    if node_uid is not None and not node_uid:
+        raise ValueError("node_uid must be None (unknown) or a non-empty UID")
+    if not 0 <= generation <= _INT64_MAX:
+        raise ValueError(f"pool generation must be a non-negative int64, not {generation}")
+    for dev in devices:
+        check_device(dev)
+    ordered = sorted(devices, key=lambda d: d["name"])
+    duplicates = sorted({a["name"] for a, b in itertools.pairwise(ordered) if a["name"] == b["name"]})
+    if duplicates:
+        raise ValueError(f"duplicate device names in one pool: {duplicates}")
+    size = _chunk_size(ordered, max_devices_per_slice)
+    chunks = [ordered[i : i + size] for i in range(0, len(ordered), size)] or [[]]
+    return [
+        {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": _metadata(node_name, node_uid, index),
+            "spec": {
+                "driver": names.DRIVER_NAME,
+                "nodeName": node_name,
+                "pool": {"name": node_name, "generation": generation, "resourceSliceCount": len(chunks)},
+                "devices": copy.deepcopy(chunk),
+            },
+        }
+        for index, chunk in enumerate(chunks)
+    ]
+
+
+@dataclass(frozen=True)
+class SlicePlan:
+    """The node's pool as slices, plus every value or device left out and why (for logs and Events)."""
+
+    slices: tuple[k8stypes.ResourceSlice, ...]
+    warnings: tuple[str, ...]
+
+
+def _publishable_devices(inv: Inventory) -> tuple[list[k8stypes.Device], list[str]]:
+    devices: list[k8stypes.Device] = []
+    warnings: list[str] = []
+    for dev in inv.devices:
+        if dev.kind is not DeviceKind.GPU:
+            warnings.append(f"device {dev.uuid}: {dev.kind.value} devices are not published yet")
+        elif not dev.uuid:
+            warnings.append(f"device at index {dev.index}: no UUID, so no stable name; not published")
+        else:
+            entry = build_device(dev, inv)
+            devices.append(entry.device)
+            warnings.extend(entry.warnings)
+    counts = Counter(d["name"] for d in devices)
+    clashes = sorted(name for name, count in counts.items() if count > 1)
+    if clashes:
+        warnings.append(f"devices not published because their UUIDs give the same device name: {clashes}")
+    return [d for d in devices if counts[d["name"]] == 1], warnings
+
+
+def plan_pool(
+    inv: Inventory, node_name: str, node_uid: str | None, generation: int,
+    max_devices_per_slice: int = MAX_DEVICES_PER_SLICE,
+) -> SlicePlan:
+    """All slices of the node's pool for ``inv``; an inventory without devices gives one empty slice.
+
+    Devices this code cannot publish yet (MIG, partitions), devices without a UUID and devices whose
+    names clash are left out with a warning rather than failing the whole pool.
+    """
+    devices, warnings = _publishable_devices(inv)
+    slices = pool_slices(devices, node_name, node_uid, generation, max_devices_per_slice)
+    return SlicePlan(tuple(slices), tuple(warnings))
+
+
+def plan_slices(
+    inv: Inventory, node_name: str, node_uid: str | None, generation: int,
+    max_devices_per_slice: int = MAX_DEVICES_PER_SLICE,
+) -> list[k8stypes.ResourceSlice]:
+    """:func:`plan_pool` without the warnings."""
+    return list(plan_pool(inv, node_name, node_uid, generation, max_devices_per_slice).slices)
+
+
+# ---- comparing what we want with what the API holds ----------------------------------------------------
+
+
+def _owned_equal(desired: object, actual: object) -> bool:
+    """Equal in all ``desired`` sets: keys only ``actual`` has are ignored, a missing key equals an empty
+    list/map (the apiserver omits empty fields), scalars agree in type too (True is not 1)."""
+    if isinstance(desired, Mapping | list) and not desired and actual is None:
+        return True
+    if isinstance(desired, Mapping):
+        return isinstance(actual, Mapping) and all(_owned_equal(v, actual.get(k)) for k, v in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(actual, list) or len(actual) != len(desired):
+            return False
+        return all(map(_owned_equal, desired, actual))
+    return type(desired) is type(actual) and desired == actual
+
+
+def _quantity_equal(want: object, have: object) -> bool:
+    try:
+        return isinstance(want, str) and isinstance(have, str) and quantities_equal(want, have)
+    except ValueError:
+        return False
+
+
+def _map_equal(desired: object, actual: object, capacity: bool) -> bool:
+    """Attribute and capacity maps are wholly ours: an extra or a missing key is a difference."""
+    want, have = desired or {}, actual or {}
+    if not isinstance(want, Mapping) or not isinstance(have, Mapping) or want.keys() != have.keys():
+        return False
+    for key, value in want.items():
+        other = have[key]
+        if not isinstance(value, Mapping) or not isinstance(other, Mapping):
+            return False
+        if capacity:
+            rest = {k: v for k, v in value.items() if k != "value"}
+            if not _quantity_equal(value.get("value"), other.get("value")) or not _owned_equal(rest, other):
+                return False
+        elif value.keys() != other.keys() or not _owned_equal(value, other):
+            return False
+    return True
+
+
+def _device_equal(desired: Mapping[str, object], actual: object) -> bool:
+    if not isinstance(actual, Mapping):
+        return False
+    rest = {k: v for k, v in desired.items() if k not in ("attributes", "capacity")}
+    return (_map_equal(desired.get("attributes"), actual.get("attributes"), capacity=False)
+            and _map_equal(desired.get("capacity"), actual.get("capacity"), capacity=True)
+            and _owned_equal(rest, actual))
+
+
+def _spec_equal(desired: Mapping[str, object], actual: Mapping[str, object]) -> bool:
+    want, have = desired.get("devices") or [], actual.get("devices") or []
+    if not isinstance(want, list) or not isinstance(have, list) or len(want) != len(have):
+        return False
+    rest = {k: v for k, v in desired.items() if k != "devices"}
+    return all(map(_device_equal, want, have)) and _owned_equal(rest, actual)
+
+
+def slice_content_equal(desired: k8stypes.ResourceSlice, actual: k8stypes.ResourceSlice) -> bool:
+    """True when ``actual`` (as read from the API) already holds everything ``desired`` says.
+
+    Compared: the name, our labels, our owner references and all we set in ``spec`` (driver, nodeName,
+    pool, devices in order). Capacities compare numerically ("1048576000" equals the canonical
+    "1048576k"). Ignored: server-set metadata (uid, resourceVersion, managedFields, ...), labels and owner
+    references we did not set, and fields we do not set that the server may default.
+    """
+    want_meta, have_meta = desired.get("metadata", {}), actual.get("metadata", {})
+    if "name" in want_meta and want_meta["name"] != have_meta.get("name"):
+        return False
+    if not _owned_equal(want_meta.get("labels", {}), have_meta.get("labels", {})):
+        return False
+    have_refs = have_meta.get("ownerReferences", [])
+    for ref in want_meta.get("ownerReferences", []):
+        if not any(_owned_equal(ref, have) for have in have_refs):
+            return False
+    return _spec_equal(desired.get("spec", {}), actual.get("spec", {}))
