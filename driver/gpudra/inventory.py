@@ -37,7 +37,7 @@ class Semver:
     def loose(cls, text: str) -> Semver | None:
         """Parse ``580.159.04`` / ``9.0`` / ``13`` (leading zeros dropped); None if not numeric."""
         parts = text.strip().split(".")
-        if not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+        if not 1 <= len(parts) <= 3 or not all(p.isascii() and p.isdigit() for p in parts):
             return None
         nums = [int(p) for p in parts] + [0] * (3 - len(parts))
         return cls(nums[0], nums[1], nums[2])

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from gpudra import slices
+from gpudra import slicediff, slices
 from gpudra.inventory import Inventory
 from gpudra.k8stypes import ResourceSlice
 from gpudra.kube import KubeError, WatchEvent
@@ -62,7 +62,7 @@ def _rv(obj: ResourceSlice) -> int | None:
 def _same_plan(a: list[ResourceSlice], b: list[ResourceSlice]) -> bool:
     if [_name(s) for s in a] != [_name(s) for s in b]:
         return False
-    return all(slices.slice_content_equal(x, y) for x, y in zip(a, b, strict=True))
+    return all(slicediff.slice_content_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 class Publisher:
@@ -185,14 +185,14 @@ class Publisher:
     def _matches(self, desired: list[ResourceSlice]) -> bool:
         if {_name(s) for s in desired} != set(self._actual):
             return False
-        return all(slices.slice_content_equal(d, self._actual[_name(d)]) for d in desired)
+        return all(slicediff.slice_content_equal(d, self._actual[_name(d)]) for d in desired)
 
     def _write(self, desired: list[ResourceSlice]) -> None:
         wanted = {_name(s) for s in desired}
         for obj in desired:
             name = _name(obj)
             have = self._actual.get(name)
-            if have is not None and slices.slice_content_equal(obj, have):
+            if have is not None and slicediff.slice_content_equal(obj, have):
                 continue
             written = self._create(obj) if have is None else self._replace(obj, have)
             self._actual[name] = written
