@@ -75,6 +75,9 @@ class Preparer:
             except PlanError as e:
                 log.warning("prepare %s: %s", ref, e)
                 results[ref.uid] = ClaimResult(error=str(e))
+            except Exception as e:  # a bug or a claim shaped unlike any API server writes: this claim only
+                log.exception("prepare %s: unexpected error", ref)
+                results[ref.uid] = ClaimResult(error=f"internal error: {type(e).__name__}: {e}")
         if plans:
             with self._store.transaction() as txn:
                 results.update(self._apply(txn, plans))

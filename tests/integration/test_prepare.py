@@ -178,3 +178,17 @@ def test_batch_of_claims_in_one_call(api: FakeApiServer, plugin: PluginProcess) 
     assert {uid: r.error for uid, r in unprepared.claims.items()} == {c.uid: "" for c in claims}
     assert list(plugin.cdi_root.glob("*.yaml")) == []
     assert _checkpoint(plugin)["claims"] == {}
+
+
+def test_a_malformed_claim_fails_alone(api: FakeApiServer, plugin: PluginProcess) -> None:
+    good = make_claim(api, "good", device_names(api)[:1])
+    bad = make_claim(api, "malformed", device_names(api)[1:2])
+    stored = api.get_object("ResourceClaim", "malformed", "default")
+    assert stored is not None
+    stored["status"]["allocation"]["devices"]["results"] = [None]  # no API server writes this
+    api.put_object(stored)
+    with plugin.client() as client:
+        response = client.prepare([bad, good])
+        assert response.claims[good.uid].error == ""
+        assert response.claims[bad.uid].error.startswith("internal error: ")
+        assert client.unprepare([good]).claims[good.uid].error == ""  # still serving
