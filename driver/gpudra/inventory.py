@@ -53,6 +53,42 @@ class PciPlacement:
 
 
 @dataclass(frozen=True, slots=True)
+class MigInfo:
+    """Where a MIG device sits inside its parent GPU (NVML GPU-instance / compute-instance identity)."""
+
+    profile: str  # "1g.10gb", "1g.10gb+me" — as NVML names it, without the "MIG " prefix
+    gi_profile_id: int  # NVML GPU-instance profile id (e.g. 19 for 1g.10gb on H100)
+    placement_start: int  # first memory slice of the GPU instance
+    placement_size: int
+    gi_id: int  # GPU instance id on the parent
+    ci_id: int  # compute instance id inside the GPU instance
+    ci_profile_id: int | None = None
+    parent_minor: int | None = None  # /dev/nvidia<minor> of the parent
+
+
+@dataclass(frozen=True, slots=True)
+class EngineCounts:
+    """Media/copy engines of a device (MIG slices and AMD partitions own a share of them)."""
+
+    copy_engines: int | None = None
+    decoders: int | None = None
+    encoders: int | None = None
+    jpeg_engines: int | None = None
+    ofa_engines: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionInfo:
+    """An AMD compute partition and the memory it really draws from."""
+
+    compute_mode: str  # "SPX" | "DPX" | "QPX" | "CPX"
+    memory_mode: str  # "NPS1" | "NPS2" | "NPS4"
+    index: int  # partition index on the parent GPU
+    memory_partition: int | None = None  # which NUMA memory partition of the parent it allocates from
+    memory_shared_with: int | None = None  # compute partitions drawing from that same memory pool
+
+
+@dataclass(frozen=True, slots=True)
 class Device:
     """One allocatable device: a full GPU, a MIG slice or an AMD partition."""
 
@@ -69,6 +105,23 @@ class Device:
     cuda_compute_capability: Semver | None = None
     pci: PciPlacement | None = None
     parent_uuid: str | None = None  # for MIG slices / partitions
+    parent_pci_bus_id: str | None = None  # for partitions (and MIG: the parent's bus id)
+    # NVIDIA
+    mig: MigInfo | None = None
+    mig_capable: bool | None = None
+    mig_enabled: bool | None = None
+    addressing_mode: str | None = None  # NVML addressing mode name, when reported
+    engines: EngineCounts | None = None
+    # fabric: a vendor-neutral id of the high-bandwidth domain (NVLink clique / node-local NVLink island /
+    # AMD XGMI hive) the device belongs to; devices with equal values can talk over that fabric
+    fabric_domain: str | None = None
+    nvlink_links: int | None = None  # active NVLink links
+    # AMD
+    gfx_version: str | None = None  # "gfx942"
+    pci_device_id: str | None = None  # "0x74a1"
+    compute_units: int | None = None
+    simd_units: int | None = None
+    partition: PartitionInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)

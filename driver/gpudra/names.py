@@ -38,6 +38,19 @@ ATTR_CUDA_COMPUTE_CAPABILITY: Final = "cudaComputeCapability"
 ATTR_CUDA_DRIVER_VERSION: Final = "cudaDriverVersion"
 ATTR_INDEX: Final = "index"
 ATTR_MINOR: Final = "minor"
+ATTR_PARENT_UUID: Final = "parentUUID"
+ATTR_PARENT_PCI_BUS_ID: Final = "parentPciBusID"
+ATTR_PROFILE: Final = "profile"  # MIG profile, e.g. "1g.10gb"
+ATTR_MIG_CAPABLE: Final = "migCapable"
+ATTR_MIG_ENABLED: Final = "migEnabled"
+ATTR_ADDRESSING_MODE: Final = "addressingMode"
+#: Vendor-neutral fabric domain: equal values = same NVLink clique / NVLink island / XGMI hive. Use it in
+#: ``matchAttribute: gpudra.io/fabricDomain`` for "N GPUs on one NVLink domain".
+ATTR_FABRIC_DOMAIN: Final = "fabricDomain"
+ATTR_NVLINK_COUNT: Final = "nvlinkCount"
+ATTR_GFX_VERSION: Final = "gfxVersion"
+ATTR_DEVICE_ID: Final = "deviceID"
+ATTR_PARTITION_PROFILE: Final = "partitionProfile"  # AMD, e.g. "cpx_nps4"
 
 # Standard attributes defined by Kubernetes (k8s.io/dynamic-resource-allocation/deviceattribute).
 STD_DOMAIN: Final = "resource.kubernetes.io"
@@ -48,9 +61,20 @@ ATTR_STD_NUMA_NODE: Final = f"{STD_DOMAIN}/numaNode"
 # Capacities (in the driver's domain).
 CAP_MEMORY: Final = "memory"
 CAP_MULTIPROCESSORS: Final = "multiprocessors"
+CAP_COPY_ENGINES: Final = "copyEngines"
+CAP_DECODERS: Final = "decoders"
+CAP_ENCODERS: Final = "encoders"
+CAP_JPEG_ENGINES: Final = "jpegEngines"
+CAP_OFA_ENGINES: Final = "ofaEngines"
+CAP_COMPUTE_UNITS: Final = "computeUnits"
+CAP_SIMD_UNITS: Final = "simdUnits"
 
 # DeviceClass names shipped in deviceclasses/.
-CLASS_GPU: Final = "gpu.gpudra.io"
+CLASS_GPU: Final = "gpu.gpudra.io"  # any full GPU, both vendors
+CLASS_NVIDIA: Final = "nvidia.gpudra.io"
+CLASS_MIG: Final = "mig.gpudra.io"
+CLASS_AMD: Final = "amd.gpudra.io"
+CLASS_AMD_PARTITION: Final = "amd-partition.gpudra.io"
 
 # Opaque configuration API group for DeviceClass / ResourceClaim parameters.
 CONFIG_API_GROUP: Final = "gpudra.io"
