@@ -23,6 +23,9 @@ from gpudra.kube import KubeError, WatchEvent
 log = logging.getLogger(__name__)
 
 
+Planner = Callable[[Inventory, str, str | None, int], list[ResourceSlice]]
+
+
 class SliceApi(Protocol):
     """The API calls the publisher needs (implemented by :class:`gpudra.kube.KubeClient`)."""
 
@@ -71,14 +74,20 @@ class Publisher:
         api: SliceApi,
         node_name: str,
         inventory: Inventory,
+        *,
         backoff: Backoff | None = None,
         on_published: Callable[[int], None] | None = None,
+        planner: Planner = slices.plan_slices,
     ) -> None:
         self._api = api
         self._node = node_name
         self._inventory = inventory
         self._backoff = backoff or Backoff()
         self._on_published = on_published
+        self._planner = planner
+        # per slice: (what we sent, what the server kept) when the server dropped some of it
+        self._accepted: dict[str, tuple[ResourceSlice, ResourceSlice]] = {}
+        self.dropped_fields: list[str] = []  # fields the API server silently dropped (feature gates off)
         self._node_uid: str | None = None
         self._generation = 0
         self._actual: dict[str, ResourceSlice] = {}
@@ -162,7 +171,7 @@ class Publisher:
     def _desired(self, generation: int) -> list[ResourceSlice]:
         with self._lock:
             inv = self._inventory
-        return slices.plan_slices(inv, self._node, self._node_uid, generation)
+        return self._planner(inv, self._node, self._node_uid, generation)
 
     def _reconcile(self) -> None:
         """Make the API match the plan with as few writes as possible."""
@@ -185,18 +194,30 @@ class Publisher:
     def _matches(self, desired: list[ResourceSlice]) -> bool:
         if {_name(s) for s in desired} != set(self._actual):
             return False
-        return all(slicediff.slice_content_equal(d, self._actual[_name(d)]) for d in desired)
+        return all(self._in_sync(d, self._actual[_name(d)]) for d in desired)
+
+    def _in_sync(self, desired: ResourceSlice, actual: ResourceSlice) -> bool:
+        """Equal to the plan — or to what the server kept of this very plan when it dropped fields."""
+        if slicediff.slice_content_equal(desired, actual):
+            return True
+        accepted = self._accepted.get(_name(desired))
+        return (
+            accepted is not None
+            and slicediff.slice_content_equal(accepted[0], desired)
+            and slicediff.slice_content_equal(accepted[1], actual)
+        )
 
     def _write(self, desired: list[ResourceSlice]) -> None:
         wanted = {_name(s) for s in desired}
         for obj in desired:
             name = _name(obj)
             have = self._actual.get(name)
-            if have is not None and slicediff.slice_content_equal(obj, have):
+            if have is not None and self._in_sync(obj, have):
                 continue
             written = self._create(obj) if have is None else self._replace(obj, have)
             self._actual[name] = written
             self._remember(name, written)
+            self._check_dropped(obj, written)
         for name in sorted(set(self._actual) - wanted):
             try:
                 self._api.delete_slice(name)
@@ -205,6 +226,20 @@ class Publisher:
                     raise
             self._remember(name, self._actual.pop(name))
         log.info("published %d ResourceSlice(s) for node %s", len(desired), self._node)
+
+    def _check_dropped(self, sent: ResourceSlice, kept: ResourceSlice) -> None:
+        """Read back what the server stored: a feature gate that is off makes it drop fields silently."""
+        name = _name(sent)
+        if slicediff.slice_content_equal(sent, kept):
+            self._accepted.pop(name, None)
+            return
+        self._accepted[name] = (sent, kept)
+        dropped = slicediff.dropped_fields(sent, kept)
+        self.dropped_fields = sorted(set(self.dropped_fields) | set(dropped))
+        log.error(
+            "the API server dropped fields of ResourceSlice %s (a feature gate is probably off): %s",
+            name, ", ".join(dropped) or "(values changed)",
+        )
 
     def _remember(self, name: str, obj: ResourceSlice) -> None:
         rv = _rv(obj)

@@ -88,3 +88,30 @@ def slice_content_equal(desired: k8stypes.ResourceSlice, actual: k8stypes.Resour
         if not any(_owned_equal(ref, have) for have in have_refs):
             return False
     return _spec_equal(desired.get("spec", {}), actual.get("spec", {}))
+
+
+def _missing_keys(sent: Mapping[str, object], kept: object, path: str) -> list[str]:
+    if not isinstance(kept, Mapping):
+        return [path] if sent else []
+    out = []
+    for key, value in sent.items():
+        if key not in kept:
+            if value not in ({}, [], None):
+                out.append(f"{path}.{key}")
+        elif isinstance(value, Mapping):
+            out.extend(_missing_keys(value, kept[key], f"{path}.{key}"))
+    return out
+
+
+def dropped_fields(sent: k8stypes.ResourceSlice, kept: k8stypes.ResourceSlice) -> list[str]:
+    """Paths present in what we wrote but absent from what the API server stored, e.g.
+    ``spec.devices[gpu-0].taints`` when the DRADeviceTaints gate is off. Devices are named, not indexed."""
+    sent_spec: Mapping[str, object] = sent.get("spec", {})
+    kept_spec: Mapping[str, object] = kept.get("spec", {})
+    out = _missing_keys({k: v for k, v in sent_spec.items() if k != "devices"}, kept_spec, "spec")
+    raw = kept_spec.get("devices")
+    kept_devices = {d.get("name"): d for d in raw if isinstance(d, Mapping)} if isinstance(raw, list) else {}
+    for dev in sent.get("spec", {}).get("devices", []):
+        name = dev.get("name", "")
+        out.extend(_missing_keys(dev, kept_devices.get(name), f"spec.devices[{name}]"))
+    return out

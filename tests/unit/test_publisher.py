@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ def kube(api: FakeApiServer, tmp_path: Path) -> Iterator[KubeClient]:
 
 
 def start(kube: KubeClient, inv: Inventory) -> Publisher:
-    p = Publisher(kube, NODE, inv, Backoff(initial_s=0.05, max_s=0.2))
+    p = Publisher(kube, NODE, inv, backoff=Backoff(initial_s=0.05, max_s=0.2))
     p.start()
     assert p.synced.wait(10)
     return p
@@ -145,3 +146,37 @@ def test_other_nodes_and_drivers_are_left_alone(api: FakeApiServer, kube: KubeCl
         assert api.count("DELETE", SLICES) == 0
     finally:
         p.stop()
+
+
+def _with_taint(inv: Inventory, node: str, node_uid: str | None, generation: int) -> list[Any]:
+    from gpudra import slices
+
+    planned = slices.plan_slices(inv, node, node_uid, generation)
+    planned[0]["spec"]["devices"][0]["taints"] = [{"key": "gpudra.io/maintenance", "effect": "NoSchedule"}]  # type: ignore[typeddict-unknown-key]
+    return planned
+
+
+@pytest.mark.parametrize("gate_on", [False, True])
+def test_fields_dropped_by_a_disabled_gate_are_reported_not_rewritten(
+    tmp_path: Path, gate_on: bool
+) -> None:
+    server = FakeApiServer(feature_gates={"DRADeviceTaints": gate_on}).start()
+    server.put_object({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
+    client = KubeClient(load_config(server.write_kubeconfig(tmp_path / "kubeconfig")))
+    p = Publisher(client, NODE, gpus(2), backoff=Backoff(initial_s=0.05, max_s=0.2), planner=_with_taint)
+    p.start()
+    try:
+        assert p.synced.wait(10)
+        [stored] = pool(server)
+        has_taint = "taints" in stored["spec"]["devices"][0]
+        assert has_taint is gate_on
+        name = stored["spec"]["devices"][0]["name"]
+        assert p.dropped_fields == ([] if gate_on else [f"spec.devices[{name}].taints"])
+        server.clear_requests()
+        p.update_inventory(gpus(2))  # same plan: the dropped field must not cause a rewrite
+        time.sleep(0.3)  # give a would-be rewrite loop time to show itself
+        assert writes(server) == 0
+    finally:
+        p.stop()
+        client.close()
+        server.stop()
