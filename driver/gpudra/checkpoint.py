@@ -413,7 +413,7 @@ class CheckpointStore:
             extras={uid: x for uid, x in base.extras.items() if uid in claims},
             top=base.top,
         )
-        data = json.dumps(_encode_content(content), indent=1).encode() + b"\n"
+        data = json.dumps(_encode_content(content), separators=(",", ":")).encode() + b"\n"  # C encoder
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, data, mode=0o600)
         self._cache = (_stat_key(os.stat(self.path)), content)

@@ -8,6 +8,7 @@ every step checked out.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -76,7 +77,7 @@ def _play_kubelet(api: FakeApiServer, cfg: RunConfig) -> None:
         ids = list(result.devices[0].cdi_device_ids)
         _say(f"kubelet: NodePrepareResources default/demo-gpu -> {ids} ({took:.1f} ms)")
         spec = cfg.cdi_root / f"{names.CDI_VENDOR}-{names.CDI_CLASS}_{uid}.yaml"
-        _say(f"CDI spec {spec}", spec.read_text())
+        _say(f"CDI spec {spec}", json.dumps(json.loads(spec.read_text()), indent=2))
         unprepared = client.unprepare([claim]).claims[uid]
         if unprepared.error or spec.exists():
             raise DemoError(f"unprepare failed: {unprepared.error or 'CDI spec still on disk'}")

@@ -159,6 +159,6 @@ def write_claim_description(
     path: Path, claim: ClaimIdentity, devices: Sequence[Device], device_names: Sequence[str] | None = None
 ) -> None:
     """Write :func:`claim_description` to ``path`` atomically (mode 0644; the parent is created)."""
-    data = json.dumps(claim_description(claim, devices, device_names), indent=2) + "\n"
+    data = json.dumps(claim_description(claim, devices, device_names)) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, data.encode(), mode=0o644, durable=False)

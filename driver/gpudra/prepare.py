@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -59,6 +60,7 @@ class Preparer:
         self._cdi = cdi_writer
         self._settings = settings
         self._devices: Mapping[str, Device] = {}
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="claim-get")
         self.set_inventory(inventory)
 
     def set_inventory(self, inventory: Inventory) -> None:
@@ -69,19 +71,27 @@ class Preparer:
     def prepare(self, refs: Sequence[ClaimRef]) -> dict[str, ClaimResult]:
         results: dict[str, ClaimResult] = {}
         plans: list[ClaimPlan] = []
-        for ref in refs:
-            try:
-                plans.append(self._plan(ref))
-            except PlanError as e:
-                log.warning("prepare %s: %s", ref, e)
-                results[ref.uid] = ClaimResult(error=str(e))
-            except Exception as e:  # a bug or a claim shaped unlike any API server writes: this claim only
-                log.exception("prepare %s: unexpected error", ref)
-                results[ref.uid] = ClaimResult(error=f"internal error: {type(e).__name__}: {e}")
+        # One pod's claims arrive in one call: read them from the API in parallel, no lock held.
+        outcomes = map(self._try_plan, refs) if len(refs) == 1 else self._pool.map(self._try_plan, refs)
+        for ref, outcome in zip(refs, outcomes, strict=True):
+            if isinstance(outcome, ClaimPlan):
+                plans.append(outcome)
+            else:
+                results[ref.uid] = outcome
         if plans:
             with self._store.transaction() as txn:
                 results.update(self._apply(txn, plans))
         return results
+
+    def _try_plan(self, ref: ClaimRef) -> ClaimPlan | ClaimResult:
+        try:
+            return self._plan(ref)
+        except PlanError as e:
+            log.warning("prepare %s: %s", ref, e)
+            return ClaimResult(error=str(e))
+        except Exception as e:  # a bug or a claim shaped unlike any API server writes: this claim only
+            log.exception("prepare %s: unexpected error", ref)
+            return ClaimResult(error=f"internal error: {type(e).__name__}: {e}")
 
     def _plan(self, ref: ClaimRef) -> ClaimPlan:
         try:
