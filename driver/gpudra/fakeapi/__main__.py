@@ -1,13 +1,18 @@
-"""``python -m gpudra.fakeapi --port N --kubeconfig FILE [--gate Name=true]``: serve until SIGTERM/SIGINT."""
+"""``python -m gpudra.fakeapi --port N --kubeconfig FILE [--gate Name=true] [--request-log FILE]``.
+
+Serves until SIGTERM/SIGINT.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import FrameType
+from typing import TextIO
 
 from gpudra.fakeapi.gates import DEFAULT_GATES
 from gpudra.fakeapi.server import FakeApiServer
@@ -36,7 +41,38 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="feature gate override (repeatable)",
     )
     parser.add_argument("--kube-version", default="1.34.0", help="version reported by /version")
+    parser.add_argument(
+        "--request-log", metavar="FILE", help="append one JSON line per answered request to FILE (hack/bench)"
+    )
     return parser.parse_args(argv)
+
+
+# ---- --request-log: the request log of a stand-in running in another process (used by hack/bench) ----
+
+
+class _FileLoggingServer(FakeApiServer):
+    """Also appends each answered request to a file as ``{"method", "path", "query", "status", "time"}``."""
+
+    def __init__(
+        self, host: str, port: int, gates: Mapping[str, bool], kube_version: str, log: TextIO
+    ) -> None:
+        super().__init__(host, port, gates, kube_version=kube_version)
+        self._log = log
+        self._log_lock = threading.Lock()
+
+    def record(self, method: str, path: str, query: dict[str, str], status: int, started: float) -> None:
+        super().record(method, path, query, status, started)
+        line = json.dumps({"method": method, "path": path, "query": query, "status": status, "time": started})
+        with self._log_lock:
+            self._log.write(line + "\n")
+            self._log.flush()
+
+
+def _server(args: argparse.Namespace, log: TextIO | None) -> FakeApiServer:
+    gates = dict(args.gate)
+    if log is None:
+        return FakeApiServer(args.host, args.port, gates, kube_version=args.kube_version)
+    return _FileLoggingServer(args.host, args.port, gates, args.kube_version, log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,11 +84,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with FakeApiServer(args.host, args.port, dict(args.gate), kube_version=args.kube_version) as server:
-        if args.kubeconfig:
-            server.write_kubeconfig(args.kubeconfig)
-        print(server.url, flush=True)
-        stop.wait()
+    log = open(args.request_log, "a", encoding="utf-8") if args.request_log else None  # noqa: SIM115
+    try:
+        with _server(args, log) as server:
+            if args.kubeconfig:
+                server.write_kubeconfig(args.kubeconfig)
+            print(server.url, flush=True)
+            stop.wait()
+    finally:
+        if log is not None:
+            log.close()
     return 0
 
 

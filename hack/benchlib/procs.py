@@ -1,0 +1,249 @@
+"""The two processes under test: the stand-in API server and ``gpudra run``, plus a small HTTP client.
+
+Both are separate processes, as in a cluster: the stand-in is ``python -m gpudra.fakeapi`` (with
+``--request-log`` so its request log can be read from here), the plugin is the real ``gpudra run``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from gpudra import names
+
+SLICES = "/apis/resource.k8s.io/v1/resourceslices"
+
+
+class BenchError(Exception):
+    """The benchmark could not run (a process did not start, a request failed)."""
+
+
+def child_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("GPUDRA_")}
+
+
+class Http:
+    """One keep-alive HTTP/1.1 connection to the stand-in; JSON in, JSON out."""
+
+    def __init__(self, host: str, port: int, timeout_s: float = 10.0) -> None:
+        self.conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+
+    def call(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200, 201)) -> Any:
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        self.conn.request(method, path, body=payload, headers=headers)
+        resp = self.conn.getresponse()
+        data = resp.read()
+        if resp.status not in ok:
+            raise BenchError(f"{method} {path}: HTTP {resp.status}: {data[:300]!r}")
+        return json.loads(data) if data else None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@dataclass
+class StandIn:
+    """``python -m gpudra.fakeapi`` in its own process, logging every request to ``request_log``."""
+
+    root: Path
+    proc: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.root / "kubeconfig"
+
+    @property
+    def request_log(self) -> Path:
+        return self.root / "api-requests.jsonl"
+
+    def start(self) -> StandIn:
+        cmd = [
+            sys.executable,
+            "-m",
+            "gpudra.fakeapi",
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--request-log",
+            str(self.request_log),
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=child_env())
+        assert self.proc.stdout is not None
+        url = self.proc.stdout.readline().decode().strip()
+        if not url.startswith("http://"):
+            raise BenchError(f"the stand-in API server did not start (printed {url!r})")
+        self.host, _, port = url.removeprefix("http://").rpartition(":")
+        self.port = int(port)
+        return self
+
+    def http(self) -> Http:
+        return Http(self.host, self.port)
+
+    def requests_between(self, t0: float, t1: float) -> list[dict[str, Any]]:
+        """Requests the stand-in answered with a wall-clock start in [t0, t1)."""
+        lines = self.request_log.read_text().splitlines()
+        return [r for r in map(json.loads, lines) if t0 <= r["time"] < t1]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
+
+
+def add_node(api: Http, node: str) -> None:
+    api.call("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
+
+
+def node_slices(api: Http, node: str) -> list[dict[str, Any]]:
+    body = api.call("GET", f"{SLICES}?fieldSelector={quote(f'spec.nodeName={node}')}")
+    return list(body["items"])
+
+
+def open_slice_watch(standin: StandIn, node: str, timeout_s: float) -> http.client.HTTPResponse:
+    """A watch on this node's ResourceSlices, open before the plugin starts (so no event is missed)."""
+    conn = http.client.HTTPConnection(standin.host, standin.port, timeout=timeout_s)
+    conn.request("GET", f"{SLICES}?watch=true&fieldSelector={quote(f'spec.nodeName={node}')}")
+    resp = conn.getresponse()
+    if resp.status != 200:
+        raise BenchError(f"watch ResourceSlices: HTTP {resp.status}")
+    return resp
+
+
+def first_added(watch: http.client.HTTPResponse) -> tuple[float, dict[str, Any]]:
+    """Block until the watch delivers an ADDED slice; returns (perf_counter at arrival, the slice)."""
+    while True:
+        line = watch.readline()
+        if not line:
+            raise BenchError("the ResourceSlice watch ended before any slice was added")
+        event = json.loads(line)
+        if event.get("type") == "ADDED":
+            return time.perf_counter(), event["object"]
+
+
+@dataclass
+class PluginProc:
+    """The real ``gpudra run --backend mock`` on ``profile`` for ``node``, under ``root``."""
+
+    root: Path
+    node: str
+    profile: str
+    kubeconfig: Path
+    proc: subprocess.Popen[bytes] | None = None
+    exec_at: float = 0.0
+    exec_wall: float = 0.0
+    extra: list[str] = field(default_factory=list)
+
+    @property
+    def plugins(self) -> Path:
+        return self.root / "plugins"
+
+    @property
+    def registry(self) -> Path:
+        return self.root / "registry"
+
+    @property
+    def cdi_root(self) -> Path:
+        return self.root / "cdi"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.plugins / names.DRIVER_NAME
+
+    @property
+    def registration_socket(self) -> Path:
+        return self.registry / f"{names.DRIVER_NAME}-reg.sock"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "plugin.log"
+
+    def start(self) -> PluginProc:
+        cmd = [
+            sys.executable,
+            "-m",
+            "gpudra",
+            "run",
+            "--backend",
+            "mock",
+            "--profile",
+            self.profile,
+            "--node-name",
+            self.node,
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--plugins-dir",
+            str(self.plugins),
+            "--registry-dir",
+            str(self.registry),
+            "--cdi-root",
+            str(self.cdi_root),
+            *self.extra,
+        ]
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.exec_at, self.exec_wall = time.perf_counter(), time.time()
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env())
+        return self
+
+    def wait_registration(self, timeout_s: float = 30.0) -> float:
+        """Poll for the registration socket; returns perf_counter when it was seen."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.registration_socket.is_socket():
+                return time.perf_counter()
+            if self.proc is not None and self.proc.poll() is not None:
+                break
+            time.sleep(0.002)
+        raise BenchError(f"gpudra run did not offer its registration socket:\n{self.log()}")
+
+    def memory_kib(self) -> dict[str, int]:
+        """VmRSS and VmHWM (peak RSS) of the plugin process, in KiB, from /proc/<pid>/status."""
+        assert self.proc is not None
+        out = {}
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+        return out
+
+    def sigterm_timed(self, timeout_s: float = 10.0) -> tuple[float, int]:
+        """Send SIGTERM and wait for the exit; returns (seconds from signal to reaped exit, exit code)."""
+        assert self.proc is not None
+        t0 = time.perf_counter()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout_s)
+        return time.perf_counter() - t0, code
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def lifecycle_ms(self) -> dict[str, float]:
+        """When the plugin's own lifecycle log lines were written, in ms after exec (text log format only)."""
+        marks = {"discovered ": "discovered", "gpudra serving": "serving", "published ": "slices_published"}
+        out: dict[str, float] = {}
+        for line in self.log().splitlines():
+            try:
+                stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            except ValueError:
+                continue
+            for text, key in marks.items():
+                if text in line and key not in out:
+                    out[key] = round((stamp - self.exec_wall) * 1000, 1)
+        return out
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
