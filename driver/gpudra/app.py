@@ -25,6 +25,7 @@ from gpudra.metrics import create as create_metrics
 from gpudra.prepare import EditsMode, Preparer, PrepareSettings
 from gpudra.publisher import Publisher
 from gpudra.server import dra
+from gpudra.server.probe import PluginChecker, ProbeServer
 from gpudra.server.registration import Registrar
 from gpudra.server.sockets import UnixServer, fit_socket_path, socket_name
 
@@ -42,6 +43,7 @@ class RunConfig:
     dev_root: Path = Path("/dev")
     pod_uid: str | None = None  # set during rolling updates: per-pod socket names
     metrics_port: int = 0  # 0: no metrics endpoint
+    probe_port: int = 0  # 0: no grpc.health.v1 endpoint for kubelet probes
     grpc_workers: int = 8
 
     @property
@@ -77,6 +79,7 @@ class Plugin:
         self._dra: UnixServer | None = None
         self.registrar: Registrar | None = None
         self.metrics: Metrics = NullMetrics()
+        self._probe: ProbeServer | None = None
 
     def start(self) -> None:
         cfg = self.cfg
@@ -113,14 +116,20 @@ class Plugin:
         self.publisher.start()
         self.registrar = Registrar(cfg.registration_socket, cfg.dra_socket)
         self.registrar.start()
+        if cfg.probe_port:
+            checker = PluginChecker(cfg.registration_socket, cfg.dra_socket, self.registrar.registered.is_set)
+            self._probe = ProbeServer(cfg.probe_port, checker)
+            self._probe.start()
         log.info("gpudra serving: DRA %s, registration %s", cfg.dra_socket, cfg.registration_socket)
 
     def stop(self) -> None:
         """Fast and complete: sockets removed, no thread left doing work (SIGTERM budget: 25 ms)."""
+        if self._probe is not None:
+            self._probe.stop()
         if self.registrar is not None:
             self.registrar.stop()
         if self._dra is not None:
-            self._dra.stop(0)
+            self._dra.stop(2.0)  # a prepare in flight finishes (rolling update: the kubelet gets its answer)
         if self.publisher is not None:
             self.publisher.stop()
         self._backend.close()

@@ -121,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
         default=int(_env("GPUDRA_METRICS_PORT", "0") or 0),
         help="serve Prometheus metrics on this port; 0 disables [env GPUDRA_METRICS_PORT]",
     )
+    r.add_argument(
+        "--probe-port",
+        type=int,
+        default=int(_env("GPUDRA_PROBE_PORT", "0") or 0),
+        help="serve grpc.health.v1 for kubelet gRPC probes on this port; 0 disables [env GPUDRA_PROBE_PORT]",
+    )
 
     m = sub.add_parser("demo", help="run the whole path on mock GPUs with an in-process API server")
     _add_common_flags(m)
@@ -191,6 +197,7 @@ def _run(args: argparse.Namespace) -> int:
         dev_root=args.dev_root,
         pod_uid=args.pod_uid,
         metrics_port=args.metrics_port,
+        probe_port=args.probe_port,
     )
     backend = _open_backend(args)
     mode: EditsMode = "mock" if args.backend == "mock" else "nvidia"

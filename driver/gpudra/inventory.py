@@ -64,6 +64,10 @@ class MigInfo:
     ci_id: int  # compute instance id inside the GPU instance
     ci_profile_id: int | None = None
     parent_minor: int | None = None  # /dev/nvidia<minor> of the parent
+    ci_placement_start: int | None = None  # first compute slice of the compute instance inside its GI
+    #: True: the compute instance spans its whole GPU instance (the usual one CI per GI); False: the GI is
+    #: split into several compute instances; None: unknown. Device names encode the CI only when not True.
+    ci_spans_gpu_instance: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,9 @@ class Inventory:
     driver_version: Semver | None = None  # kernel driver, e.g. 580.159.4
     cuda_driver_version: Semver | None = None  # e.g. 13.0.0 from NVML's 13000
     warnings: tuple[str, ...] = field(default=())  # what discovery skipped or could not read, for logs
+    #: Some GPU's NVLink fabric registration has not finished (NVML state NOT_STARTED / IN_PROGRESS): its
+    #: ``fabric_domain`` is missing for now. Discover again later and republish when it changes.
+    fabric_pending: bool = False
 
     def by_uuid(self) -> dict[str, Device]:
         return {d.uuid: d for d in self.devices}

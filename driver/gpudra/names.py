@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from typing import Final
 
 DRIVER_NAME: Final = "gpudra.io"
@@ -45,12 +46,23 @@ ATTR_MIG_CAPABLE: Final = "migCapable"
 ATTR_MIG_ENABLED: Final = "migEnabled"
 ATTR_ADDRESSING_MODE: Final = "addressingMode"
 #: Vendor-neutral fabric domain: equal values = same NVLink clique / NVLink island / XGMI hive. Use it in
-#: ``matchAttribute: gpudra.io/fabricDomain`` for "N GPUs on one NVLink domain".
+#: ``matchAttribute: gpudra.io/fabricDomain`` for "N GPUs on one NVLink domain". Values:
+#: ``<clusterUUID>.<cliqueId>`` for a GPU registered in an NVLink fabric clique (GB200 NVL72: the same on
+#: every tray of the rack, see :func:`clique_fabric_domain`); otherwise, for GPUs joined by NVLink inside one
+#: node (DGX/HGX NVSwitch baseboards, NVLink-bridged PCIe pairs), ``node-<hash>`` where the hash covers the
+#: sorted UUIDs of the island's GPUs (:func:`local_fabric_domain`): stable across restarts, equal on every
+#: GPU of the island, and distinct on every other node because GPU UUIDs are globally unique. A GPU with no
+#: NVLink peer has no fabricDomain.
 ATTR_FABRIC_DOMAIN: Final = "fabricDomain"
 ATTR_NVLINK_COUNT: Final = "nvlinkCount"
 ATTR_GFX_VERSION: Final = "gfxVersion"
 ATTR_DEVICE_ID: Final = "deviceID"
 ATTR_PARTITION_PROFILE: Final = "partitionProfile"  # AMD, e.g. "cpx_nps4"
+#: AMD partitions: which memory partition (NUMA pool) of the parent GPU a compute partition allocates from,
+#: and how many compute partitions draw from that same pool (itself included). ``memory`` is the fair
+#: share (pool / memorySharedWith); ``memoryPool`` the whole pool, which is NOT exclusive.
+ATTR_MEMORY_PARTITION: Final = "memoryPartition"
+ATTR_MEMORY_SHARED_WITH: Final = "memorySharedWith"
 
 # Standard attributes defined by Kubernetes (k8s.io/dynamic-resource-allocation/deviceattribute).
 STD_DOMAIN: Final = "resource.kubernetes.io"
@@ -68,6 +80,7 @@ CAP_JPEG_ENGINES: Final = "jpegEngines"
 CAP_OFA_ENGINES: Final = "ofaEngines"
 CAP_COMPUTE_UNITS: Final = "computeUnits"
 CAP_SIMD_UNITS: Final = "simdUnits"
+CAP_MEMORY_POOL: Final = "memoryPool"
 
 # DeviceClass names shipped in deviceclasses/.
 CLASS_GPU: Final = "gpu.gpudra.io"  # any full GPU, both vendors
@@ -105,3 +118,44 @@ def gpu_device_name(identity: str) -> str:
     ident = identity.lower()
     ident = ident.removeprefix("gpu-")
     return dns_label(f"gpu-{ident}")
+
+
+def mig_device_name(
+    parent_uuid: str,
+    profile: str,
+    gi_profile_id: int,
+    placement_start: int,
+    *,
+    ci_profile_id: int | None = None,
+    ci_start: int | None = None,
+) -> str:
+    """Device name of a MIG device from where it sits, e.g. ``gpu-bb61b538-...-mig-1g10gbme-20-3``.
+
+    ``gpu-<parent>-mig-<profile without . and +>-<GPU-instance profile id>-<placement start>``, plus
+    ``-<compute-instance profile id>-<compute placement start>`` when the compute instance is one of several
+    in its GPU instance (pass both or neither). GPU-instance and compute-instance *ids* never enter: they
+    depend on creation order, placements do not. With NVIDIA UUIDs and the A100/H100/B200 profile tables
+    the name stays within 63 characters, so :func:`dns_label` never has to shorten it.
+    """
+    if (ci_profile_id is None) != (ci_start is None):
+        raise ValueError("mig_device_name: pass both ci_profile_id and ci_start, or neither")
+    parent = parent_uuid.lower().removeprefix("gpu-")
+    compact = re.sub(r"[^a-z0-9]", "", profile.lower())
+    parts = [f"gpu-{parent}-mig-{compact}", str(gi_profile_id), str(placement_start)]
+    if ci_profile_id is not None:
+        parts += [str(ci_profile_id), str(ci_start)]
+    return dns_label("-".join(parts))
+
+
+def clique_fabric_domain(cluster_uuid: str, clique_id: int) -> str:
+    """``fabricDomain`` of a GPU registered in an NVLink fabric clique: ``<clusterUUID>.<cliqueId>``."""
+    return f"{cluster_uuid.lower()}.{clique_id}"
+
+
+def local_fabric_domain(uuids: Iterable[str]) -> str:
+    """``fabricDomain`` of a node-local NVLink island: ``node-`` + 16 hex digits of SHA-256 over its UUIDs.
+
+    Order-independent (the UUIDs are sorted), so every GPU of the island computes the same value.
+    """
+    digest = hashlib.sha256("\n".join(sorted(uuids)).encode()).hexdigest()[:16]
+    return f"node-{digest}"

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from gpudra import cdi, edits, names, plan
+from gpudra import cdi, edits, plan, slices
 from gpudra.checkpoint import CheckpointStore, ClaimRecord, PreparedDevice, Txn
-from gpudra.inventory import Device, Inventory
+from gpudra.inventory import Device, DeviceKind, Inventory
 from gpudra.k8stypes import ResourceClaim
 from gpudra.kube import KubeError
 from gpudra.plan import ClaimPlan, ClaimRef, PlanError
@@ -64,7 +64,13 @@ class Preparer:
         self.set_inventory(inventory)
 
     def set_inventory(self, inventory: Inventory) -> None:
-        self._devices = {names.gpu_device_name(d.uuid): d for d in inventory.devices}
+        """The devices a claim may name: the published ones. A GPU in MIG mode is not published (its MIG
+        devices are), so an allocation naming it is stale and refused."""
+        self._devices = {
+            slices.device_name(d): d
+            for d in inventory.devices
+            if not (d.kind is DeviceKind.GPU and d.mig_enabled)
+        }
 
     # ---- prepare ------------------------------------------------------------------------------------
 
@@ -158,9 +164,14 @@ class Preparer:
             common = cdi.ContainerEdits()
         else:
             desc = self._description_path(uid)
-            edits.write_claim_description(desc, p.ref, [d.device for d in p.devices])
+            edits.write_claim_description(
+                desc, p.ref, [d.device for d in p.devices], [d.name for d in p.devices]
+            )
             devs = [
-                cdi.CdiDevice(cdi.cdi_device_name(uid, d.name), edits.mock_edits(d.device, uid, desc))
+                cdi.CdiDevice(
+                    cdi.cdi_device_name(uid, d.name),
+                    edits.mock_edits(d.device, uid, desc, device_name=d.name),
+                )
                 for d in p.devices
             ]
             common = edits.mock_claim_edits(uid, [d.device.uuid for d in p.devices], desc)

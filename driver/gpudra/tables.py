@@ -1,28 +1,41 @@
-"""Human-readable rendering of an inventory for ``gpudra discover``."""
+"""Human-readable rendering of an inventory for ``gpudra discover``.
+
+Rows are sorted by device name, which puts each MIG device right under its parent GPU. A MIG-enabled GPU
+is listed as ``gpu (MIG)``: it is published only as its MIG devices.
+"""
 
 from __future__ import annotations
 
-from gpudra import names
-from gpudra.inventory import Inventory
+from gpudra import slices
+from gpudra.inventory import Device, DeviceKind, Inventory
 
 
 def _gib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**30:.1f} GiB"
 
 
+def _kind(d: Device) -> str:
+    return "gpu (MIG)" if d.kind is DeviceKind.GPU and d.mig_enabled else d.kind.value
+
+
+def _product(d: Device) -> str:
+    return f"{d.product_name} MIG {d.mig.profile}" if d.mig is not None else d.product_name
+
+
 def inventory_table(inv: Inventory) -> str:
-    header = ("DEVICE", "TYPE", "PRODUCT", "MEMORY", "PCI BUS ID", "NUMA", "UUID")
+    header = ("DEVICE", "TYPE", "PRODUCT", "MEMORY", "PCI BUS ID", "NUMA", "FABRIC", "UUID")
     rows = [header]
-    for d in sorted(inv.devices, key=lambda d: names.gpu_device_name(d.uuid)):
+    for d in sorted(inv.devices, key=slices.device_name):
         pci = d.pci
         rows.append(
             (
-                names.gpu_device_name(d.uuid),
-                d.kind.value,
-                d.product_name,
+                slices.device_name(d),
+                _kind(d),
+                _product(d),
                 _gib(d.memory_bytes),
                 pci.bus_id if pci else "-",
                 str(pci.numa_node) if pci and pci.numa_node is not None else "-",
+                d.fabric_domain or "-",
                 d.uuid,
             )
         )
@@ -33,5 +46,9 @@ def inventory_table(inv: Inventory) -> str:
         versions.append(f"driver {inv.driver_version}")
     if inv.cuda_driver_version:
         versions.append(f"CUDA {inv.cuda_driver_version}")
-    summary = f"{len(inv.devices)} device(s)" + (f"; {', '.join(versions)}" if versions else "")
+    migs = sum(d.kind is DeviceKind.MIG for d in inv.devices)
+    summary = f"{len(inv.devices) - migs} GPU(s)" + (f", {migs} MIG device(s)" if migs else "")
+    summary += f"; {', '.join(versions)}" if versions else ""
+    if inv.fabric_pending:
+        summary += "; NVLink fabric registration pending (fabricDomain not yet known)"
     return "\n".join([*lines, "", summary])

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import re
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -13,7 +14,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpudra import names, slices
-from gpudra.inventory import Device, DeviceKind, Inventory, PciPlacement, Semver, Vendor
+from gpudra.inventory import (
+    Device,
+    DeviceKind,
+    EngineCounts,
+    Inventory,
+    MigInfo,
+    PciPlacement,
+    Semver,
+    Vendor,
+)
 
 H100_UUID = "GPU-bb61b538-f5d8-b0ab-2cb5-fef794dece63"
 H100 = Device(
@@ -131,10 +141,11 @@ def test_malformed_bus_id_is_omitted_with_a_warning(bus_id: str) -> None:
 
 
 def test_amd_devices_carry_no_nvidia_versions() -> None:
-    amd = dataclasses.replace(H100, vendor=Vendor.AMD, uuid="0x1234abcd")
+    amd = dataclasses.replace(H100, vendor=Vendor.AMD, uuid="0x1234abcd", gfx_version="gfx942")
     published = attrs(amd)
     assert published[names.ATTR_VENDOR] == {"string": names.VENDOR_AMD}
-    assert names.ATTR_DRIVER_VERSION not in published
+    assert published[names.ATTR_DRIVER_VERSION] == {"version": "580.159.4"}  # the node's kernel driver
+    assert published[names.ATTR_GFX_VERSION] == {"string": "gfx942"}
     assert names.ATTR_CUDA_DRIVER_VERSION not in published
     assert names.ATTR_CUDA_COMPUTE_CAPABILITY not in published
 
@@ -179,10 +190,9 @@ def test_negative_capacity_is_omitted_with_a_warning() -> None:
     assert any(names.CAP_MEMORY in w for w in warnings_of(dev))
 
 
-@pytest.mark.parametrize("kind", [DeviceKind.MIG, DeviceKind.PARTITION])
-def test_other_kinds_are_refused_clearly(kind: DeviceKind) -> None:
-    with pytest.raises(ValueError, match="cannot be published yet"):
-        slices.device_entry(dataclasses.replace(H100, kind=kind), NV_INV)
+def test_mig_devices_without_placement_are_refused_clearly() -> None:
+    with pytest.raises(ValueError, match="no parent or placement"):  # MIG devices: see test_slices_mig.py
+        slices.device_entry(dataclasses.replace(H100, kind=DeviceKind.MIG), NV_INV)
 
 
 def test_device_without_uuid_is_refused() -> None:
@@ -415,14 +425,44 @@ PCI = st.builds(
 )
 
 
+COUNT = opt(st.integers(-1, 2**64))
+ENGINES = opt(st.builds(EngineCounts, COUNT, COUNT, COUNT, COUNT, COUNT))
+MIG_INFO = st.builds(
+    MigInfo, profile=st.sampled_from(["1g.10gb", "1g.10gb+me", "1c.7g.186gb", "x" * 70]),
+    gi_profile_id=st.integers(0, 20), placement_start=st.integers(0, 7), placement_size=st.integers(1, 8),
+    gi_id=st.integers(0, 14), ci_id=st.integers(0, 7), ci_profile_id=opt(st.integers(0, 8)),
+    ci_placement_start=opt(st.integers(0, 7)), ci_spans_gpu_instance=opt(st.booleans()),
+)  # fmt: skip
+
+
 def devices_strategy(uuid: str) -> st.SearchStrategy[Device]:
-    return st.builds(
+    """A full GPU (every field drawn, MIG mode and fabric included) or a MIG device of some parent."""
+    gpu = st.builds(
         Device, kind=st.just(DeviceKind.GPU), vendor=st.sampled_from(Vendor), uuid=st.just(uuid),
         product_name=TEXT, index=st.integers(0, 2**64), minor=opt(st.integers(-1, 2**64)), brand=opt(TEXT),
         architecture=opt(TEXT), memory_bytes=opt(st.integers(-1, 2**50)),
         multiprocessors=opt(st.integers(0, 200)),
-        cuda_compute_capability=opt(SEMVERS), pci=opt(PCI),
+        cuda_compute_capability=opt(SEMVERS), pci=opt(PCI), mig_capable=opt(st.booleans()),
+        mig_enabled=opt(st.booleans()), addressing_mode=opt(TEXT), fabric_domain=opt(TEXT),
+        nvlink_links=COUNT, engines=ENGINES,
     )
+    mig = gpu.map(lambda d: dataclasses.replace(d, mig_enabled=None, mig_capable=None)).flatmap(
+        lambda d: st.builds(
+            dataclasses.replace, st.just(d), kind=st.just(DeviceKind.MIG), uuid=st.just(f"MIG-{uuid[4:]}"),
+            parent_uuid=st.uuids().map(lambda u: f"GPU-{u}"), mig=MIG_INFO,
+        )
+    )  # fmt: skip
+    return st.one_of(gpu, mig)
+
+
+def published(dev: Device) -> bool:
+    """A MIG-enabled GPU is published as its MIG devices, never itself."""
+    return not (dev.kind is DeviceKind.GPU and dev.mig_enabled)
+
+
+def _again(dev: Device, uuid: str) -> Device:
+    """``dev`` with a fresh identity (a MIG device also gets a fresh parent, so its name stays unique)."""
+    return dataclasses.replace(dev, uuid=uuid, parent_uuid=uuid if dev.parent_uuid else None)
 
 
 @st.composite
@@ -432,7 +472,7 @@ def inventories(draw: st.DrawFn, max_size: int = 400) -> Inventory:
     size = draw(st.integers(min_value=1, max_value=max_size))
     uuids = draw(st.lists(st.uuids(), min_size=size, max_size=size, unique=True))
     drawn = [draw(devices_strategy(f"GPU-{u}")) for u in uuids[:12]]
-    extra = [dataclasses.replace(drawn[i % len(drawn)], uuid=f"GPU-{u}") for i, u in enumerate(uuids[12:])]
+    extra = [_again(drawn[i % len(drawn)], f"GPU-{u}") for i, u in enumerate(uuids[12:])]
     devices = tuple(drawn + extra)
     versions = {"driver_version": draw(opt(SEMVERS)), "cuda_driver_version": draw(opt(SEMVERS))}
     return Inventory(devices=devices, **versions)
@@ -448,8 +488,11 @@ SLOW = settings(max_examples=40, deadline=None,
 def test_planned_slices_satisfy_the_api_limits(inv: Inventory, node: str, uid: str | None, gen: int) -> None:
     plan = slices.plan_pool(inv, node, uid, gen)
     check_pool(list(plan.slices))
-    assert len(device_names(list(plan.slices))) == len(inv.devices)
-    for dev in inv.devices:
+    wanted = Counter(slices.device_name(d) for d in inv.devices if published(d))
+    clashes = {name for name, count in wanted.items() if count > 1}  # e.g. two MIG devices, one placement
+    assert sorted(device_names(list(plan.slices))) == sorted(set(wanted) - clashes)
+    assert all(any(name in w for w in plan.warnings) for name in clashes)
+    for dev in filter(published, inv.devices):
         fits = 0 < len(dev.product_name.encode()) <= 64
         entry = slices.device_entry(dev, inv)
         assert ("productName" in entry["attributes"]) == fits

@@ -1,9 +1,11 @@
 """A fake ``pynvml`` module served from a :class:`~gpudra.backends.profile.Profile`, and the mock backend.
 
-:class:`FakeNvml` has the pynvml functions the NVML backend calls, with pynvml's signatures and return
-types (``str`` for names and versions, ``int`` for enums, ``pynvml.c_nvmlDevice_t`` handles,
-``pynvml.nvmlPciInfo_t`` and ``pynvml.c_nvmlMemory_t`` structures, whose ``char[]`` fields such as ``busId``
-read back as ``str`` because pynvml's ``_PrintableStructure`` decodes them). Failures
+:class:`FakeNvml` has the pynvml functions the NVML backend calls (the MIG ones from
+:mod:`~gpudra.backends.fake_nvml_mig`, the NVLink ones from :mod:`~gpudra.backends.fake_nvml_links`), with
+pynvml's signatures and return types (``str`` for names and versions, ``int`` for enums,
+``pynvml.c_nvmlDevice_t`` handles, ``pynvml.nvmlPciInfo_t`` and ``pynvml.c_nvmlMemory_t`` structures, whose
+``char[]`` fields such as ``busId`` read back as ``str`` because pynvml's ``_PrintableStructure`` decodes
+them). Failures
 raise the real ``pynvml.NVMLError_*`` classes, and the real constants and error classes are reachable as
 attributes, so code written against pynvml runs unchanged. It never loads libnvidia-ml.
 
@@ -13,107 +15,93 @@ over a :class:`FakeNvml` and a sysfs tree written from the same profile into a p
 
 from __future__ import annotations
 
-import ctypes
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any
 
 import pynvml
 
+from gpudra.backends.fake_nvml_base import fail, present
+from gpudra.backends.fake_nvml_links import FakeLinkCalls
+from gpudra.backends.fake_nvml_mig import FakeMigCalls
 from gpudra.backends.nvml import NvmlBackend
-from gpudra.backends.profile import ALL_DEVICE_CALLS, DeviceProfile, Profile
+from gpudra.backends.profile import Profile
 from gpudra.backends.sysfs import normalize_pci_bus_id, pci_device_link
 from gpudra.inventory import Inventory
 
-_T = TypeVar("_T")
-_HANDLE_BASE: Final = 0x6770_0000  # fake device addresses; handles are never dereferenced
-_HANDLE_STRIDE: Final = 0x100
 
-
-def _fail(code: int) -> pynvml.NVMLError:
-    return pynvml.NVMLError(code)  # the constructor picks the real subclass, e.g. NVMLError_NotSupported
-
-
-class FakeNvml:
+class FakeNvml(FakeMigCalls, FakeLinkCalls):
     """Module-like stand-in for ``pynvml``; one instance is one simulated node (and one NVML library)."""
-
-    NVMLError = pynvml.NVMLError
-
-    def __init__(self, profile: Profile) -> None:
-        self.profile = profile
-        self.init_count = 0  # like NVML's reference count: nvmlInit increments, nvmlShutdown decrements
-        self.calls: list[str] = []  # every call made, in order (for tests and debugging)
-
-    def __getattr__(self, name: str) -> Any:
-        """Re-export pynvml's constants, error classes and structure types — never its functions."""
-        if name.startswith(("NVML_", "NVMLError", "c_nvml", "nvmlPciInfo")):
-            return getattr(pynvml, name)
-        raise AttributeError(name)
 
     # -- system -------------------------------------------------------------------------------------------
     def nvmlInitWithFlags(self, flags: int) -> None:
-        self._init("nvmlInitWithFlags")
+        self.init("nvmlInitWithFlags")
 
     def nvmlInit(self) -> None:
-        self._init("nvmlInit")
+        self.init("nvmlInit")
 
     def nvmlShutdown(self) -> None:
-        self._enter("nvmlShutdown")
+        self.enter("nvmlShutdown")
         self.init_count -= 1
 
     def nvmlSystemGetDriverVersion(self) -> str:
-        self._enter("nvmlSystemGetDriverVersion")
-        return _present(self.profile.driver_version)
+        self.enter("nvmlSystemGetDriverVersion")
+        return present(self.profile.driver_version)
 
     def nvmlSystemGetCudaDriverVersion(self) -> int:
-        self._enter("nvmlSystemGetCudaDriverVersion")
-        return _present(self.profile.cuda_driver_version)
+        self.enter("nvmlSystemGetCudaDriverVersion")
+        return present(self.profile.cuda_driver_version)
 
     def nvmlSystemGetCudaDriverVersion_v2(self) -> int:
-        self._enter("nvmlSystemGetCudaDriverVersion_v2")
-        return _present(self.profile.cuda_driver_version)
+        self.enter("nvmlSystemGetCudaDriverVersion_v2")
+        return present(self.profile.cuda_driver_version)
 
     def nvmlDeviceGetCount(self) -> int:
-        self._enter("nvmlDeviceGetCount")
+        self.enter("nvmlDeviceGetCount")
         return len(self.profile.devices)
 
     # -- devices ------------------------------------------------------------------------------------------
     def nvmlDeviceGetHandleByIndex(self, index: int) -> Any:
-        self._enter("nvmlDeviceGetHandleByIndex")
+        self.enter("nvmlDeviceGetHandleByIndex")
         if not 0 <= index < len(self.profile.devices):
-            raise _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        self._device_errors("nvmlDeviceGetHandleByIndex", self.profile.devices[index])
-        return ctypes.cast(ctypes.c_void_p(_HANDLE_BASE + index * _HANDLE_STRIDE), pynvml.c_nvmlDevice_t)
+            raise fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        self.device_errors("nvmlDeviceGetHandleByIndex", self.profile.devices[index])
+        return self.handle(("gpu", index))
 
     def nvmlDeviceGetUUID(self, handle: Any) -> str:
-        return _present(self._device("nvmlDeviceGetUUID", handle).uuid)
+        gpu, mig = self.gpu_or_mig("nvmlDeviceGetUUID", handle)
+        return present(mig.uuid if mig is not None else gpu.uuid)
 
     def nvmlDeviceGetName(self, handle: Any) -> str:
-        return _present(self._device("nvmlDeviceGetName", handle).name)
+        return present(self.gpu("nvmlDeviceGetName", handle).name)
 
     def nvmlDeviceGetMinorNumber(self, handle: Any) -> int:
-        return _present(self._device("nvmlDeviceGetMinorNumber", handle).minor)
+        return present(self.gpu("nvmlDeviceGetMinorNumber", handle).minor)
 
     def nvmlDeviceGetBrand(self, handle: Any) -> int:
-        return _present(self._device("nvmlDeviceGetBrand", handle).brand)
+        return present(self.gpu("nvmlDeviceGetBrand", handle).brand)
 
     def nvmlDeviceGetArchitecture(self, device: Any) -> int:
-        return _present(self._device("nvmlDeviceGetArchitecture", device).architecture)
+        return present(self.gpu("nvmlDeviceGetArchitecture", device).architecture)
 
     def nvmlDeviceGetNumGpuCores(self, device: Any) -> int:
-        return _present(self._device("nvmlDeviceGetNumGpuCores", device).num_gpu_cores)
+        return present(self.gpu("nvmlDeviceGetNumGpuCores", device).num_gpu_cores)
 
     def nvmlDeviceGetNumaNodeId(self, handle: Any) -> int:
-        return _present(self._device("nvmlDeviceGetNumaNodeId", handle).numa_node)
+        return present(self.gpu("nvmlDeviceGetNumaNodeId", handle).numa_node)
 
     def nvmlDeviceGetCudaComputeCapability(self, handle: Any) -> tuple[int, int]:
-        return _present(self._device("nvmlDeviceGetCudaComputeCapability", handle).cuda_compute_capability)
+        return present(self.gpu("nvmlDeviceGetCudaComputeCapability", handle).cuda_compute_capability)
 
     def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> Any:
-        memory = _present(self._device("nvmlDeviceGetMemoryInfo", handle).memory)
+        gpu, mig = self.gpu_or_mig("nvmlDeviceGetMemoryInfo", handle)
+        if mig is not None:
+            total = present(mig.memory_bytes)
+            return pynvml.c_nvmlMemory_t(total=total, free=total, used=0)
+        memory = present(gpu.memory)
         if version:  # the _v2 struct carries "reserved", which profiles do not describe
-            raise _fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+            raise fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
         return pynvml.c_nvmlMemory_t(total=memory.total, free=memory.free, used=memory.used)
 
     def nvmlDeviceGetPciInfo_v3(self, handle: Any) -> Any:
@@ -122,9 +110,8 @@ class FakeNvml:
     def nvmlDeviceGetPciInfo(self, handle: Any) -> Any:
         return self._pci_info("nvmlDeviceGetPciInfo", handle)
 
-    # -- plumbing -----------------------------------------------------------------------------------------
     def _pci_info(self, call: str, handle: Any) -> Any:
-        pci = _present(self._device(call, handle).pci)
+        pci = present(self.gpu(call, handle).pci)
         return pynvml.nvmlPciInfo_t(
             busIdLegacy=pci.bus_id_legacy.encode(),
             domain=pci.domain,
@@ -134,46 +121,6 @@ class FakeNvml:
             pciSubSystemId=pci.pci_subsystem_id,
             busId=pci.bus_id.encode(),
         )
-
-    def _init(self, call: str) -> None:
-        """Either init entry point fails when the profile injects an error into either of them."""
-        self._enter(call, initialised=False)
-        code = self.profile.errors.get("nvmlInit", self.profile.errors.get("nvmlInitWithFlags"))
-        if code is not None:
-            raise _fail(code)
-        self.init_count += 1
-
-    def _enter(self, call: str, *, initialised: bool = True) -> None:
-        self.calls.append(call)
-        code = self.profile.errors.get(call)
-        if code is not None:
-            raise _fail(code)
-        if initialised and self.init_count <= 0:
-            raise _fail(pynvml.NVML_ERROR_UNINITIALIZED)
-
-    def _device(self, call: str, handle: Any) -> DeviceProfile:
-        self._enter(call)
-        address = ctypes.cast(handle, ctypes.c_void_p).value if handle is not None else None
-        offset = (address or 0) - _HANDLE_BASE
-        index, rest = divmod(offset, _HANDLE_STRIDE)
-        if address is None or rest or not 0 <= index < len(self.profile.devices):
-            raise _fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        device = self.profile.devices[index]
-        self._device_errors(call, device)
-        return device
-
-    @staticmethod
-    def _device_errors(call: str, device: DeviceProfile) -> None:
-        code = device.errors.get(call, device.errors.get(ALL_DEVICE_CALLS))
-        if code is not None:
-            raise _fail(code)
-
-
-def _present(value: _T | None) -> _T:
-    """A profile value, or NOT_SUPPORTED when the profile leaves it unknown (null)."""
-    if value is None:
-        raise _fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
-    return value
 
 
 def write_sysfs_tree(root: Path, profile: Profile) -> None:

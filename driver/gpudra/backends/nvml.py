@@ -1,32 +1,33 @@
 """NVIDIA discovery through pynvml (the real module, or :class:`~gpudra.backends.fake_nvml.FakeNvml`).
 
-The backend is handed the module object and calls only pynvml functions on it. All NVML errors pass through
-one translation layer, :class:`NvmlCalls`:
-
-* NOT_SUPPORTED, FUNCTION_NOT_FOUND, NOT_FOUND, NO_PERMISSION (or a function this pynvml lacks): that one
-  value is unknown (``None``); the attribute is omitted, never defaulted.
-* GPU_IS_LOST, UNKNOWN and other errors that mean the GPU itself is broken: the device is skipped, with a
-  line in ``Inventory.warnings`` and the log; the other GPUs are kept.
-* any other error: the value is unknown and a warning says why.
-
+The backend is handed the module object and calls only pynvml functions on it, all through the translation
+layer :class:`~gpudra.backends.nvml_calls.NvmlCalls` (what each NVML error means is documented there). Every
+call stands alone: an unsupported call omits its one value; a lost GPU is skipped and the rest are kept.
 A GPU whose UUID, name or PCI bus id cannot be read is skipped: it is never published with a made-up identity.
+MIG devices come from :mod:`~gpudra.backends.nvml_mig`, fabric domains from
+:mod:`~gpudra.backends.nvml_topology`; NUMA node and PCIe root from sysfs (:mod:`~gpudra.backends.sysfs`).
 Importing this module never loads libnvidia-ml; only :class:`NvmlBackend` (through ``nvmlInit``) does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Final, cast
+from typing import Any, Final
 
-from gpudra.backends import sysfs
+from gpudra.backends import nvml_mig, nvml_topology, sysfs
 from gpudra.backends.base import DiscoveryError
+from gpudra.backends.nvml_calls import MOCK_HINT, DeviceFailure, NvmlCalls, integer, text
 from gpudra.inventory import Device, DeviceKind, Inventory, PciPlacement, Semver, Vendor
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "MOCK_HINT", "NvmlBackend", "compute_capability", "cuda_version", "driver_version", "multiprocessors",
+]  # fmt: skip
 
-MOCK_HINT: Final = "To run without GPUs, use `--backend mock --profile dgx-h100`."
+log = logging.getLogger(__name__)
 
 #: nvmlDeviceArchitecture_t -> name; the spelling go-nvlib uses (so selectors match NVIDIA's own driver).
 ARCHITECTURE_NAMES: Final[dict[int, str]] = {
@@ -45,12 +46,6 @@ CORES_PER_SM: Final[dict[tuple[int, int], int]] = {
     (6, 0): 64, (6, 1): 128, (6, 2): 128, (7, 0): 64, (7, 2): 64, (7, 5): 64, (8, 0): 64, (8, 6): 128,
     (8, 7): 128, (8, 9): 128, (9, 0): 128,
 }  # fmt: skip
-
-_ABSENT_ERRORS: Final = ("NOT_SUPPORTED", "FUNCTION_NOT_FOUND", "NOT_FOUND", "NO_PERMISSION")
-_DEVICE_FATAL_ERRORS: Final = (
-    "GPU_IS_LOST", "UNKNOWN", "RESET_REQUIRED", "GPU_NOT_FOUND", "UNINITIALIZED", "DRIVER_NOT_LOADED",
-    "LIB_RM_VERSION_MISMATCH",
-)  # fmt: skip
 
 
 def driver_version(text: str) -> Semver | None:
@@ -78,89 +73,30 @@ def multiprocessors(cores: int, capability: tuple[int, int]) -> int | None:
     return cores // per_sm
 
 
-class DeviceFailure(Exception):
-    """NVML reported that a GPU itself is lost or broken; discovery skips that GPU."""
-
-
-class NvmlCalls:
-    """The translation layer: pynvml is called only through :meth:`value`, :meth:`init`, :meth:`shutdown`."""
-
-    def __init__(self, nvml: ModuleType | object) -> None:
-        self._nvml = cast(Any, nvml)
-        self._error_class: type[Exception] = self._nvml.NVMLError
-        self._absent = self._codes(_ABSENT_ERRORS)
-        self._fatal = self._codes(_DEVICE_FATAL_ERRORS)
-        self.warnings: list[str] = []
-
-    def _codes(self, names: tuple[str, ...]) -> frozenset[int]:
-        known = (getattr(self._nvml, f"NVML_ERROR_{name}", None) for name in names)
-        return frozenset(code for code in known if isinstance(code, int))
-
-    def has(self, function: str) -> bool:
-        return callable(getattr(self._nvml, function, None))
-
-    def value(self, function: str, *args: Any, what: str = "") -> Any:
-        """Call ``function``; ``None`` for an unknown value; :class:`DeviceFailure` for a broken GPU."""
-        fn = getattr(self._nvml, function, None)
-        if not callable(fn):
-            return None  # this pynvml has no such function: same as NVML_ERROR_FUNCTION_NOT_FOUND
-        try:
-            return fn(*args)
-        except self._error_class as err:
-            code = getattr(err, "value", None)
-            if code in self._absent:
-                return None
-            if code in self._fatal:
-                raise DeviceFailure(f"{function}: {_describe(err)}") from err
-            self.warnings.append(f"{what or function}: {function} failed ({_describe(err)}); value omitted")
-            return None
-
-    def init(self) -> None:
-        try:
-            self._nvml.nvmlInit()
-        except self._error_class as err:
-            code = getattr(err, "value", None)
-            if code == getattr(self._nvml, "NVML_ERROR_LIBRARY_NOT_FOUND", None):
-                raise DiscoveryError(
-                    "cannot load the NVIDIA Management Library (libnvidia-ml.so.1): is the NVIDIA driver "
-                    f"installed and its library visible to this process? {MOCK_HINT}"
-                ) from err
-            raise DiscoveryError(f"NVML initialisation failed: {_describe(err)}. {MOCK_HINT}") from err
-
-    def shutdown(self) -> None:
-        try:
-            self._nvml.nvmlShutdown()
-        except self._error_class as err:
-            log.warning("nvmlShutdown failed: %s", _describe(err))
-
-
-def _describe(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"
-
-
-def _text(value: object) -> str | None:
-    """pynvml 13 gives ``str`` (its structures decode ``char[]`` fields); raw ctypes would give ``bytes``."""
-    if isinstance(value, bytes):
-        value = value.decode("ascii", errors="replace")
-    if isinstance(value, str):
-        value = value.strip("\x00").strip()
-        return value or None
-    return None
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+#: nvmlDeviceAddressingMode_t -> name (NVML_DEVICE_ADDRESSING_MODE_NONE / _HMM / _ATS).
+ADDRESSING_MODES: Final[dict[int, str]] = {0: "None", 1: "HMM", 2: "ATS"}
 
 
 def _name(table: dict[int, str], enum: object) -> str | None:
-    code = _int(enum)
+    code = integer(enum)
     return table.get(code) if code is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """One GPU as discovered, with what the node-wide topology pass still needs."""
+
+    device: Device
+    handle: Any
+    fabric: nvml_topology.FabricReading
+    migs: tuple[Device, ...] = ()
 
 
 class NvmlBackend:
     """A :class:`~gpudra.backends.base.HardwareBackend` over a pynvml module; the constructor runs nvmlInit.
 
     Raises :class:`DiscoveryError` when NVML cannot be initialised (library missing, driver not loaded).
+    ``discover()`` may be called again at any time (e.g. while ``Inventory.fabric_pending``) from one thread.
     """
 
     name = "nvml"
@@ -175,7 +111,7 @@ class NvmlBackend:
         """Number of GPUs NVML sees (includes GPUs that discovery would skip)."""
         self._check_open()
         try:
-            count = _int(self._calls.value("nvmlDeviceGetCount"))
+            count = integer(self._calls.value("nvmlDeviceGetCount"))
         except DeviceFailure as err:
             raise DiscoveryError(f"NVML cannot count the GPUs: {err}") from err
         if count is None:
@@ -186,26 +122,28 @@ class NvmlBackend:
         """One full discovery pass; per-GPU problems end up in ``Inventory.warnings``."""
         count = self.device_count()
         self._calls.warnings = []
-        devices: list[Device] = []
+        found: list[_Found] = []
         seen: set[str] = set()
         for index in range(count):
             try:
-                device = self._device(index)
+                gpu = self._gpu(index)
             except DeviceFailure as err:
                 self._calls.warnings.append(f"GPU index {index} skipped: {err}")
                 continue
-            if device.uuid in seen:
-                self._calls.warnings.append(f"GPU index {index} skipped: duplicate UUID {device.uuid}")
+            if gpu.device.uuid in seen:
+                self._calls.warnings.append(f"GPU index {index} skipped: duplicate UUID {gpu.device.uuid}")
                 continue
-            seen.add(device.uuid)
-            devices.append(device)
+            seen.add(gpu.device.uuid)
+            found.append(gpu)
+        devices = self._with_fabric_domains(found)
         driver, cuda = self._system_versions()
         warnings = tuple(self._calls.warnings)
         for line in warnings:
             log.warning("%s", line)
         return Inventory(
-            devices=tuple(devices), driver_version=driver, cuda_driver_version=cuda, warnings=warnings
-        )
+            devices=devices, driver_version=driver, cuda_driver_version=cuda, warnings=warnings,
+            fabric_pending=any(g.fabric.pending for g in found),
+        )  # fmt: skip
 
     def close(self) -> None:
         """``nvmlShutdown`` once; later calls do nothing."""
@@ -217,54 +155,81 @@ class NvmlBackend:
         if not self._open:
             raise DiscoveryError("the NVML backend is closed")
 
+    def _with_fabric_domains(self, found: list[_Found]) -> tuple[Device, ...]:
+        """Clique domains as read; node-local NVLink islands for full GPUs with active links and no clique.
+
+        A GPU whose registration is pending gets no domain yet; MIG devices never get one (no P2P on MIG).
+        """
+        candidates = [
+            (g.device.uuid, g.handle) for g in found
+            if g.fabric.domain is None and not g.fabric.pending and not g.device.mig_enabled
+            and (g.device.nvlink_links or 0) > 0
+        ]  # fmt: skip
+        local = nvml_topology.nvlink_islands(self._calls, candidates) if len(candidates) > 1 else {}
+        devices: list[Device] = []
+        for g in found:
+            domain = g.fabric.domain or local.get(g.device.uuid)
+            devices.append(dataclasses.replace(g.device, fabric_domain=domain))
+            devices.extend(g.migs)
+        return tuple(devices)
+
     def _system_versions(self) -> tuple[Semver | None, Semver | None]:
         try:
-            text = _text(self._calls.value("nvmlSystemGetDriverVersion", what="driver version"))
-            code = _int(self._calls.value("nvmlSystemGetCudaDriverVersion", what="CUDA version"))
+            version = text(self._calls.value("nvmlSystemGetDriverVersion", what="driver version"))
+            code = integer(self._calls.value("nvmlSystemGetCudaDriverVersion", what="CUDA version"))
             if code is None:
-                code = _int(self._calls.value("nvmlSystemGetCudaDriverVersion_v2", what="CUDA version"))
+                code = integer(self._calls.value("nvmlSystemGetCudaDriverVersion_v2", what="CUDA version"))
         except DeviceFailure as err:
             self._calls.warnings.append(f"driver versions unknown: {err}")
             return None, None
-        return (driver_version(text) if text else None), (cuda_version(code) if code is not None else None)
+        cuda = cuda_version(code) if code is not None else None
+        return (driver_version(version) if version else None), cuda
 
-    def _device(self, index: int) -> Device:
+    def _gpu(self, index: int) -> _Found:
         call = self._calls.value
         where = f"GPU index {index}"
         handle = call("nvmlDeviceGetHandleByIndex", index, what=where)
         if handle is None:
             raise DeviceFailure("no handle (nvmlDeviceGetHandleByIndex gave no answer)")
-        uuid = _text(call("nvmlDeviceGetUUID", handle, what=where))
+        uuid = text(call("nvmlDeviceGetUUID", handle, what=where))
         if uuid is None:
             raise DeviceFailure("UUID unreadable; not publishing a GPU without its identity")
         where = f"GPU {uuid}"
         bus_id = self._bus_id(handle, where)
-        name = _text(call("nvmlDeviceGetName", handle, what=where))
+        name = text(call("nvmlDeviceGetName", handle, what=where))
         if name is None:
             raise DeviceFailure(f"{uuid}: product name unreadable")
         capability = self._capability(handle, where)
-        cores = _int(call("nvmlDeviceGetNumGpuCores", handle, what=where))
-        return Device(
+        cores = integer(call("nvmlDeviceGetNumGpuCores", handle, what=where))
+        capable, enabled = nvml_mig.mig_mode(self._calls, handle, where)
+        device = Device(
             kind=DeviceKind.GPU,
             vendor=Vendor.NVIDIA,
             uuid=uuid,
             product_name=name,
             index=index,
-            minor=_int(call("nvmlDeviceGetMinorNumber", handle, what=where)),
+            minor=integer(call("nvmlDeviceGetMinorNumber", handle, what=where)),
             brand=_name(BRAND_NAMES, call("nvmlDeviceGetBrand", handle, what=where)),
             architecture=_name(ARCHITECTURE_NAMES, call("nvmlDeviceGetArchitecture", handle, what=where)),
             memory_bytes=self._memory(handle, where),
             multiprocessors=multiprocessors(cores, capability) if cores and capability else None,
             cuda_compute_capability=compute_capability(*capability) if capability else None,
-            pci=self._placement(handle, bus_id, where),
+            pci=self._placement(bus_id),
+            mig_capable=capable,
+            mig_enabled=enabled,
+            addressing_mode=_name(ADDRESSING_MODES, call("nvmlDeviceGetAddressingMode", handle, what=where)),
+            nvlink_links=nvml_topology.active_links(self._calls, handle, where),
         )
+        fabric = nvml_topology.read_fabric(self._calls, handle, where)
+        migs = nvml_mig.mig_devices(self._calls, handle, device, where) if enabled else []
+        return _Found(device, handle, fabric, tuple(migs))
 
     def _bus_id(self, handle: Any, where: str) -> str:
         function = "nvmlDeviceGetPciInfo_v3"
         if not self._calls.has(function):
             function = "nvmlDeviceGetPciInfo"
         info = self._calls.value(function, handle, what=where)
-        raw = _text(getattr(info, "busId", None)) or _text(getattr(info, "busIdLegacy", None))
+        raw = text(getattr(info, "busId", None)) or text(getattr(info, "busIdLegacy", None))
         bus_id = sysfs.normalize_pci_bus_id(raw) if raw else None
         if bus_id is None:
             raise DeviceFailure(f"{where}: PCI bus id unreadable or not representable ({raw!r})")
@@ -273,20 +238,26 @@ class NvmlBackend:
     def _capability(self, handle: Any, where: str) -> tuple[int, int] | None:
         value = self._calls.value("nvmlDeviceGetCudaComputeCapability", handle, what=where)
         if isinstance(value, tuple) and len(value) == 2:
-            major, minor = _int(value[0]), _int(value[1])
+            major, minor = integer(value[0]), integer(value[1])
             if major is not None and minor is not None:
                 return major, minor
         return None
 
     def _memory(self, handle: Any, where: str) -> int | None:
+        """Frame-buffer bytes; NOT_SUPPORTED on unified-memory parts (GB10), which then publish no memory."""
         info = self._calls.value("nvmlDeviceGetMemoryInfo", handle, what=where)
-        total = _int(getattr(info, "total", None))
+        total = integer(getattr(info, "total", None))
         return total if total is not None and total > 0 else None
 
-    def _placement(self, handle: Any, bus_id: str, where: str) -> PciPlacement:
-        numa = _int(self._calls.value("nvmlDeviceGetNumaNodeId", handle, what=where))
-        if numa is None or numa < 0:
-            numa = sysfs.read_numa_node(self._sysfs_root, bus_id)
+    def _placement(self, bus_id: str) -> PciPlacement:
+        """NUMA node and PCIe root from sysfs only.
+
+        ``nvmlDeviceGetNumaNodeId`` is not used: it is NOT_SUPPORTED on most VMs and on Grace systems it
+        names the GPU's own memory node (GB200: 2, 10, 18, 26), not the node the device is attached to
+        (sysfs: 0, 1), which is what ``resource.kubernetes.io/numaNode`` aligns with CPUs and NICs.
+        """
         return PciPlacement(
-            bus_id=bus_id, pcie_root=sysfs.read_pcie_root(self._sysfs_root, bus_id), numa_node=numa
+            bus_id=bus_id,
+            pcie_root=sysfs.read_pcie_root(self._sysfs_root, bus_id),
+            numa_node=sysfs.read_numa_node(self._sysfs_root, bus_id),
         )

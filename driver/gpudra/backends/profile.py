@@ -26,9 +26,13 @@ Schema (keys not listed are errors, except comment keys starting with ``_``)::
           "num_gpu_cores": 16896,
           "numa_node": null,                # nvmlDeviceGetNumaNodeId (null: NOT_SUPPORTED, as on real GPUs)
           "errors": {"nvmlDeviceGetBrand": "NVML_ERROR_NO_PERMISSION", "*": "NVML_ERROR_GPU_IS_LOST"},
-          "sysfs": {"numa_node": 0, "pcie_root": "pci0000:16"}
+          "sysfs": {"numa_node": 0, "pcie_root": "pci0000:16"},
+          "addressing_mode": 1,             # nvmlDeviceGetAddressingMode (0 NONE, 1 HMM, 2 ATS)
+          "mig_mode": [0, 0], ...           # MIG keys: see profile_mig.py
+          "fabric": {...}, "nvlink": {...}  # NVLink keys: see profile_links.py
         }
-      ]
+      ],
+      "p2p_status": {"NVLINK": [[null, 0], [0, null]]}    # see profile_links.py
     }
 
 ``pci`` also takes ``busIdLegacy``, ``domain``, ``bus`` and ``device``; omitted, they are derived from
@@ -47,11 +51,24 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-import pynvml  # importing pynvml never loads libnvidia-ml; only nvmlInit does
-
+from gpudra.backends.profile_json import Invalid, errors, is_int, obj, opt, req, strings
+from gpudra.backends.profile_links import LINK_KEYS, FabricProfile, NvLinkProfile, links_section, p2p_status
+from gpudra.backends.profile_mig import (
+    MIG_CALLS,
+    MIG_KEYS,
+    GpuInstanceProfileInfo,
+    MigDeviceProfile,
+    mig_section,
+)
 from gpudra.backends.sysfs import normalize_pci_bus_id
+
+__all__ = [
+    "ALL_DEVICE_CALLS", "DEVICE_CALLS", "MIG_CALLS", "SYSTEM_CALLS", "DeviceProfile", "FabricProfile",
+    "GpuInstanceProfileInfo", "MemoryProfile", "MigDeviceProfile", "NvLinkProfile", "PciProfile", "Profile",
+    "ProfileError", "SysfsProfile", "builtin_profile_names", "load_profile", "parse_profile",
+]  # fmt: skip
 
 SYSTEM_CALLS: Final = frozenset(
     {
@@ -78,7 +95,15 @@ DEVICE_CALLS: Final = frozenset(
         "nvmlDeviceGetBrand",
         "nvmlDeviceGetNumaNodeId",
         "nvmlDeviceGetNumGpuCores",
+        "nvmlDeviceGetAddressingMode",
+        "nvmlDeviceGetMigMode",
+        "nvmlDeviceGetMaxMigDeviceCount",
+        "nvmlDeviceGetGpuInstanceProfileInfo",
+        "nvmlDeviceGetGpuFabricInfoV",
+        "nvmlDeviceGetNvLinkState",
+        "nvmlDeviceGetP2PStatus",
     }
+    | MIG_CALLS - {"*"}
 )
 ALL_DEVICE_CALLS: Final = "*"
 
@@ -86,20 +111,19 @@ _PACKAGE: Final = "gpudra.backends"
 _PCIE_ROOT = re.compile(r"^pci[0-9a-f]{4}:[0-9a-f]{2}$")
 _NVML_BUS_ID = re.compile(r"^([0-9a-fA-F]{8}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-9a-fA-F])$")
 _TOP_KEYS: Final = frozenset(
-    {"name", "description", "driver_version", "cuda_driver_version", "errors", "devices"}
+    {"name", "description", "driver_version", "cuda_driver_version", "errors", "devices", "p2p_status"}
 )
 _DEVICE_KEYS: Final = frozenset(
     {
         "index", "uuid", "name", "minor", "brand", "architecture", "cuda_compute_capability", "memory", "pci",
-        "num_gpu_cores", "numa_node", "errors", "sysfs",
+        "num_gpu_cores", "numa_node", "errors", "sysfs", "addressing_mode",
     }
+    | MIG_KEYS
+    | LINK_KEYS
 )  # fmt: skip
 _PCI_KEYS: Final = frozenset(
     {"busId", "busIdLegacy", "domain", "bus", "device", "pciDeviceId", "pciSubSystemId"}
 )
-
-
-_T = TypeVar("_T")
 
 
 class ProfileError(ValueError):
@@ -152,6 +176,13 @@ class DeviceProfile:
     numa_node: int | None = None
     errors: dict[str, int] = field(default_factory=dict)  # function name (or "*") -> NVML_ERROR_* code
     sysfs: SysfsProfile = field(default_factory=SysfsProfile)
+    addressing_mode: int | None = None
+    mig_mode: tuple[int, int] | None = None  # [current, pending]
+    max_mig_device_count: int | None = None
+    gpu_instance_profiles: tuple[GpuInstanceProfileInfo, ...] = ()
+    mig_devices: tuple[MigDeviceProfile, ...] = ()
+    fabric: FabricProfile | None = None
+    nvlink: NvLinkProfile | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +197,8 @@ class Profile:
     description: str = ""
     source: tuple[str, ...] = ()
     synthetic: tuple[str, ...] = ()
+    #: NVML_P2P_CAPS_INDEX_* -> [gpu a][gpu b] -> nvmlGpuP2PStatus_t (None: NOT_SUPPORTED)
+    p2p_status: dict[int, tuple[tuple[int | None, ...], ...]] = field(default_factory=dict)
 
 
 def builtin_profile_names() -> list[str]:
@@ -199,156 +232,97 @@ def parse_profile(text: str, origin: str = "profile", default_name: str = "custo
     except json.JSONDecodeError as err:
         raise ProfileError(f"{origin}: not valid JSON: {err}") from err
     try:
-        return _profile(_obj(raw, "", _TOP_KEYS), default_name)
-    except _Invalid as err:
+        return _profile(obj(raw, "", _TOP_KEYS), default_name)
+    except Invalid as err:
         raise ProfileError(f"{origin}: {err}") from None
-
-
-class _Invalid(Exception):
-    pass
 
 
 def _profile(raw: dict[str, Any], default_name: str) -> Profile:
     devices_raw = raw.get("devices")
     if not isinstance(devices_raw, list):
-        raise _Invalid("devices: required, a list of GPU objects")
-    name = _opt(raw, "name", str, "") or default_name
+        raise Invalid("devices: required, a list of GPU objects")
+    name = opt(raw, "name", str, "") or default_name
     return Profile(
         name=name,
         devices=tuple(_device(item, f"devices[{i}]", i) for i, item in enumerate(devices_raw)),
-        driver_version=_opt(raw, "driver_version", str, ""),
-        cuda_driver_version=_opt(raw, "cuda_driver_version", int, ""),
-        errors=_errors(raw.get("errors"), "errors", SYSTEM_CALLS),
-        description=_opt(raw, "description", str, "") or "",
-        source=_strings(raw.get("_source"), "_source"),
-        synthetic=_strings(raw.get("_synthetic"), "_synthetic"),
+        driver_version=opt(raw, "driver_version", str, ""),
+        cuda_driver_version=opt(raw, "cuda_driver_version", int, ""),
+        errors=errors(raw.get("errors"), "errors", SYSTEM_CALLS),
+        description=opt(raw, "description", str, "") or "",
+        source=strings(raw.get("_source"), "_source"),
+        synthetic=strings(raw.get("_synthetic"), "_synthetic"),
+        p2p_status=p2p_status(raw.get("p2p_status"), "p2p_status", len(devices_raw)),
     )
 
 
 def _device(item: object, where: str, position: int) -> DeviceProfile:
-    raw = _obj(item, where, _DEVICE_KEYS)
-    index = _opt(raw, "index", int, where)
+    raw = obj(item, where, _DEVICE_KEYS)
+    index = opt(raw, "index", int, where)
     if index is not None and index != position:
-        raise _Invalid(f"{where}.index: is {index} but the device is at position {position}")
+        raise Invalid(f"{where}.index: is {index} but the device is at position {position}")
     cc = raw.get("cuda_compute_capability")
-    if cc is not None and not (isinstance(cc, list) and len(cc) == 2 and all(_is_int(x) for x in cc)):
-        raise _Invalid(f"{where}.cuda_compute_capability: expected [major, minor] integers, got {cc!r}")
+    if cc is not None and not (isinstance(cc, list) and len(cc) == 2 and all(is_int(x) for x in cc)):
+        raise Invalid(f"{where}.cuda_compute_capability: expected [major, minor] integers, got {cc!r}")
     return DeviceProfile(
-        uuid=_opt(raw, "uuid", str, where),
-        name=_opt(raw, "name", str, where),
-        minor=_opt(raw, "minor", int, where),
-        brand=_opt(raw, "brand", int, where),
-        architecture=_opt(raw, "architecture", int, where),
+        uuid=opt(raw, "uuid", str, where),
+        name=opt(raw, "name", str, where),
+        minor=opt(raw, "minor", int, where),
+        brand=opt(raw, "brand", int, where),
+        architecture=opt(raw, "architecture", int, where),
         cuda_compute_capability=(cc[0], cc[1]) if cc is not None else None,
         memory=_memory(raw.get("memory"), f"{where}.memory"),
         pci=_pci(raw.get("pci"), f"{where}.pci"),
-        num_gpu_cores=_opt(raw, "num_gpu_cores", int, where),
-        numa_node=_opt(raw, "numa_node", int, where),
-        errors=_errors(raw.get("errors"), f"{where}.errors", DEVICE_CALLS | {ALL_DEVICE_CALLS}),
+        num_gpu_cores=opt(raw, "num_gpu_cores", int, where),
+        numa_node=opt(raw, "numa_node", int, where),
+        errors=errors(raw.get("errors"), f"{where}.errors", DEVICE_CALLS | {ALL_DEVICE_CALLS}),
         sysfs=_sysfs(raw.get("sysfs"), f"{where}.sysfs"),
+        addressing_mode=opt(raw, "addressing_mode", int, where),
+        **mig_section(raw, where),
+        **links_section(raw, where),
     )
 
 
 def _memory(value: object, where: str) -> MemoryProfile | None:
     if value is None:
         return None
-    raw = _obj(value, where, frozenset({"total", "free", "used"}))
-    total, free, used = (_req(raw, key, int, where) for key in ("total", "free", "used"))
+    raw = obj(value, where, frozenset({"total", "free", "used"}))
+    total, free, used = (req(raw, key, int, where) for key in ("total", "free", "used"))
     if min(total, free, used) < 0:
-        raise _Invalid(f"{where}: byte counts must not be negative")
+        raise Invalid(f"{where}: byte counts must not be negative")
     return MemoryProfile(total=total, free=free, used=used)
 
 
 def _pci(value: object, where: str) -> PciProfile | None:
     if value is None:
         return None
-    raw = _obj(value, where, _PCI_KEYS)
-    bus_id = _req(raw, "busId", str, where)
+    raw = obj(value, where, _PCI_KEYS)
+    bus_id = req(raw, "busId", str, where)
     match = _NVML_BUS_ID.match(bus_id)
     if match is None or normalize_pci_bus_id(bus_id) is None:
-        raise _Invalid(f'{where}.busId: expected NVML\'s form like "00000000:1B:00.0", got {bus_id!r}')
+        raise Invalid(f'{where}.busId: expected NVML\'s form like "00000000:1B:00.0", got {bus_id!r}')
     domain, bus, device, function = match.groups()
     legacy = f"{int(domain, 16):04X}:{bus}:{device}.{function}"
     return PciProfile(
         bus_id=bus_id,
-        bus_id_legacy=_opt(raw, "busIdLegacy", str, where) or legacy,
-        domain=_with_default(_opt(raw, "domain", int, where), int(domain, 16)),
-        bus=_with_default(_opt(raw, "bus", int, where), int(bus, 16)),
-        device=_with_default(_opt(raw, "device", int, where), int(device, 16)),
-        pci_device_id=_opt(raw, "pciDeviceId", int, where) or 0,
-        pci_subsystem_id=_opt(raw, "pciSubSystemId", int, where) or 0,
+        bus_id_legacy=opt(raw, "busIdLegacy", str, where) or legacy,
+        domain=_with_default(opt(raw, "domain", int, where), int(domain, 16)),
+        bus=_with_default(opt(raw, "bus", int, where), int(bus, 16)),
+        device=_with_default(opt(raw, "device", int, where), int(device, 16)),
+        pci_device_id=opt(raw, "pciDeviceId", int, where) or 0,
+        pci_subsystem_id=opt(raw, "pciSubSystemId", int, where) or 0,
     )
 
 
 def _sysfs(value: object, where: str) -> SysfsProfile:
     if value is None:
         return SysfsProfile()
-    raw = _obj(value, where, frozenset({"numa_node", "pcie_root"}))
-    root = _opt(raw, "pcie_root", str, where)
+    raw = obj(value, where, frozenset({"numa_node", "pcie_root"}))
+    root = opt(raw, "pcie_root", str, where)
     if root is not None and _PCIE_ROOT.match(root) is None:
-        raise _Invalid(
+        raise Invalid(
             f'{where}.pcie_root: expected lower-case "pciDDDD:BB" (e.g. "pci0000:16"), got {root!r}'
         )
-    return SysfsProfile(numa_node=_opt(raw, "numa_node", int, where), pcie_root=root)
-
-
-def _errors(value: object, where: str, allowed: frozenset[str]) -> dict[str, int]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _Invalid(f"{where}: expected an object mapping pynvml function names to NVML_ERROR_* names")
-    out: dict[str, int] = {}
-    for call, code_name in value.items():
-        if call not in allowed:
-            known = ", ".join(sorted(allowed))
-            raise _Invalid(f"{where}: {call!r} is not a call the fake serves (one of {known})")
-        code = getattr(pynvml, code_name, None) if isinstance(code_name, str) else None
-        if not (isinstance(code_name, str) and code_name.startswith("NVML_ERROR_") and _is_int(code)):
-            raise _Invalid(f"{where}.{call}: {code_name!r} is not an NVML_ERROR_* name known to pynvml")
-        out[call] = int(code)  # type: ignore[arg-type]
-    return out
-
-
-def _obj(value: object, where: str, allowed: frozenset[str]) -> dict[str, Any]:
-    label = where or "the top level"
-    if not isinstance(value, dict):
-        raise _Invalid(f"{label}: expected a JSON object, got {type(value).__name__}")
-    unknown = sorted(k for k in value if k not in allowed and not str(k).startswith("_"))
-    if unknown:
-        names, known = ", ".join(map(repr, unknown)), ", ".join(sorted(allowed))
-        raise _Invalid(f"{label}: unknown key(s) {names} (allowed: {known})")
-    return value
-
-
-def _opt(raw: dict[str, Any], key: str, kind: type[_T], where: str) -> _T | None:
-    value = raw.get(key)
-    if value is None:
-        return None
-    if not (_is_int(value) if kind is int else isinstance(value, kind)):
-        label = f"{where}.{key}" if where else key
-        raise _Invalid(f"{label}: expected {kind.__name__} or null, got {value!r}")
-    return value  # type: ignore[no-any-return]
-
-
-def _req(raw: dict[str, Any], key: str, kind: type[_T], where: str) -> _T:
-    value = _opt(raw, key, kind, where)
-    if value is None:
-        raise _Invalid(f"{where}.{key}: required")
-    return value
-
-
-def _strings(value: object, where: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise _Invalid(f"{where}: expected a string or a list of strings")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return SysfsProfile(numa_node=opt(raw, "numa_node", int, where), pcie_root=root)
 
 
 def _with_default(value: int | None, default: int) -> int:

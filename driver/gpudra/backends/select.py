@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final, Literal, get_args
 
+from gpudra.backends.amd_profile import is_amd_profile, load_amd_profile
 from gpudra.backends.base import DiscoveryError, HardwareBackend
 from gpudra.backends.fake_nvml import MockBackend
 from gpudra.backends.nvml import MOCK_HINT, NvmlBackend
@@ -23,8 +24,10 @@ def list_profiles() -> list[str]:
 def open_backend(kind: BackendKind, profile: str | None, sysfs_root: Path) -> HardwareBackend:
     """Open the backend ``kind``; raises :class:`DiscoveryError` with a message meant for the user.
 
-    ``auto`` uses NVML and fails (suggesting the mock) when the library does not load or sees no GPU;
-    ``nvml`` uses NVML as is; ``mock`` serves ``profile`` (default ``dgx-h100``) through a fake pynvml.
+    ``auto`` uses NVML when it loads and sees a GPU, else the AMD backend when sysfs shows amdgpu devices,
+    else fails (suggesting the mock); ``nvml`` uses NVML as is; ``amd`` reads sysfs/KFD (plus amdsmi when
+    it loads); ``mock`` serves ``profile`` (default ``dgx-h100``) through a fake pynvml or, for an AMD
+    profile, a fake sysfs tree and fake amdsmi.
     """
     if kind == "mock":
         return _open_mock(profile or DEFAULT_PROFILE)
@@ -35,7 +38,7 @@ def open_backend(kind: BackendKind, profile: str | None, sysfs_root: Path) -> Ha
     if kind == "auto":
         return _open_auto(sysfs_root)
     if kind == "amd":
-        raise DiscoveryError("the AMD backend is not implemented yet (tracked in the AMD issue)")
+        return _open_amd(sysfs_root)
     raise DiscoveryError(f"unknown backend {kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
 
 
@@ -47,21 +50,41 @@ def _open_nvml(sysfs_root: Path) -> NvmlBackend:
     return NvmlBackend(pynvml, sysfs_root=sysfs_root)
 
 
+def _open_amd(sysfs_root: Path) -> HardwareBackend:
+    from gpudra.backends.amd import AmdBackend
+    from gpudra.backends.amd_smi import load_amdsmi
+
+    return AmdBackend(sysfs_root, load_amdsmi())
+
+
 def _open_auto(sysfs_root: Path) -> HardwareBackend:
-    backend = _open_nvml(sysfs_root)
     try:
+        backend = _open_nvml(sysfs_root)
         count = backend.device_count()
-    except DiscoveryError:
-        backend.close()
+    except DiscoveryError as nvml_error:
+        if _has_amd(sysfs_root):
+            return _open_amd(sysfs_root)
         raise
-    if count == 0:
-        backend.close()
-        raise DiscoveryError(f"NVML loaded but sees no NVIDIA GPU on this node. {MOCK_HINT}")
-    return backend
+    if count > 0:
+        return backend
+    backend.close()
+    if _has_amd(sysfs_root):
+        return _open_amd(sysfs_root)
+    raise DiscoveryError(f"NVML loaded but sees no NVIDIA GPU on this node. {MOCK_HINT}")
+
+
+def _has_amd(sysfs_root: Path) -> bool:
+    from gpudra.backends.amd_sysfs import amdgpu_functions
+
+    return bool(amdgpu_functions(sysfs_root))
 
 
 def _open_mock(profile: str) -> HardwareBackend:
     try:
+        if is_amd_profile(profile):
+            from gpudra.backends.fake_amdsmi import AmdMockBackend
+
+            return AmdMockBackend(load_amd_profile(profile))
         loaded = load_profile(profile)
     except ProfileError as err:
         raise DiscoveryError(str(err)) from err

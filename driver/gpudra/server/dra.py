@@ -23,6 +23,7 @@ from gpudra.prepare import ClaimResult
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+_NULL_METRICS = NullMetrics()
 
 
 class PrepareBackend(Protocol):
@@ -56,16 +57,18 @@ class _Servicer:
         self._metrics = metrics
 
     def NodePrepareResources(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return _guard("NodePrepareResources", context, self._metrics, lambda: self._prepare(request))
+        # An empty call is the health probe exercising the service: served in full, but not counted.
+        metrics = self._metrics if request.claims else _NULL_METRICS
+        return _guard("NodePrepareResources", context, metrics, lambda: self._prepare(request, metrics))
 
     def NodeUnprepareResources(self, request: Any, context: grpc.ServicerContext) -> Any:
         return _guard("NodeUnprepareResources", context, self._metrics, lambda: self._unprepare(request))
 
-    def _prepare(self, request: Any) -> Any:
+    def _prepare(self, request: Any, metrics: Metrics) -> Any:
         pb = self._pb
         results = self._backend.prepare(_refs(request))
         failed = sum(1 for r in results.values() if r.error is not None)
-        self._metrics.claims("NodePrepareResources", len(results) - failed, failed)
+        metrics.claims("NodePrepareResources", len(results) - failed, failed)
         response = pb.NodePrepareResourcesResponse()
         for uid, result in results.items():
             entry = response.claims[uid]

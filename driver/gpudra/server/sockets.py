@@ -59,10 +59,14 @@ class UnixServer:
         log.debug("serving on %s", self.path)
 
     def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls; with ``grace``, let calls in flight finish for up to that long (no call in
+        flight: returns at once). The socket file is removed first, so no new client can connect."""
         server, self._server = self._server, None
-        if server is not None:
-            server.stop(grace)
         self.path.unlink(missing_ok=True)
+        if server is not None:
+            done = server.stop(grace)
+            if grace:
+                done.wait(grace)
 
     @property
     def running(self) -> bool:

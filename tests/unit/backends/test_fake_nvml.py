@@ -64,8 +64,80 @@ def test_errors_are_the_real_pynvml_classes() -> None:
 
 def test_fake_never_exposes_real_pynvml_functions() -> None:
     nvml = FakeNvml(load_profile("h100"))
-    assert not hasattr(nvml, "nvmlDeviceGetMigMode")
+    assert not hasattr(nvml, "nvmlDeviceGetNvLinkRemotePciInfo")  # not used by the backend, so not faked
     assert not hasattr(nvml, "nvmlDeviceGetPowerUsage")
+
+
+def test_mig_calls_return_pynvml_types() -> None:
+    nvml = FakeNvml(load_profile("h100-mig-mixed"))
+    nvml.nvmlInit()
+    gpu = nvml.nvmlDeviceGetHandleByIndex(0)
+    assert nvml.nvmlDeviceGetMigMode(gpu) == [1, 1]
+    mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, 0)
+    assert isinstance(mig, pynvml.c_nvmlDevice_t)
+    assert nvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, 0).contents is not None  # same handle every time
+    assert ctypes.cast(mig, ctypes.c_void_p).value == ctypes.cast(
+        nvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, 0), ctypes.c_void_p
+    ).value
+    assert nvml.nvmlDeviceGetUUID(mig) == "MIG-0d100000-0000-5000-8000-000000000002"
+    attributes = nvml.nvmlDeviceGetAttributes(mig)
+    assert isinstance(attributes, pynvml.c_nvmlDeviceAttributes)
+    counts = (attributes.multiprocessorCount, attributes.sharedCopyEngineCount, attributes.memorySizeMB)
+    assert counts == (60, 3, 40448)
+    gi = nvml.nvmlDeviceGetGpuInstanceById(gpu, nvml.nvmlDeviceGetGpuInstanceId(mig))
+    assert isinstance(gi, pynvml.c_nvmlGpuInstance_t)
+    info = nvml.nvmlGpuInstanceGetInfo(gi)
+    assert isinstance(info, pynvml.c_nvmlGpuInstanceInfo_t)
+    assert (info.id, info.profileId, info.placement.start, info.placement.size) == (2, 9, 4, 4)
+    ci = nvml.nvmlGpuInstanceGetComputeInstanceById(gi, nvml.nvmlDeviceGetComputeInstanceId(mig))
+    assert isinstance(ci, pynvml.c_nvmlComputeInstance_t)
+    ci_info = nvml.nvmlComputeInstanceGetInfo(ci)
+    assert (ci_info.profileId, ci_info.placement.start, ci_info.placement.size) == (2, 0, 3)
+    row = nvml.nvmlDeviceGetGpuInstanceProfileInfo(gpu, pynvml.NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1)
+    assert isinstance(row, pynvml.c_nvmlGpuInstanceProfileInfo_v2_t)
+    assert (row.id, row.name, row.ofaCount) == (20, "MIG 1g.10gb+me", 1)
+    assert nvml.nvmlDeviceGetGpuInstanceProfileInfo(gpu, 0, version=1).id == 19
+
+
+def test_mig_calls_refuse_like_nvml() -> None:
+    nvml = FakeNvml(load_profile("h100-mig-mixed"))
+    nvml.nvmlInit()
+    gpu, full = nvml.nvmlDeviceGetHandleByIndex(0), nvml.nvmlDeviceGetHandleByIndex(1)
+    with pytest.raises(pynvml.NVMLError_NotFound):  # an empty MIG slot
+        nvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, 3)
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):  # past max_mig_device_count
+        nvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, 7)
+    with pytest.raises(pynvml.NVMLError_NotSupported):  # only MIG device handles have attributes
+        nvml.nvmlDeviceGetAttributes(gpu)
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        nvml.nvmlDeviceGetGpuInstanceId(full)
+    with pytest.raises(pynvml.NVMLError_NotSupported):  # MIG is off on GPU 1
+        nvml.nvmlDeviceGetGpuInstanceById(full, 2)
+    with pytest.raises(pynvml.NVMLError_NotFound):
+        nvml.nvmlDeviceGetGpuInstanceById(gpu, 9)
+    with pytest.raises(pynvml.NVMLError_NotSupported):  # profile index 5 (8_SLICE) is not an H100 profile
+        nvml.nvmlDeviceGetGpuInstanceProfileInfo(gpu, 5)
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):  # a GPU instance handle is not a device handle
+        nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetGpuInstanceById(gpu, 2))
+
+
+def test_link_calls() -> None:
+    nvml = FakeNvml(load_profile("dgx-h100"))
+    nvml.nvmlInit()
+    a, b = nvml.nvmlDeviceGetHandleByIndex(0), nvml.nvmlDeviceGetHandleByIndex(1)
+    assert nvml.nvmlDeviceGetNvLinkState(a, 17) == 1
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        nvml.nvmlDeviceGetNvLinkState(a, 18)
+    assert nvml.nvmlDeviceGetP2PStatus(a, b, pynvml.NVML_P2P_CAPS_INDEX_NVLINK) == pynvml.NVML_P2P_STATUS_OK
+    with pytest.raises(pynvml.NVMLError_NotSupported):  # the profile describes NVLINK only
+        nvml.nvmlDeviceGetP2PStatus(a, b, pynvml.NVML_P2P_CAPS_INDEX_READ)
+    assert nvml.calls.count("nvmlDeviceGetP2PStatus") == 2
+    with pytest.raises(pynvml.NVMLError_NotSupported):  # the fixtures disagree on H100: not served
+        nvml.nvmlDeviceGetAddressingMode(a)
+    h100 = FakeNvml(load_profile("h100"))
+    h100.nvmlInit()
+    with pytest.raises(pynvml.NVMLError_NotSupported):  # as every link in the capture
+        h100.nvmlDeviceGetNvLinkState(h100.nvmlDeviceGetHandleByIndex(0), 0)
 
 
 def test_injected_faults() -> None:

@@ -17,6 +17,7 @@ from gpudra.backends.fake_nvml import FakeNvml
 from gpudra.backends.nvml import NvmlBackend, cuda_version, driver_version, multiprocessors
 from gpudra.backends.profile import Profile, load_profile
 from gpudra.inventory import Device, DeviceKind, PciPlacement, Semver, Vendor
+from gpudra.names import local_fabric_domain
 
 from .helpers import variant
 
@@ -30,11 +31,16 @@ DGX_BUS_IDS = [
 DGX_NUMA = [0, 0, 0, 0, 1, 1, 1, 1]
 
 
-def _dgx_device(index: int) -> Device:
+def _uuid(index: int) -> str:
+    return f"GPU-0b100000-0000-0000-0000-{index:012x}"
+
+
+def _dgx_device(index: int, island: tuple[int, ...] = tuple(range(8))) -> Device:
+    """GPU ``index`` of dgx-h100; ``island``: the GPUs discovered, all joined over NVSwitch (P2P OK)."""
     return Device(
         kind=DeviceKind.GPU,
         vendor=Vendor.NVIDIA,
-        uuid=f"GPU-0b100000-0000-0000-0000-{index:012x}",
+        uuid=_uuid(index),
         product_name="NVIDIA H100 80GB HBM3",
         index=index,
         minor=index,
@@ -44,7 +50,17 @@ def _dgx_device(index: int) -> Device:
         multiprocessors=132,
         cuda_compute_capability=Semver(9, 0, 0),
         pci=PciPlacement(bus_id=DGX_BUS_IDS[index], pcie_root=None, numa_node=DGX_NUMA[index]),
+        mig_capable=True,
+        mig_enabled=False,
+        nvlink_links=18,
+        # fabric info is COMPLETED with a zero cluster UUID (no clique): the node-local NVLink island
+        fabric_domain=local_fabric_domain(_uuid(i) for i in island),
     )
+
+
+def _dgx_without(skipped: int) -> tuple[Device, ...]:
+    rest = tuple(i for i in range(8) if i != skipped)
+    return tuple(_dgx_device(i, rest) for i in rest)
 
 
 def _lost(index: int, call: str, code: str) -> Callable[[dict[str, Any]], None]:
@@ -79,26 +95,25 @@ def test_h100_capture_discovered_exactly(open_nvml: OpenNvml) -> None:
             memory_bytes=85520809984,
             multiprocessors=132,  # 16896 cores / 128 per SM at CC 9.0
             cuda_compute_capability=Semver(9, 0, 0),
-            # NVML NUMA is NotSupported (as captured) and the VM has no sysfs numa_node: unknown.
+            # the VM has no sysfs numa_node: unknown (NVML's NUMA call is NotSupported there anyway)
             pci=PciPlacement(bus_id="0000:00:06.0", pcie_root="pci0000:00", numa_node=None),
+            mig_capable=True,  # MIG mode [0, 0] was readable
+            mig_enabled=False,
+            addressing_mode="None",  # NVML_DEVICE_ADDRESSING_MODE_NONE, as nvidia-smi printed it
+            nvlink_links=None,  # all 36 links NotSupported in the capture: unknown, not 0
         ),
     )
     assert str(inventory.driver_version) == "580.159.4"
     assert str(inventory.cuda_driver_version) == "13.0.0"
-    assert "nvmlDeviceGetNumaNodeId" in fake.calls  # NVML was asked first, then sysfs
+    assert (inventory.warnings, inventory.fabric_pending) == ((), False)
+    assert "nvmlDeviceGetNumaNodeId" not in fake.calls  # NUMA comes from sysfs only
 
 
-def test_nvml_numa_answer_wins_over_sysfs(open_nvml: OpenNvml) -> None:
-    def edit(data: dict[str, Any]) -> None:
-        data["devices"][4]["numa_node"] = 3
-        data["devices"][4]["errors"] = {}
-
-    backend, _ = open_nvml(variant("dgx-h100", edit))
+def test_numa_node_comes_from_sysfs_even_where_nvml_answers(open_nvml: OpenNvml) -> None:
+    # GB200: NVML names the GPU's own memory NUMA node (2, 10, 18, 26); sysfs the node it hangs off (0, 1)
+    backend, _ = open_nvml(load_profile("gb200-nvl72-tray"))
     devices = backend.discover().devices
-    assert devices[4].pci is not None
-    assert devices[4].pci.numa_node == 3
-    assert devices[5].pci is not None
-    assert devices[5].pci.numa_node == 1
+    assert [d.pci.numa_node if d.pci else None for d in devices] == [0, 0, 1, 1]
 
 
 @pytest.mark.parametrize(
@@ -136,6 +151,38 @@ def test_unsupported_call_drops_only_that_value(
     assert inventory.warnings == ()
 
 
+@pytest.mark.parametrize(
+    ("call", "field", "unsupported"),
+    [
+        ("nvmlDeviceGetMigMode", "mig", (False, False)),  # NotSupported answers "not MIG capable"
+        ("nvmlDeviceGetAddressingMode", "addressing_mode", None),
+        ("nvmlDeviceGetNvLinkState", "nvlink_links", None),
+    ],
+)
+@pytest.mark.parametrize("code", ["NVML_ERROR_NOT_SUPPORTED", "NVML_ERROR_FUNCTION_NOT_FOUND"])
+def test_new_calls_fail_alone(
+    open_nvml: OpenNvml, call: str, field: str, unsupported: Any, code: str
+) -> None:
+    backend, _ = open_nvml(variant("gb200-nvl72-tray", _lost(1, call, code)))
+    inventory = backend.discover()
+    reference = backend_devices(open_nvml, "gb200-nvl72-tray")
+    got, want = inventory.devices[1], reference[1]
+    if field == "mig":
+        expected = (None, None) if code == "NVML_ERROR_FUNCTION_NOT_FOUND" else unsupported
+        assert (got.mig_capable, got.mig_enabled) == expected
+        assert _replace(got, mig_capable=True, mig_enabled=False) == want
+    else:
+        assert getattr(got, field) is None
+        assert _replace(got, **{field: getattr(want, field)}) == want
+    assert inventory.devices[:1] + inventory.devices[2:] == reference[:1] + reference[2:]
+    assert inventory.warnings == ()
+
+
+def backend_devices(open_nvml: OpenNvml, name: str) -> tuple[Device, ...]:
+    backend, _ = open_nvml(load_profile(name))
+    return backend.discover().devices
+
+
 def test_unexpected_error_drops_the_value_with_a_warning(open_nvml: OpenNvml) -> None:
     backend, _ = open_nvml(variant("dgx-h100", _lost(1, "nvmlDeviceGetBrand", "NVML_ERROR_TIMEOUT")))
     inventory = backend.discover()
@@ -154,7 +201,7 @@ def test_lost_gpu_is_skipped_and_the_rest_kept(
 ) -> None:
     backend, _ = open_nvml(variant("dgx-h100", _lost(3, call, code)))
     inventory = backend.discover()
-    assert inventory.devices == tuple(_dgx_device(i) for i in range(8) if i != 3)
+    assert inventory.devices == _dgx_without(3)
     assert len(inventory.warnings) == 1
     assert inventory.warnings[0].startswith("GPU index 3 skipped")
     assert "GPU index 3 skipped" in caplog.text
@@ -174,7 +221,7 @@ def test_lost_gpu_is_skipped_and_the_rest_kept(
 def test_gpu_without_identity_is_skipped(open_nvml: OpenNvml, edit: Callable[[dict[str, Any]], None]) -> None:
     backend, _ = open_nvml(variant("dgx-h100", edit))
     inventory = backend.discover()
-    assert inventory.devices == tuple(_dgx_device(i) for i in range(1, 8))
+    assert inventory.devices == _dgx_without(0)
     assert len(inventory.warnings) == 1
     assert "GPU index 0 skipped" in inventory.warnings[0]
 

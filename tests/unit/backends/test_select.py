@@ -47,9 +47,23 @@ def test_mock_init_failure_from_profile(tmp_path: Path) -> None:
         open_backend("mock", str(path), tmp_path)
 
 
-def test_amd_is_refused_honestly(tmp_path: Path) -> None:
-    with pytest.raises(DiscoveryError, match="AMD backend is not implemented yet"):
-        open_backend("amd", None, tmp_path)
+def test_amd_backend_reads_the_given_sysfs_root(tmp_path: Path) -> None:
+    backend = open_backend("amd", None, tmp_path)  # an empty tree: no amdgpu device, no KFD
+    try:
+        assert backend.name == "amd"
+        assert backend.discover().devices == ()
+    finally:
+        backend.close()
+
+
+def test_mock_routes_amd_profiles_to_the_amd_fakes() -> None:
+    backend = open_backend("mock", "mi300x-8-cpx-nps4", Path("/sys"))
+    try:
+        devices = backend.discover().devices
+    finally:
+        backend.close()
+    assert len(devices) == 64
+    assert {d.vendor.value for d in devices} == {"amd"}
 
 
 def test_profile_only_with_mock(tmp_path: Path) -> None:
@@ -58,7 +72,10 @@ def test_profile_only_with_mock(tmp_path: Path) -> None:
 
 
 def test_list_profiles() -> None:
-    assert list_profiles() == ["dgx-h100", "h100"]
+    profiles = list_profiles()
+    assert profiles == sorted(profiles)
+    nvidia = {"dgx-a100", "dgx-h100", "gb200-nvl72-tray", "h100", "h100-mig-mixed", "pcie-l4-x2"}
+    assert nvidia <= set(profiles)
 
 
 @pytest.mark.skipif(HAS_NVML, reason="libnvidia-ml is installed on this machine")
