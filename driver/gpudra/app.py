@@ -19,11 +19,12 @@ from gpudra import cdi, names
 from gpudra.backends.base import HardwareBackend
 from gpudra.checkpoint import CheckpointStore, read_boot_id
 from gpudra.inventory import Inventory
-from gpudra.kube import KubeClient, load_config
+from gpudra.kube import KubeClient, KubeError, load_config
 from gpudra.metrics import Metrics, NullMetrics
 from gpudra.metrics import create as create_metrics
 from gpudra.prepare import EditsMode, Preparer, PrepareSettings
 from gpudra.publisher import Publisher
+from gpudra.rediscover import Rediscovery
 from gpudra.server import dra
 from gpudra.server.probe import PluginChecker, ProbeServer
 from gpudra.server.registration import Registrar
@@ -45,6 +46,7 @@ class RunConfig:
     metrics_port: int = 0  # 0: no metrics endpoint
     probe_port: int = 0  # 0: no grpc.health.v1 endpoint for kubelet probes
     grpc_workers: int = 8
+    rediscover_initial_s: float = 15.0  # first re-discovery while NVLink fabric registration is pending
 
     @property
     def plugin_dir(self) -> Path:
@@ -80,6 +82,7 @@ class Plugin:
         self.registrar: Registrar | None = None
         self.metrics: Metrics = NullMetrics()
         self._probe: ProbeServer | None = None
+        self._rediscovery = Rediscovery(backend, self._inventory_changed, cfg.rediscover_initial_s)
 
     def start(self) -> None:
         cfg = self.cfg
@@ -120,10 +123,25 @@ class Plugin:
             checker = PluginChecker(cfg.registration_socket, cfg.dra_socket, self.registrar.registered.is_set)
             self._probe = ProbeServer(cfg.probe_port, checker)
             self._probe.start()
+        self._rediscovery.start(inv)
         log.info("gpudra serving: DRA %s, registration %s", cfg.dra_socket, cfg.registration_socket)
+
+    def _inventory_changed(self, inv: Inventory) -> None:
+        """A later discovery differs (e.g. the NVLink fabric registered): serve and publish the new view."""
+        for warning in inv.warnings:
+            log.warning("discovery: %s", warning)
+        self.inventory = inv
+        if self.preparer is not None:
+            self.preparer.set_inventory(inv)
+        if self.publisher is not None:
+            try:
+                self.publisher.update_inventory(inv)
+            except KubeError as e:  # the publisher's own loop publishes it on its next reconcile
+                log.warning("publishing the re-discovered devices failed for now: %s", e)
 
     def stop(self) -> None:
         """Fast and complete: sockets removed, no thread left doing work (SIGTERM budget: 25 ms)."""
+        self._rediscovery.stop()
         if self._probe is not None:
             self._probe.stop()
         if self.registrar is not None:

@@ -23,9 +23,13 @@ class Claims:
         uid = f"00000000-0000-4000-8000-{len(self.by_name):012d}"
         self.by_name[name] = {
             "metadata": {"name": name, "namespace": "ns", "uid": uid},
-            "status": {"allocation": {"devices": {"results": [
-                {"request": "r", "driver": "gpudra.io", "pool": "node", "device": device}
-            ]}}},
+            "status": {
+                "allocation": {
+                    "devices": {
+                        "results": [{"request": "r", "driver": "gpudra.io", "pool": "node", "device": device}]
+                    }
+                }
+            },
         }
         return ClaimRef("ns", name, uid)
 
@@ -45,7 +49,9 @@ def test_mig_devices_prepare_by_published_name_and_parents_are_refused(tmp_path:
     claims = Claims()
     store = CheckpointStore(tmp_path / "cp.json", tmp_path / "cp.lock", "boot")
     cdi_root = tmp_path / "cdi"
-    preparer = Preparer(claims, inv, store, CdiWriter(cdi_root), PrepareSettings("node", tmp_path, tmp_path, "mock"))
+    preparer = Preparer(
+        claims, inv, store, CdiWriter(cdi_root), PrepareSettings("node", tmp_path, tmp_path, "mock")
+    )
 
     mig_name = slices.device_name(migs[0])
     ok = claims.add("mig", mig_name)

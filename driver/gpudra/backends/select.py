@@ -61,7 +61,7 @@ def _open_auto(sysfs_root: Path) -> HardwareBackend:
     try:
         backend = _open_nvml(sysfs_root)
         count = backend.device_count()
-    except DiscoveryError as nvml_error:
+    except DiscoveryError:
         if _has_amd(sysfs_root):
             return _open_amd(sysfs_root)
         raise
