@@ -18,6 +18,7 @@ from types import FrameType
 from gpudra import cdi, names
 from gpudra.backends.base import HardwareBackend
 from gpudra.checkpoint import CheckpointStore, read_boot_id
+from gpudra.edits import HostRoots
 from gpudra.inventory import Inventory
 from gpudra.kube import KubeClient, KubeError, load_config
 from gpudra.metrics import Metrics, NullMetrics
@@ -42,6 +43,10 @@ class RunConfig:
     cdi_root: Path = Path("/var/run/cdi")
     state_dir: Path | None = None  # default: <plugins_dir>/gpudra.io
     dev_root: Path = Path("/dev")
+    proc_root: Path = Path("/proc")
+    driver_root: Path = Path("/")  # NVIDIA driver root ("/run/nvidia/driver" with the GPU operator)
+    cdi_spec_dirs: tuple[Path, ...] = (Path("/etc/cdi"), Path("/var/run/cdi"))  # NVIDIA toolkit specs
+    amd_additional_gids: bool = True  # CDI additionalGids for the render group (cdiVersion 0.7.0)
     pod_uid: str | None = None  # set during rolling updates: per-pod socket names
     metrics_port: int = 0  # 0: no metrics endpoint
     probe_port: int = 0  # 0: no grpc.health.v1 endpoint for kubelet probes
@@ -110,7 +115,10 @@ class Plugin:
                 f"gpudra moved a corrupted checkpoint aside to {path}: {why}",
             ),
         )
-        settings = PrepareSettings(cfg.node_name, state, cfg.dev_root, self._edits_mode)
+        roots = HostRoots(
+            cfg.dev_root, cfg.proc_root, cfg.driver_root, cfg.cdi_spec_dirs, cfg.amd_additional_gids
+        )
+        settings = PrepareSettings(cfg.node_name, state, roots, self._edits_mode)
         self.preparer = preparer = Preparer(kube, inv, store, cdi.CdiWriter(cfg.cdi_root), settings)
         preparer.collect_garbage()
         self._dra = UnixServer(cfg.dra_socket, dra.registrars(preparer, metrics), cfg.grpc_workers)

@@ -107,9 +107,28 @@ def _parser() -> argparse.ArgumentParser:
         ("--cdi-root", "GPUDRA_CDI_ROOT", "/var/run/cdi", "where CDI specs are written"),
         ("--state-dir", "GPUDRA_STATE_DIR", None, "checkpoint dir (default: <plugins-dir>/gpudra.io)"),
         ("--dev-root", "GPUDRA_DEV_ROOT", "/dev", "host /dev as this process sees it"),
+        ("--proc-root", "GPUDRA_PROC_ROOT", "/proc", "host /proc (NVIDIA MIG capability minors)"),
+        (
+            "--driver-root",
+            "GPUDRA_DRIVER_ROOT",
+            "/",
+            "NVIDIA driver root (/run/nvidia/driver with the operator)",
+        ),
     ):
         value = _env(env, default)
         r.add_argument(flag, type=Path, default=Path(value) if value else None, help=f"{what} [env {env}]")
+    r.add_argument(
+        "--cdi-spec-dirs",
+        default=_env("GPUDRA_CDI_SPEC_DIRS", "/etc/cdi:/var/run/cdi"),
+        help="colon-separated dirs with the NVIDIA Container Toolkit's CDI specs [env GPUDRA_CDI_SPEC_DIRS]",
+    )
+    r.add_argument(
+        "--amd-additional-gids",
+        action=argparse.BooleanOptionalAction,
+        default=(_env("GPUDRA_AMD_ADDITIONAL_GIDS", "true") or "true").lower() not in ("0", "false", "no"),
+        help="AMD: add the render node's group via CDI additionalGids; needs a runtime that knows CDI "
+        "0.7.0 (containerd >= 1.7.2, CRI-O >= 1.28) [env GPUDRA_AMD_ADDITIONAL_GIDS]",
+    )
     r.add_argument(
         "--pod-uid",
         default=_env("GPUDRA_POD_UID"),
@@ -195,12 +214,16 @@ def _run(args: argparse.Namespace) -> int:
         cdi_root=args.cdi_root,
         state_dir=args.state_dir,
         dev_root=args.dev_root,
+        proc_root=args.proc_root,
+        driver_root=args.driver_root,
+        cdi_spec_dirs=tuple(Path(d) for d in args.cdi_spec_dirs.split(":") if d),
+        amd_additional_gids=args.amd_additional_gids,
         pod_uid=args.pod_uid,
         metrics_port=args.metrics_port,
         probe_port=args.probe_port,
     )
     backend = _open_backend(args)
-    mode: EditsMode = "mock" if args.backend == "mock" else "nvidia"
+    mode: EditsMode = "mock" if args.backend == "mock" else "hardware"
     code = serve(Plugin(cfg, backend, mode))
     # Everything that matters is on disk (atomic writes) and the sockets are gone. Skip the interpreter's
     # teardown of gRPC and its threads, which costs ~100 ms: the DaemonSet budget for SIGTERM is 25 ms.

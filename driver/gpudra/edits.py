@@ -1,7 +1,8 @@
 """What a container gets for each prepared device: the CDI container edits, per backend.
 
-Pure functions, except for the existence check of host device nodes in :func:`nvidia_edits` and the
-description file written by :func:`write_claim_description`.
+Mock devices are handled here; real hardware per vendor in :mod:`gpudra.edits_nvidia` and
+:mod:`gpudra.edits_amd`, behind :func:`hardware_edits`. Pure, except for reading the host's device nodes
+(existence, major/minor) and the description file written by :func:`write_claim_description`.
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
 from gpudra import names
-from gpudra.cdi import ContainerEdits, DeviceNode, Mount
+from gpudra.cdi import ContainerEdits, Mount
 from gpudra.fsutil import atomic_write
-from gpudra.inventory import Device, DeviceKind, Vendor
+from gpudra.inventory import Device, Vendor
 
 #: Where a mock claim's description file appears inside the container: ``<dir>/<claimUID>.json``.
 CLAIM_DESCRIPTION_DIR: Final = "/var/run/gpudra/claims"
@@ -38,42 +40,40 @@ class ClaimIdentity(Protocol):
     def uid(self) -> str: ...
 
 
-# ---- NVIDIA ---------------------------------------------------------------------------------------------
-
-#: Control nodes every CUDA container needs besides its GPU's node; (name, must exist on the host).
-_NVIDIA_SHARED_NODES: Final = (("nvidiactl", True), ("nvidia-uvm", True), ("nvidia-uvm-tools", False))
+# ---- real hardware: what every vendor module returns ----------------------------------------------------
 
 
-def _host_node(dev_root: Path, name: str) -> DeviceNode:
-    """``/dev/<name>`` in the container, ``<dev_root>/<name>`` on the host (hostPath only if it differs)."""
-    container = f"/dev/{name}"
-    host = str(dev_root / name)
-    return DeviceNode(path=container, host_path=None if host == container else host)
+@dataclass(frozen=True, slots=True)
+class HostRoots:
+    """Where the host's files are as this process sees them (configurable so tests build fake trees)."""
+
+    dev: Path = Path("/dev")
+    proc: Path = Path("/proc")
+    #: NVIDIA driver root: "/" for a host-installed driver, "/run/nvidia/driver" with the GPU operator.
+    driver: Path = Path("/")
+    #: Directories holding other vendors' CDI specs (the NVIDIA Container Toolkit's ``nvidia.com/gpu``).
+    cdi_dirs: tuple[Path, ...] = (Path("/etc/cdi"), Path("/var/run/cdi"))
+    #: AMD: give the container the host render node's group via CDI ``additionalGids`` (cdiVersion 0.7.0).
+    additional_gids: bool = True
 
 
-def nvidia_edits(device: Device, dev_root: Path) -> ContainerEdits:
-    """Device nodes of one full NVIDIA GPU plus the shared control nodes; ``NVIDIA_VISIBLE_DEVICES=void``
-    keeps the NVIDIA runtime from injecting devices on top of CDI.
+@dataclass(frozen=True, slots=True)
+class DeviceEdits:
+    """A device's container edits, plus CDI devices of other specs the runtime must apply too."""
 
-    Raises :class:`EditsError` naming the path when ``nvidia<minor>``, ``nvidiactl`` or ``nvidia-uvm`` is
-    missing under ``dev_root``; ``nvidia-uvm-tools`` is optional. MIG devices are refused: they also need
-    their ``nvidia-caps`` nodes, which this function does not produce yet.
-    """
-    if device.vendor is not Vendor.NVIDIA:
-        raise EditsError(f"device {device.uuid} is not an NVIDIA device ({device.vendor.value})")
-    if device.kind is not DeviceKind.GPU:
-        raise EditsError(f"device {device.uuid}: nvidia edits do not support {device.kind.value} devices yet")
-    if device.minor is None:
-        raise EditsError(f"device {device.uuid}: device-node minor unknown, cannot find /dev/nvidia<minor>")
-    wanted = ((f"nvidia{device.minor}", True), *_NVIDIA_SHARED_NODES)
-    nodes: list[DeviceNode] = []
-    for name, required in wanted:
-        host = dev_root / name
-        if host.exists():
-            nodes.append(_host_node(dev_root, name))
-        elif required:
-            raise EditsError(f"device {device.uuid}: host device node {host} does not exist")
-    return ContainerEdits(env=("NVIDIA_VISIBLE_DEVICES=void",), device_nodes=tuple(nodes))
+    edits: ContainerEdits
+    extra_cdi_ids: tuple[str, ...] = ()
+
+
+def hardware_edits(device: Device, roots: HostRoots) -> DeviceEdits:
+    """The edits that give a container ``device`` on real hardware; raises :class:`EditsError`."""
+    if device.vendor is Vendor.NVIDIA:
+        from gpudra.edits_nvidia import nvidia_device_edits
+
+        return nvidia_device_edits(device, roots)
+    from gpudra.edits_amd import amd_device_edits
+
+    return amd_device_edits(device, roots)
 
 
 # ---- mock -----------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from gpudra.plan import ClaimPlan, ClaimRef, PlanError
 
 log = logging.getLogger(__name__)
 
-EditsMode = Literal["nvidia", "mock"]
+EditsMode = Literal["hardware", "mock"]
 State = Literal["PrepareStarted", "PrepareCompleted"]
 
 
@@ -42,8 +42,17 @@ class ClaimResult:
 class PrepareSettings:
     node_name: str
     state_dir: Path
-    dev_root: Path
+    roots: edits.HostRoots
     edits_mode: EditsMode
+
+
+@dataclass(frozen=True, slots=True)
+class _Built:
+    """A claim's CDI spec and what the kubelet is told, computed before anything is recorded."""
+
+    spec: dict[str, object]
+    prepared: tuple[PreparedDevice, ...]
+    description: Path | None = None  # mock: the claim's description file to write
 
 
 class Preparer:
@@ -112,7 +121,7 @@ class Preparer:
         """Inside the checkpoint lock: idempotency, conflicts, then the two-phase record around the CDI
         writes — two checkpoint writes per call, however many claims it carries."""
         results: dict[str, ClaimResult] = {}
-        started: list[tuple[ClaimPlan, tuple[PreparedDevice, ...]]] = []
+        started: list[tuple[ClaimPlan, _Built]] = []
         for p in plans:
             done = txn.get(p.ref.uid)
             if done is not None and done.state == "PrepareCompleted":
@@ -123,16 +132,22 @@ class Preparer:
                 log.warning("prepare %s: %s", p.ref, conflict)
                 results[p.ref.uid] = ClaimResult(error=conflict)
                 continue
-            prepared = tuple(_prepared_device(p.ref.uid, d) for d in p.devices)
-            txn.put(self._record(p.ref, "PrepareStarted", prepared))
-            started.append((p, prepared))
+            try:
+                built = self._build(p)
+            except (edits.EditsError, cdi.CdiSpecError, OSError) as e:
+                log.warning("prepare %s: %s", p.ref, e)
+                results[p.ref.uid] = ClaimResult(error=f"cannot prepare devices: {e}")
+                continue
+            txn.put(self._record(p.ref, "PrepareStarted", built.prepared))
+            started.append((p, built))
         if not started:
             return results
         txn.commit()
-        for p, prepared in started:
+        for p, built in started:
+            prepared = built.prepared
             try:
-                self._write_cdi(p)
-            except (edits.EditsError, cdi.CdiSpecError, OSError) as e:
+                self._write(p, built)
+            except OSError as e:
                 self._forget(txn, p.ref.uid)
                 log.warning("prepare %s: %s", p.ref, e)
                 results[p.ref.uid] = ClaimResult(error=f"cannot prepare devices: {e}")
@@ -152,30 +167,38 @@ class Preparer:
         self._description_path(claim_uid).unlink(missing_ok=True)
         txn.remove(claim_uid)
 
-    def _write_cdi(self, p: ClaimPlan) -> None:
+    def _build(self, p: ClaimPlan) -> _Built:
+        """The claim's CDI spec: a device the node cannot give (a missing device node, ...) fails the claim
+        here, before anything is recorded or written."""
         uid = p.ref.uid
-        if self._settings.edits_mode == "nvidia":
-            devs = [
-                cdi.CdiDevice(
-                    cdi.cdi_device_name(uid, d.name), edits.nvidia_edits(d.device, self._settings.dev_root)
-                )
-                for d in p.devices
-            ]
-            common = cdi.ContainerEdits()
-        else:
-            desc = self._description_path(uid)
-            edits.write_claim_description(
-                desc, p.ref, [d.device for d in p.devices], [d.name for d in p.devices]
+        if self._settings.edits_mode == "mock":
+            return self._build_mock(p)
+        devs, prepared = [], []
+        for d in p.devices:
+            hw = edits.hardware_edits(d.device, self._settings.roots)
+            devs.append(cdi.CdiDevice(cdi.cdi_device_name(uid, d.name), hw.edits))
+            prepared.append(_prepared_device(uid, d, hw.extra_cdi_ids))
+        return _Built(cdi.build_spec(uid, devs, cdi.ContainerEdits()), tuple(prepared))
+
+    def _build_mock(self, p: ClaimPlan) -> _Built:
+        uid = p.ref.uid
+        desc = self._description_path(uid)
+        devs = [
+            cdi.CdiDevice(
+                cdi.cdi_device_name(uid, d.name), edits.mock_edits(d.device, uid, desc, device_name=d.name)
             )
-            devs = [
-                cdi.CdiDevice(
-                    cdi.cdi_device_name(uid, d.name),
-                    edits.mock_edits(d.device, uid, desc, device_name=d.name),
-                )
-                for d in p.devices
-            ]
-            common = edits.mock_claim_edits(uid, [d.device.uuid for d in p.devices], desc)
-        self._cdi.write(uid, cdi.build_spec(uid, devs, common))
+            for d in p.devices
+        ]
+        common = edits.mock_claim_edits(uid, [d.device.uuid for d in p.devices], desc)
+        prepared = tuple(_prepared_device(uid, d) for d in p.devices)
+        return _Built(cdi.build_spec(uid, devs, common), prepared, desc)
+
+    def _write(self, p: ClaimPlan, built: _Built) -> None:
+        if built.description is not None:
+            edits.write_claim_description(
+                built.description, p.ref, [d.device for d in p.devices], [d.name for d in p.devices]
+            )
+        self._cdi.write(p.ref.uid, built.spec)
 
     def _description_path(self, claim_uid: str) -> Path:
         return self._settings.state_dir / "claims" / f"{claim_uid}.json"
@@ -216,12 +239,14 @@ class Preparer:
         return removed
 
 
-def _prepared_device(claim_uid: str, d: plan.DeviceToPrepare) -> PreparedDevice:
+def _prepared_device(
+    claim_uid: str, d: plan.DeviceToPrepare, extra_ids: tuple[str, ...] = ()
+) -> PreparedDevice:
     return PreparedDevice(
         request=d.request,
         pool=d.pool,
         device=d.name,
-        cdi_device_ids=(cdi.cdi_device_id(claim_uid, d.name),),
+        cdi_device_ids=(cdi.cdi_device_id(claim_uid, d.name), *extra_ids),
         admin_access=d.admin_access,
         share_id=d.share_id,
     )

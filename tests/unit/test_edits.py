@@ -18,9 +18,9 @@ from gpudra.edits import (
     env_key,
     mock_claim_edits,
     mock_edits,
-    nvidia_edits,
     write_claim_description,
 )
+from gpudra.edits_nvidia import nvidia_edits
 from gpudra.inventory import Device, DeviceKind, PciPlacement, Vendor
 from gpudra.names import gpu_device_name
 

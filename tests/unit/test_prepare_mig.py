@@ -10,6 +10,7 @@ from gpudra import slices
 from gpudra.backends.select import open_backend
 from gpudra.cdi import CdiWriter
 from gpudra.checkpoint import CheckpointStore
+from gpudra.edits import HostRoots
 from gpudra.inventory import DeviceKind
 from gpudra.plan import ClaimRef
 from gpudra.prepare import Preparer, PrepareSettings
@@ -50,7 +51,11 @@ def test_mig_devices_prepare_by_published_name_and_parents_are_refused(tmp_path:
     store = CheckpointStore(tmp_path / "cp.json", tmp_path / "cp.lock", "boot")
     cdi_root = tmp_path / "cdi"
     preparer = Preparer(
-        claims, inv, store, CdiWriter(cdi_root), PrepareSettings("node", tmp_path, tmp_path, "mock")
+        claims,
+        inv,
+        store,
+        CdiWriter(cdi_root),
+        PrepareSettings("node", tmp_path, HostRoots(dev=tmp_path), "mock"),
     )
 
     mig_name = slices.device_name(migs[0])
