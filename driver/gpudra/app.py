@@ -119,7 +119,9 @@ class Plugin:
             cfg.dev_root, cfg.proc_root, cfg.driver_root, cfg.cdi_spec_dirs, cfg.amd_additional_gids
         )
         settings = PrepareSettings(cfg.node_name, state, roots, self._edits_mode)
-        self.preparer = preparer = Preparer(kube, inv, store, cdi.CdiWriter(cfg.cdi_root), settings)
+        self.preparer = preparer = Preparer(
+            kube, inv, store, cdi.CdiWriter(cfg.cdi_root), settings, on_prepared=metrics.prepared_devices
+        )
         preparer.collect_garbage()
         self._dra = UnixServer(cfg.dra_socket, dra.registrars(preparer, metrics), cfg.grpc_workers)
         self._dra.start()

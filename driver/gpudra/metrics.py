@@ -7,6 +7,7 @@ not pay when nobody scrapes it. With metrics off every call goes to :class:`Null
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Protocol
 
 from gpudra import __version__
@@ -23,6 +24,12 @@ class Metrics(Protocol):
     def claims(self, method: str, succeeded: int, failed: int) -> None:
         """Per-claim outcomes inside one call."""
 
+    def claim_error(self, method: str, kind: str) -> None:
+        """One claim failed, by a short stable kind (not_found, uid_mismatch, device_in_use, ...)."""
+
+    def prepared_devices(self, by_type: Mapping[str, int]) -> None:
+        """Devices held by prepared claims now, by type (gpu, mig, partition)."""
+
     def slices_published(self, generation: int) -> None: ...
 
     def discovery(self, seconds: float, devices: int) -> None: ...
@@ -33,6 +40,12 @@ class NullMetrics:
         return None
 
     def claims(self, method: str, succeeded: int, failed: int) -> None:
+        return None
+
+    def claim_error(self, method: str, kind: str) -> None:
+        return None
+
+    def prepared_devices(self, by_type: Mapping[str, int]) -> None:
         return None
 
     def slices_published(self, generation: int) -> None:
@@ -55,6 +68,10 @@ class PrometheusMetrics:
         self._claims = prom.Counter(
             "gpudra_claims_total", "Claims handled by method and result", ["method", "result"]
         )
+        self._errors = prom.Counter(
+            "gpudra_claim_errors_total", "Claims that failed, by method and kind", ["method", "kind"]
+        )
+        self._prepared = prom.Gauge("gpudra_prepared_devices", "Devices held by prepared claims", ["type"])
         self._publishes = prom.Counter("gpudra_slice_publishes_total", "ResourceSlice pool publications")
         self._generation = prom.Gauge("gpudra_slice_pool_generation", "Current ResourceSlice pool generation")
         self._discovery = prom.Gauge("gpudra_discovery_duration_seconds", "Duration of the last discovery")
@@ -71,6 +88,13 @@ class PrometheusMetrics:
             self._claims.labels(method, "ok").inc(succeeded)
         if failed:
             self._claims.labels(method, "error").inc(failed)
+
+    def claim_error(self, method: str, kind: str) -> None:
+        self._errors.labels(method, kind).inc()
+
+    def prepared_devices(self, by_type: Mapping[str, int]) -> None:
+        for kind in ("gpu", "mig", "partition", *by_type):
+            self._prepared.labels(kind).set(by_type.get(kind, 0))
 
     def slices_published(self, generation: int) -> None:
         self._publishes.inc()

@@ -15,7 +15,12 @@ from gpudra.k8stypes import DeviceRequestAllocationResult, ResourceClaim
 
 
 class PlanError(Exception):
-    """This claim cannot be prepared; the message goes back to the kubelet for this claim only."""
+    """This claim cannot be prepared; the message goes back to the kubelet for this claim only. ``kind`` is
+    a short, stable label for metrics (``uid_mismatch``, ``not_allocated``, ``config``, ...)."""
+
+    def __init__(self, message: str, kind: str = "invalid") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,17 +71,20 @@ def plan_claim(
     uid = claim.get("metadata", {}).get("uid")
     if uid != ref.uid:
         raise PlanError(
-            f"ResourceClaim {ref.namespace}/{ref.name} has UID {uid}, the kubelet asked for {ref.uid}"
+            f"ResourceClaim {ref.namespace}/{ref.name} has UID {uid}, the kubelet asked for {ref.uid}",
+            "uid_mismatch",
         )
     allocation = claim.get("status", {}).get("allocation", {}).get("devices", {})
     results = [r for r in allocation.get("results", []) if r.get("driver") == names.DRIVER_NAME]
     if not results:
-        raise PlanError(f"ResourceClaim {ref} is not allocated any device of driver {names.DRIVER_NAME}")
+        raise PlanError(
+            f"ResourceClaim {ref} is not allocated any device of driver {names.DRIVER_NAME}", "not_allocated"
+        )
     requests = {r.get("request", "") for r in results}
     try:
         configs = config.resolve(allocation.get("config", []), requests, config_kinds)
     except config.ConfigError as e:
-        raise PlanError(str(e)) from e
+        raise PlanError(str(e), "config") from e
     return ClaimPlan(ref, tuple(_device_to_prepare(r, devices, pool_name, configs) for r in results))
 
 
@@ -88,10 +96,15 @@ def _device_to_prepare(
 ) -> DeviceToPrepare:
     pool, name, request = r.get("pool", ""), r.get("device", ""), r.get("request", "")
     if pool != pool_name:
-        raise PlanError(f"device {pool}/{name} is in pool {pool!r}, this node publishes pool {pool_name!r}")
+        raise PlanError(
+            f"device {pool}/{name} is in pool {pool!r}, this node publishes pool {pool_name!r}",
+            "unknown_device",
+        )
     dev = devices.get(name)
     if dev is None:
-        raise PlanError(f"device {name} is not on this node (it may have been removed since allocation)")
+        raise PlanError(
+            f"device {name} is not on this node (it may have been removed since allocation)", "unknown_device"
+        )
     return DeviceToPrepare(
         request=request,
         pool=pool,

@@ -9,7 +9,7 @@ that fails leaves no trace and never fails its neighbours. Unprepare removes exa
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,7 @@ class ClaimSource(Protocol):
 class ClaimResult:
     devices: tuple[PreparedDevice, ...] = ()
     error: str | None = None
+    error_kind: str | None = None  # stable label for metrics: not_found, device_in_use, internal, ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +64,14 @@ class Preparer:
         store: CheckpointStore,
         cdi_writer: cdi.CdiWriter,
         settings: PrepareSettings,
+        *,
+        on_prepared: Callable[[Mapping[str, int]], None] | None = None,
     ) -> None:
         self._claims = claims
         self._store = store
         self._cdi = cdi_writer
         self._settings = settings
+        self._on_prepared = on_prepared  # devices held by completed claims, by type (for the metrics)
         self._devices: Mapping[str, Device] = {}
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="claim-get")
         self.set_inventory(inventory)
@@ -96,25 +100,39 @@ class Preparer:
         if plans:
             with self._store.transaction() as txn:
                 results.update(self._apply(txn, plans))
+                self._report(txn)
         return results
+
+    def _report(self, txn: Txn) -> None:
+        if self._on_prepared is None:
+            return
+        counts: dict[str, int] = {}
+        for rec in txn.claims.values():
+            if rec.state != "PrepareCompleted":
+                continue
+            for d in rec.devices:
+                dev = self._devices.get(d.device)
+                kind = dev.kind.value if dev is not None else "unknown"
+                counts[kind] = counts.get(kind, 0) + 1
+        self._on_prepared(counts)
 
     def _try_plan(self, ref: ClaimRef) -> ClaimPlan | ClaimResult:
         try:
             return self._plan(ref)
         except PlanError as e:
             log.warning("prepare %s: %s", ref, e)
-            return ClaimResult(error=str(e))
+            return ClaimResult(error=str(e), error_kind=e.kind)
         except Exception as e:  # a bug or a claim shaped unlike any API server writes: this claim only
             log.exception("prepare %s: unexpected error", ref)
-            return ClaimResult(error=f"internal error: {type(e).__name__}: {e}")
+            return ClaimResult(error=f"internal error: {type(e).__name__}: {e}", error_kind="internal")
 
     def _plan(self, ref: ClaimRef) -> ClaimPlan:
         try:
             claim = self._claims.get_claim(ref.namespace, ref.name)
         except KubeError as e:
             if e.not_found:
-                raise PlanError(f"ResourceClaim {ref.namespace}/{ref.name} not found") from e
-            raise PlanError(f"cannot read ResourceClaim {ref.namespace}/{ref.name}: {e}") from e
+                raise PlanError(f"ResourceClaim {ref.namespace}/{ref.name} not found", "not_found") from e
+            raise PlanError(f"cannot read ResourceClaim {ref.namespace}/{ref.name}: {e}", "api") from e
         return plan.plan_claim(ref, claim, self._devices, self._settings.node_name)
 
     def _apply(self, txn: Txn, plans: list[ClaimPlan]) -> dict[str, ClaimResult]:
@@ -130,13 +148,13 @@ class Preparer:
             conflict = plan.find_conflict(p, _uses(txn.claims.values()))
             if conflict is not None:
                 log.warning("prepare %s: %s", p.ref, conflict)
-                results[p.ref.uid] = ClaimResult(error=conflict)
+                results[p.ref.uid] = ClaimResult(error=conflict, error_kind="device_in_use")
                 continue
             try:
                 built = self._build(p)
             except (edits.EditsError, cdi.CdiSpecError, OSError) as e:
                 log.warning("prepare %s: %s", p.ref, e)
-                results[p.ref.uid] = ClaimResult(error=f"cannot prepare devices: {e}")
+                results[p.ref.uid] = ClaimResult(error=f"cannot prepare devices: {e}", error_kind="device")
                 continue
             txn.put(self._record(p.ref, "PrepareStarted", built.prepared))
             started.append((p, built))
@@ -150,7 +168,7 @@ class Preparer:
             except OSError as e:
                 self._forget(txn, p.ref.uid)
                 log.warning("prepare %s: %s", p.ref, e)
-                results[p.ref.uid] = ClaimResult(error=f"cannot prepare devices: {e}")
+                results[p.ref.uid] = ClaimResult(error=f"cannot prepare devices: {e}", error_kind="io")
                 continue
             txn.put(self._record(p.ref, "PrepareCompleted", prepared))
             log.debug("prepared %s: %s", p.ref, ", ".join(d.device for d in prepared))
@@ -212,6 +230,7 @@ class Preparer:
             for ref in refs:
                 out[ref.uid] = self._undo(txn, ref)
             txn.commit()
+            self._report(txn)
         return out
 
     def _undo(self, txn: Txn, ref: ClaimRef) -> str | None:

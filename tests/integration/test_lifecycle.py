@@ -170,8 +170,11 @@ def test_metrics_endpoint_counts_prepares(api: FakeApiServer, short_tmp: Path) -
     try:
         assert api.wait_for(lambda: device_names(api), timeout=20), p.log()
         claim = make_claim(api, "metered", device_names(api)[:1])
+        missing = make_claim(api, "deleted-meanwhile", device_names(api)[1:2])
+        api.delete_object("ResourceClaim", "deleted-meanwhile", "default")
         with p.client() as client:
             assert client.prepare([claim]).claims[claim.uid].error == ""
+            assert "not found" in client.prepare([missing]).claims[missing.uid].error
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     finally:
         p.terminate()
@@ -182,6 +185,10 @@ def test_metrics_endpoint_counts_prepares(api: FakeApiServer, short_tmp: Path) -
     }
     assert samples[("gpudra_claims_total", (("method", "NodePrepareResources"), ("result", "ok")))] == 1
     key = ("gpudra_grpc_call_duration_seconds_count", (("method", "NodePrepareResources"), ("result", "ok")))
-    assert samples[key] == 1
+    assert samples[key] == 2  # both calls completed; the missing claim failed inside its call
     assert samples[("gpudra_devices", ())] == 8
+    assert samples[("gpudra_prepared_devices", (("type", "gpu"),))] == 1
+    assert samples[("gpudra_prepared_devices", (("type", "mig"),))] == 0
+    errors = ("gpudra_claim_errors_total", (("kind", "not_found"), ("method", "NodePrepareResources")))
+    assert samples[errors] == 1
     assert samples[("gpudra_slice_pool_generation", ())] == 1

@@ -67,8 +67,10 @@ class _Servicer:
     def _prepare(self, request: Any, metrics: Metrics) -> Any:
         pb = self._pb
         results = self._backend.prepare(_refs(request))
-        failed = sum(1 for r in results.values() if r.error is not None)
-        metrics.claims("NodePrepareResources", len(results) - failed, failed)
+        failed = [r for r in results.values() if r.error is not None]
+        metrics.claims("NodePrepareResources", len(results) - len(failed), len(failed))
+        for r in failed:
+            metrics.claim_error("NodePrepareResources", r.error_kind or "other")
         response = pb.NodePrepareResourcesResponse()
         for uid, result in results.items():
             entry = response.claims[uid]
@@ -91,6 +93,8 @@ class _Servicer:
         results = self._backend.unprepare(_refs(request))
         failed = sum(1 for e in results.values() if e)
         self._metrics.claims("NodeUnprepareResources", len(results) - failed, failed)
+        for _ in range(failed):
+            self._metrics.claim_error("NodeUnprepareResources", "io")
         response = self._pb.NodeUnprepareResourcesResponse()
         for uid, error in results.items():
             entry = response.claims[uid]
