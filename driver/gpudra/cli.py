@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=(_env("GPUDRA_AMD_ADDITIONAL_GIDS", "true") or "true").lower() not in ("0", "false", "no"),
         help="AMD: add the render node's group via CDI additionalGids; needs a runtime that knows CDI "
-        "0.7.0 (containerd >= 1.7.2, CRI-O >= 1.28) [env GPUDRA_AMD_ADDITIONAL_GIDS]",
+        "0.7.0 (containerd >= 1.7.16 or 2.x, CRI-O >= 1.30) [env GPUDRA_AMD_ADDITIONAL_GIDS]",
     )
     r.add_argument(
         "--pod-uid",
