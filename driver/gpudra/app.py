@@ -45,6 +45,7 @@ class RunConfig:
     dev_root: Path = Path("/dev")
     proc_root: Path = Path("/proc")
     driver_root: Path = Path("/")  # NVIDIA driver root ("/run/nvidia/driver" with the GPU operator)
+    host_driver_root: Path | None = None  # the driver root as the host sees it, when mounted elsewhere
     cdi_spec_dirs: tuple[Path, ...] = (Path("/etc/cdi"), Path("/var/run/cdi"))  # NVIDIA toolkit specs
     amd_additional_gids: bool = True  # CDI additionalGids for the render group (cdiVersion 0.7.0)
     pod_uid: str | None = None  # set during rolling updates: per-pod socket names
@@ -116,7 +117,12 @@ class Plugin:
             ),
         )
         roots = HostRoots(
-            cfg.dev_root, cfg.proc_root, cfg.driver_root, cfg.cdi_spec_dirs, cfg.amd_additional_gids
+            dev=cfg.dev_root,
+            proc=cfg.proc_root,
+            driver=cfg.driver_root,
+            host_driver=cfg.host_driver_root,
+            cdi_dirs=cfg.cdi_spec_dirs,
+            additional_gids=cfg.amd_additional_gids,
         )
         settings = PrepareSettings(cfg.node_name, state, roots, self._edits_mode)
         self.preparer = preparer = Preparer(

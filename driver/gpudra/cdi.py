@@ -41,6 +41,10 @@ _CLAIM_UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,127}")
 # CDI device names: alphanumeric first and last, [A-Za-z0-9_.:-] between (pkg/parser ValidateDeviceName).
 _CDI_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.:-]*[A-Za-z0-9])?")
 _DEVICE_NODE_TYPES: Final = frozenset({"b", "c", "u", "p"})
+#: OCI lifecycle hooks a CDI spec may add (pkg/cdi ``validHookNames``).
+HOOK_NAMES: Final = frozenset(
+    {"prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"}
+)
 
 
 class CdiSpecError(ValueError):
@@ -55,6 +59,9 @@ class DeviceNode:
     major: int | None = None
     minor: int | None = None
     permissions: str | None = None  # cgroup permissions, some of "rwm"
+    file_mode: int | None = None  # mode of the node created in the container (Go os.FileMode bits)
+    uid: int | None = None
+    gid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +69,18 @@ class Mount:
     host_path: str
     container_path: str
     options: tuple[str, ...] = ()
+    type: str | None = None  # needs cdiVersion 0.4.0
+
+
+@dataclass(frozen=True, slots=True)
+class Hook:
+    """An OCI hook the runtime runs on the host (``path`` is a host path; ``args`` includes argv[0])."""
+
+    hook_name: str  # one of :data:`HOOK_NAMES`
+    path: str
+    args: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    timeout: int | None = None  # seconds
 
 
 _T = TypeVar("_T")
@@ -86,19 +105,22 @@ class ContainerEdits:
     device_nodes: tuple[DeviceNode, ...] = ()
     mounts: tuple[Mount, ...] = ()
     additional_gids: tuple[int, ...] = ()
+    hooks: tuple[Hook, ...] = ()  # in order; the runtime appends them to the OCI spec's hooks
 
     def merge(self, other: ContainerEdits) -> ContainerEdits:
         """Both sets of edits; exact duplicates collapse. The same env key, device path or mount target with
-        different content raises :class:`CdiSpecError` (the runtime would silently keep one of them)."""
+        different content raises :class:`CdiSpecError` (the runtime would silently keep one of them).
+        Hooks are kept in order, exact duplicates once."""
         return ContainerEdits(
             env=_union(self.env, other.env, lambda e: e.partition("=")[0], "environment variables"),
             device_nodes=_union(self.device_nodes, other.device_nodes, lambda d: d.path, "device nodes"),
             mounts=_union(self.mounts, other.mounts, lambda m: m.container_path, "mounts"),
             additional_gids=_union(self.additional_gids, other.additional_gids, lambda g: g, "gids"),
+            hooks=_union(self.hooks, other.hooks, lambda h: h, "hooks"),
         )
 
     def is_empty(self) -> bool:
-        return not (self.env or self.device_nodes or self.mounts or self.additional_gids)
+        return not (self.env or self.device_nodes or self.mounts or self.additional_gids or self.hooks)
 
     def to_cdi(self) -> dict[str, Any]:
         """The ``containerEdits`` object of a CDI spec (empty fields left out)."""
@@ -111,6 +133,8 @@ class ContainerEdits:
             out["mounts"] = [_mount_to_cdi(m) for m in self.mounts]
         if self.additional_gids:
             out["additionalGids"] = list(self.additional_gids)
+        if self.hooks:
+            out["hooks"] = [_hook_to_cdi(h) for h in self.hooks]
         return out
 
     def validate(self, where: str) -> None:
@@ -130,6 +154,19 @@ class ContainerEdits:
         for gid in self.additional_gids:
             if not 0 <= gid < 2**32:
                 raise CdiSpecError(f"{where}: gid {gid} is out of range")
+        for hook in self.hooks:
+            _validate_hook(hook, where)
+
+
+def _validate_hook(hook: Hook, where: str) -> None:
+    if hook.hook_name not in HOOK_NAMES:
+        raise CdiSpecError(f"{where}: invalid hook name {hook.hook_name!r}")
+    if not hook.path.startswith("/"):
+        raise CdiSpecError(f"{where}: hook path {hook.path!r} is not absolute")
+    if any(e.find("=") <= 0 for e in hook.env):
+        raise CdiSpecError(f"{where}: hook {hook.path}: invalid environment {hook.env!r}")
+    if hook.timeout is not None and hook.timeout <= 0:
+        raise CdiSpecError(f"{where}: hook {hook.path}: timeout must be positive")
 
 
 def _node_to_cdi(node: DeviceNode) -> dict[str, Any]:
@@ -140,6 +177,9 @@ def _node_to_cdi(node: DeviceNode) -> dict[str, Any]:
         "major": node.major,
         "minor": node.minor,
         "permissions": node.permissions,
+        "fileMode": node.file_mode,
+        "uid": node.uid,
+        "gid": node.gid,
     }
     out.update({k: v for k, v in optional.items() if v is not None})
     return out
@@ -149,6 +189,19 @@ def _mount_to_cdi(mount: Mount) -> dict[str, Any]:
     out: dict[str, Any] = {"hostPath": mount.host_path, "containerPath": mount.container_path}
     if mount.options:
         out["options"] = list(mount.options)
+    if mount.type:
+        out["type"] = mount.type
+    return out
+
+
+def _hook_to_cdi(hook: Hook) -> dict[str, Any]:
+    out: dict[str, Any] = {"hookName": hook.hook_name, "path": hook.path}
+    if hook.args:
+        out["args"] = list(hook.args)
+    if hook.env:
+        out["env"] = list(hook.env)
+    if hook.timeout is not None:
+        out["timeout"] = hook.timeout
     return out
 
 

@@ -114,6 +114,12 @@ def _parser() -> argparse.ArgumentParser:
             "/",
             "NVIDIA driver root (/run/nvidia/driver with the operator)",
         ),
+        (
+            "--host-driver-root",
+            "GPUDRA_HOST_DRIVER_ROOT",
+            None,
+            "the NVIDIA driver root as the host sees it, when mounted elsewhere here",
+        ),
     ):
         value = _env(env, default)
         r.add_argument(flag, type=Path, default=Path(value) if value else None, help=f"{what} [env {env}]")
@@ -216,6 +222,7 @@ def _run(args: argparse.Namespace) -> int:
         dev_root=args.dev_root,
         proc_root=args.proc_root,
         driver_root=args.driver_root,
+        host_driver_root=args.host_driver_root,
         cdi_spec_dirs=tuple(Path(d) for d in args.cdi_spec_dirs.split(":") if d),
         amd_additional_gids=args.amd_additional_gids,
         pod_uid=args.pod_uid,

@@ -49,8 +49,12 @@ class HostRoots:
 
     dev: Path = Path("/dev")
     proc: Path = Path("/proc")
-    #: NVIDIA driver root: "/" for a host-installed driver, "/run/nvidia/driver" with the GPU operator.
+    #: NVIDIA driver root as this process sees it: "/" for a host-installed driver, "/run/nvidia/driver"
+    #: with the GPU operator, or where a DaemonSet mounts the host's root (e.g. "/driver-root").
     driver: Path = Path("/")
+    #: The same driver root as the container runtime on the host sees it (what CDI mounts must name); None
+    #: when it is the same path as ``driver``.
+    host_driver: Path | None = None
     #: Directories holding other vendors' CDI specs (the NVIDIA Container Toolkit's ``nvidia.com/gpu``).
     cdi_dirs: tuple[Path, ...] = (Path("/etc/cdi"), Path("/var/run/cdi"))
     #: AMD: give the container the host render node's group via CDI ``additionalGids`` (cdiVersion 0.7.0).

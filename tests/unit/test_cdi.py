@@ -18,6 +18,7 @@ from gpudra.cdi import (
     CdiWriter,
     ContainerEdits,
     DeviceNode,
+    Hook,
     Mount,
     build_spec,
     cdi_device_id,
@@ -148,6 +149,56 @@ def test_build_spec_rejects_what_cdi_would_reject(
 ) -> None:
     with pytest.raises(CdiSpecError, match=message):
         build_spec(uid, devices, common)
+
+
+# ---- hooks and the less common fields ---------------------------------------------------------------
+
+LDCACHE = Hook("createContainer", "/usr/bin/nvidia-cdi-hook", ("nvidia-cdi-hook", "update-ldcache"))
+
+
+def test_hooks_mount_type_and_node_ownership_in_the_spec() -> None:
+    hook = Hook("poststop", "/bin/cleanup", ("cleanup", "--all"), env=("X=1",), timeout=5)
+    node = DeviceNode("/dev/nvidia-caps/nvidia-cap3", type="c", major=241, minor=3, file_mode=0o444,
+                      uid=0, gid=0)
+    edits = ContainerEdits(device_nodes=(node,), hooks=(LDCACHE, hook))
+    spec = build_spec(UID, [CdiDevice(f"{UID}-mig", edits)], ContainerEdits())
+    assert spec["cdiVersion"] == "0.3.0"  # hooks, fileMode, uid and gid are all baseline fields
+    assert spec["devices"][0]["containerEdits"] == {
+        "deviceNodes": [{"path": "/dev/nvidia-caps/nvidia-cap3", "type": "c", "major": 241, "minor": 3,
+                         "fileMode": 0o444, "uid": 0, "gid": 0}],
+        "hooks": [
+            {"hookName": "createContainer", "path": "/usr/bin/nvidia-cdi-hook",
+             "args": ["nvidia-cdi-hook", "update-ldcache"]},
+            {"hookName": "poststop", "path": "/bin/cleanup", "args": ["cleanup", "--all"], "env": ["X=1"],
+             "timeout": 5},
+        ],
+    }
+    typed = ContainerEdits(mounts=(Mount("tmpfs", "/scratch", ("nosuid",), type="tmpfs"),))
+    spec = build_spec(UID, [CdiDevice(f"{UID}-a", typed)], ContainerEdits())
+    assert spec["devices"][0]["containerEdits"]["mounts"][0]["type"] == "tmpfs"
+    assert spec["cdiVersion"] == "0.4.0"
+
+
+def test_hooks_alone_are_edits_and_merge_in_order() -> None:
+    other = Hook("createContainer", "/usr/bin/nvidia-cdi-hook", ("nvidia-cdi-hook", "create-symlinks"))
+    only_hooks = ContainerEdits(hooks=(LDCACHE,))
+    assert not only_hooks.is_empty()
+    merged = only_hooks.merge(ContainerEdits(hooks=(other, LDCACHE)))
+    assert merged.hooks == (LDCACHE, other)  # exact duplicates once, first position kept
+
+
+@pytest.mark.parametrize(
+    ("hook", "message"),
+    [
+        (Hook("preStart", "/bin/h"), "invalid hook name"),
+        (Hook("prestart", "bin/h"), "not absolute"),
+        (Hook("prestart", "/bin/h", env=("NOVALUE",)), "invalid environment"),
+        (Hook("prestart", "/bin/h", timeout=0), "timeout"),
+    ],
+)
+def test_invalid_hooks_are_refused(hook: Hook, message: str) -> None:
+    with pytest.raises(CdiSpecError, match=message):
+        build_spec(UID, [CdiDevice(f"{UID}-a", ContainerEdits(hooks=(hook,)))], ContainerEdits())
 
 
 # ---- merge ------------------------------------------------------------------------------------------
