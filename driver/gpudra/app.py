@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 from gpudra import cdi, names
 from gpudra.backends.base import HardwareBackend
@@ -27,11 +28,15 @@ from gpudra.prepare import EditsMode, Preparer, PrepareSettings
 from gpudra.publisher import Publisher
 from gpudra.rediscover import Rediscovery
 from gpudra.server import dra
-from gpudra.server.probe import PluginChecker, ProbeServer
 from gpudra.server.registration import Registrar
 from gpudra.server.sockets import UnixServer, fit_socket_path, socket_name
 
 log = logging.getLogger(__name__)
+
+
+class ProbeServerLike(Protocol):
+    def start(self) -> int: ...
+    def stop(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +92,7 @@ class Plugin:
         self._dra: UnixServer | None = None
         self.registrar: Registrar | None = None
         self.metrics: Metrics = NullMetrics()
-        self._probe: ProbeServer | None = None
+        self._probe: ProbeServerLike | None = None
         self._rediscovery = Rediscovery(backend, self._inventory_changed, cfg.rediscover_initial_s)
 
     def start(self) -> None:
@@ -136,6 +141,8 @@ class Plugin:
         self.registrar = Registrar(cfg.registration_socket, cfg.dra_socket)
         self.registrar.start()
         if cfg.probe_port:
+            from gpudra.server.probe import PluginChecker, ProbeServer  # grpc_health only when probes are on
+
             checker = PluginChecker(cfg.registration_socket, cfg.dra_socket, self.registrar.registered.is_set)
             self._probe = ProbeServer(cfg.probe_port, checker)
             self._probe.start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final, Literal, get_args
 
-from gpudra.backends.amd_profile import is_amd_profile, load_amd_profile
 from gpudra.backends.base import DiscoveryError, HardwareBackend
 from gpudra.backends.fake_nvml import MockBackend
 from gpudra.backends.nvml import MOCK_HINT, NvmlBackend
@@ -80,6 +79,8 @@ def _has_amd(sysfs_root: Path) -> bool:
 
 
 def _open_mock(profile: str) -> HardwareBackend:
+    from gpudra.backends.amd_profile import is_amd_profile, load_amd_profile  # the mock path only
+
     try:
         if is_amd_profile(profile):
             from gpudra.backends.fake_amdsmi import AmdMockBackend
