@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gpudra import config, names
+from gpudra.devicemeta import POD_CLAIM_NAME_ANNOTATION
 from gpudra.inventory import Device
 from gpudra.k8stypes import DeviceRequestAllocationResult, ResourceClaim
 
@@ -48,6 +49,7 @@ class DeviceToPrepare:
 class ClaimPlan:
     ref: ClaimRef
     devices: tuple[DeviceToPrepare, ...]
+    pod_claim_name: str | None = None  # set on claims generated from a ResourceClaimTemplate
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +87,12 @@ def plan_claim(
         configs = config.resolve(allocation.get("config", []), requests, config_kinds)
     except config.ConfigError as e:
         raise PlanError(str(e), "config") from e
-    return ClaimPlan(ref, tuple(_device_to_prepare(r, devices, pool_name, configs) for r in results))
+    annotations = claim.get("metadata", {}).get("annotations", {})
+    return ClaimPlan(
+        ref,
+        tuple(_device_to_prepare(r, devices, pool_name, configs) for r in results),
+        annotations.get(POD_CLAIM_NAME_ANNOTATION) or None,
+    )
 
 
 def _device_to_prepare(

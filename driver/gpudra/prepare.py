@@ -9,14 +9,16 @@ that fails leaves no trace and never fails its neighbours. Unprepare removes exa
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from gpudra import cdi, edits, plan, slices
+from gpudra import cdi, devicemeta, edits, plan, slices
 from gpudra.checkpoint import CheckpointStore, ClaimRecord, PreparedDevice, Txn
+from gpudra.fsutil import atomic_write
 from gpudra.inventory import Device, DeviceKind, Inventory
 from gpudra.k8stypes import ResourceClaim
 from gpudra.kube import KubeError
@@ -54,6 +56,7 @@ class _Built:
     spec: dict[str, object]
     prepared: tuple[PreparedDevice, ...]
     description: Path | None = None  # mock: the claim's description file to write
+    metadata: tuple[tuple[Path, bytes], ...] = ()  # KEP-5304 device metadata files to write
 
 
 class Preparer:
@@ -77,6 +80,10 @@ class Preparer:
         self.set_inventory(inventory)
 
     def set_inventory(self, inventory: Inventory) -> None:
+        self._inventory = inventory
+        self._set_devices(inventory)
+
+    def _set_devices(self, inventory: Inventory) -> None:
         """The devices a claim may name: the published ones. A GPU in MIG mode is not published (its MIG
         devices are), so an allocation naming it is stale and refused."""
         self._devices = {
@@ -183,35 +190,71 @@ class Preparer:
     def _forget(self, txn: Txn, claim_uid: str) -> None:
         self._cdi.remove(claim_uid)
         self._description_path(claim_uid).unlink(missing_ok=True)
+        shutil.rmtree(self._metadata_dir(claim_uid), ignore_errors=True)
         txn.remove(claim_uid)
 
     def _build(self, p: ClaimPlan) -> _Built:
         """The claim's CDI spec: a device the node cannot give (a missing device node, ...) fails the claim
         here, before anything is recorded or written."""
         uid = p.ref.uid
+        mounts, files = self._metadata(p)
         if self._settings.edits_mode == "mock":
-            return self._build_mock(p)
+            return self._build_mock(p, mounts, files)
         devs, prepared = [], []
         for d in p.devices:
             hw = edits.hardware_edits(d.device, self._settings.roots)
-            devs.append(cdi.CdiDevice(cdi.cdi_device_name(uid, d.name), hw.edits))
+            device_edits = hw.edits.merge(cdi.ContainerEdits(mounts=(mounts[d.request],)))
+            devs.append(cdi.CdiDevice(cdi.cdi_device_name(uid, d.name), device_edits))
             prepared.append(_prepared_device(uid, d, hw.extra_cdi_ids))
-        return _Built(cdi.build_spec(uid, devs, cdi.ContainerEdits()), tuple(prepared))
+        return _Built(cdi.build_spec(uid, devs, cdi.ContainerEdits()), tuple(prepared), metadata=files)
 
-    def _build_mock(self, p: ClaimPlan) -> _Built:
+    def _metadata(self, p: ClaimPlan) -> tuple[dict[str, cdi.Mount], tuple[tuple[Path, bytes], ...]]:
+        """KEP-5304: per top-level request, the metadata file and its read-only mount (see devicemeta)."""
+        by_request: dict[str, list[devicemeta.MetadataDevice]] = {}
+        for d in p.devices:
+            attrs = slices.build_device(d.device, self._inventory).device.get("attributes", {})
+            meta = devicemeta.MetadataDevice(d.request, d.pool, d.name, attrs)
+            by_request.setdefault(devicemeta.top_request(d.request), []).append(meta)
+        mounts: dict[str, cdi.Mount] = {}
+        files = []
+        for top, devices in by_request.items():
+            host = self._metadata_dir(p.ref.uid) / top / devicemeta.FILE_NAME
+            inside = devicemeta.container_path(p.ref.name, p.pod_claim_name, top)
+            data = devicemeta.metadata_stream(
+                p.ref.namespace, p.ref.name, p.ref.uid, pod_claim_name=p.pod_claim_name, devices=devices
+            )
+            files.append((host, data))
+            mount = cdi.Mount(str(host), inside, ("ro", "nosuid", "nodev", "bind"))
+            for d in p.devices:
+                if devicemeta.top_request(d.request) == top:
+                    mounts[d.request] = mount
+        return mounts, tuple(files)
+
+    def _metadata_dir(self, claim_uid: str) -> Path:
+        return self._settings.state_dir / "metadata" / claim_uid
+
+    def _build_mock(
+        self, p: ClaimPlan, mounts: Mapping[str, cdi.Mount], files: tuple[tuple[Path, bytes], ...]
+    ) -> _Built:
         uid = p.ref.uid
         desc = self._description_path(uid)
         devs = [
             cdi.CdiDevice(
-                cdi.cdi_device_name(uid, d.name), edits.mock_edits(d.device, uid, desc, device_name=d.name)
+                cdi.cdi_device_name(uid, d.name),
+                edits.mock_edits(d.device, uid, desc, device_name=d.name).merge(
+                    cdi.ContainerEdits(mounts=(mounts[d.request],))
+                ),
             )
             for d in p.devices
         ]
         common = edits.mock_claim_edits(uid, [d.device.uuid for d in p.devices], desc)
         prepared = tuple(_prepared_device(uid, d) for d in p.devices)
-        return _Built(cdi.build_spec(uid, devs, common), prepared, desc)
+        return _Built(cdi.build_spec(uid, devs, common), prepared, desc, files)
 
     def _write(self, p: ClaimPlan, built: _Built) -> None:
+        for path, data in built.metadata:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, data, mode=0o644, durable=False)
         if built.description is not None:
             edits.write_claim_description(
                 built.description, p.ref, [d.device for d in p.devices], [d.name for d in p.devices]

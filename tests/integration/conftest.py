@@ -138,6 +138,7 @@ def make_claim(
     driver: str = names.DRIVER_NAME,
     pool: str = NODE,
     config: list[dict[str, Any]] | None = None,
+    annotations: dict[str, str] | None = None,
 ) -> kubeletsim.Claim:
     """A ResourceClaim allocated to ``devices`` (one request per device), as the scheduler would leave it."""
     results = []
@@ -153,7 +154,7 @@ def make_claim(
         {
             "apiVersion": "resource.k8s.io/v1",
             "kind": "ResourceClaim",
-            "metadata": {"name": name, "namespace": namespace},
+            "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
             "spec": {
                 "devices": {
                     "requests": [

@@ -18,6 +18,7 @@ from gpudra import slices
 from gpudra.backends.select import open_backend
 from gpudra.cdi import CdiWriter, cdi_device_id
 from gpudra.checkpoint import CheckpointStore
+from gpudra.devicemeta import CONTAINER_ROOT
 from gpudra.edits import HostRoots
 from gpudra.inventory import Device, DeviceKind, Inventory
 from gpudra.plan import ClaimRef
@@ -108,7 +109,16 @@ def node(tmp_path: Path) -> Node:
 
 
 def _edits(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {d["name"]: d["containerEdits"] for d in spec["devices"]}
+    """Each device's edits, less the KEP-5304 metadata mount every device carries (tested on its own)."""
+    out = {}
+    for d in spec["devices"]:
+        edits = dict(d["containerEdits"])
+        mounts = [m for m in edits.pop("mounts", []) if not m["containerPath"].startswith(CONTAINER_ROOT)]
+        assert len(d["containerEdits"]["mounts"]) == 1, d["containerEdits"]["mounts"]
+        if mounts:
+            edits["mounts"] = mounts
+        out[d["name"]] = edits
+    return out
 
 
 def test_partitions_get_kfd_their_own_render_node_and_the_render_group(

@@ -15,6 +15,7 @@ from gpudra import slices
 from gpudra.backends.select import open_backend
 from gpudra.cdi import CdiWriter, cdi_device_id
 from gpudra.checkpoint import CheckpointStore
+from gpudra.devicemeta import CONTAINER_ROOT
 from gpudra.edits import HostRoots
 from gpudra.inventory import Device, DeviceKind, Inventory
 from gpudra.plan import ClaimRef
@@ -120,7 +121,10 @@ def test_full_gpu_and_mig_device_with_the_toolkit_spec(tmp_path: Path, inventory
     common = fake.toolkit_spec()["containerEdits"]
     for dev in (gpu_edits, mig_edits):
         assert dev["env"] == ["NVIDIA_VISIBLE_DEVICES=void"]
-        assert dev["mounts"] == common["mounts"]
+        toolkit = [m for m in dev["mounts"] if not m["containerPath"].startswith(CONTAINER_ROOT)]
+        assert toolkit == common["mounts"]
+        [meta] = [m for m in dev["mounts"] if m["containerPath"].startswith(CONTAINER_ROOT)]  # KEP-5304
+        assert meta["containerPath"] == f"{CONTAINER_ROOT}/resourceclaims/mixed/gpu/gpudra.io-metadata.json"
         assert dev["hooks"] == common["hooks"]
     assert node.store.snapshot()[claim.uid].state == "PrepareCompleted"
 
