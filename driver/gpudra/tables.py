@@ -9,6 +9,12 @@ from __future__ import annotations
 from gpudra import slices
 from gpudra.inventory import Device, DeviceKind, Inventory
 
+_KIND_LABELS = (
+    (DeviceKind.GPU, "GPU(s)"),
+    (DeviceKind.MIG, "MIG device(s)"),
+    (DeviceKind.PARTITION, "partition(s)"),
+)
+
 
 def _gib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**30:.1f} GiB"
@@ -46,8 +52,8 @@ def inventory_table(inv: Inventory) -> str:
         versions.append(f"driver {inv.driver_version}")
     if inv.cuda_driver_version:
         versions.append(f"CUDA {inv.cuda_driver_version}")
-    migs = sum(d.kind is DeviceKind.MIG for d in inv.devices)
-    summary = f"{len(inv.devices) - migs} GPU(s)" + (f", {migs} MIG device(s)" if migs else "")
+    counts = [(sum(d.kind is kind for d in inv.devices), label) for kind, label in _KIND_LABELS]
+    summary = ", ".join(f"{n} {label}" for n, label in counts if n) or "0 GPU(s)"
     summary += f"; {', '.join(versions)}" if versions else ""
     if inv.fabric_pending:
         summary += "; NVLink fabric registration pending (fabricDomain not yet known)"

@@ -61,3 +61,8 @@ def test_discover_table(capsys: pytest.CaptureFixture[str], profile: str) -> Non
     out = _discover(capsys, "--profile", profile)
     assert out.splitlines()[0].startswith("DEVICE")
     assert "GPU(s)" in out.splitlines()[-1]
+
+
+def test_discover_table_counts_partitions_as_partitions(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _discover(capsys, "--profile", "mi300x-8-cpx-nps4")
+    assert out.splitlines()[-1].startswith("64 partition(s); driver 6.10.5")
