@@ -20,7 +20,7 @@ from gpudra import cdi, devicemeta, edits, plan, slices
 from gpudra.checkpoint import CheckpointStore, ClaimRecord, PreparedDevice, Txn
 from gpudra.fsutil import atomic_write
 from gpudra.inventory import Device, DeviceKind, Inventory
-from gpudra.k8stypes import ResourceClaim
+from gpudra.k8stypes import DeviceAttribute, ResourceClaim
 from gpudra.kube import KubeError
 from gpudra.plan import ClaimPlan, ClaimRef, PlanError
 
@@ -76,21 +76,24 @@ class Preparer:
         self._settings = settings
         self._on_prepared = on_prepared  # devices held by completed claims, by type (for the metrics)
         self._devices: Mapping[str, Device] = {}
+        self._attributes: Mapping[str, Mapping[str, DeviceAttribute]] = {}
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="claim-get")
         self.set_inventory(inventory)
 
     def set_inventory(self, inventory: Inventory) -> None:
-        self._inventory = inventory
-        self._set_devices(inventory)
-
-    def _set_devices(self, inventory: Inventory) -> None:
         """The devices a claim may name: the published ones. A GPU in MIG mode is not published (its MIG
-        devices are), so an allocation naming it is stale and refused."""
-        self._devices = {
+        devices are), so an allocation naming it is stale and refused. Their published attributes (for the
+        device metadata) are computed here once, not on every prepare."""
+        devices = {
             slices.device_name(d): d
             for d in inventory.devices
             if not (d.kind is DeviceKind.GPU and d.mig_enabled)
         }
+        self._attributes = {
+            name: slices.build_device(d, inventory).device.get("attributes", {})
+            for name, d in devices.items()
+        }
+        self._devices = devices
 
     # ---- prepare ------------------------------------------------------------------------------------
 
@@ -212,8 +215,7 @@ class Preparer:
         """KEP-5304: per top-level request, the metadata file and its read-only mount (see devicemeta)."""
         by_request: dict[str, list[devicemeta.MetadataDevice]] = {}
         for d in p.devices:
-            attrs = slices.build_device(d.device, self._inventory).device.get("attributes", {})
-            meta = devicemeta.MetadataDevice(d.request, d.pool, d.name, attrs)
+            meta = devicemeta.MetadataDevice(d.request, d.pool, d.name, self._attributes.get(d.name, {}))
             by_request.setdefault(devicemeta.top_request(d.request), []).append(meta)
         mounts: dict[str, cdi.Mount] = {}
         files = []
