@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpudra import names, slices
+from gpudra import apirules, names, slices
 from gpudra.inventory import (
     Device,
     DeviceKind,
@@ -202,7 +202,7 @@ def test_device_without_uuid_is_refused() -> None:
 
 def test_check_device_enforces_name_and_attribute_rules() -> None:
     many: dict[str, Any] = {f"a{i}": {"int": i} for i in range(32)}
-    slices.check_device({"name": "gpu-0", "attributes": many})
+    apirules.check_device({"name": "gpu-0", "attributes": many})
     bad: list[dict[str, Any]] = [
         {"name": "gpu.0"}, {"name": ""}, {"name": "x" * 64},
         {"name": "gpu-0", "attributes": {**many, "extra": {"int": 1}}},
@@ -216,7 +216,7 @@ def test_check_device_enforces_name_and_attribute_rules() -> None:
     ]
     for device in bad:
         with pytest.raises(ValueError, match=r"device name|attribute"):
-            slices.check_device(device)  # type: ignore[arg-type]
+            apirules.check_device(device)  # type: ignore[arg-type]
 
 
 # ---- the pool ------------------------------------------------------------------------------------------
