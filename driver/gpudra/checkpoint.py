@@ -5,73 +5,65 @@ without checking the file: every call opens a :meth:`CheckpointStore.transaction
 exclusive ``flock`` on the lock file, (re)reads the checkpoint when its inode, size or mtime moved, and writes
 atomically on :meth:`Txn.commit`. The lock is never held between calls.
 
-File format (JSON, camelCase): ``{"version": 1, "bootId": …, "claims": {"<uid>": {"namespace", "name",
-"state", "cdiSpec", "devices": [{"request", "pool", "device", "cdiDeviceIds", "adminAccess", "shareId"}]}}}``.
-
-Older files are brought forward by :data:`MIGRATIONS`. A file from a newer gpudra is read for the fields this
-code knows; its version and unknown fields (top level, per claim, per device) are written back unchanged, so a
-rollback never strips what the newer version recorded. A corrupt file is moved aside and the store starts
-empty; so does a changed boot id (the node rebooted).
+The file format, schema versions and migrations are in :mod:`gpudra.checkpoint_format` (pure); the names
+users of the checkpoint need are re-exported here. A corrupt file is moved aside and the store starts empty;
+so does a changed boot id (the node rebooted).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
 import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, Final, Literal, cast
+from typing import Final
 
+from gpudra.checkpoint_format import (
+    MIGRATIONS,
+    NO_EXTRAS,
+    PREPARE_COMPLETED,
+    PREPARE_STARTED,
+    SCHEMA_VERSION,
+    CheckpointFormatError,
+    ClaimRecord,
+    ClaimState,
+    Content,
+    Extras,
+    Migration,
+    PreparedDevice,
+    decode,
+    decode_document,
+    encode,
+    encode_claim,
+)
 from gpudra.fsutil import atomic_write, rename_durably
+
+__all__ = [
+    "BOOT_ID_PATH",
+    "MIGRATIONS",
+    "PREPARE_COMPLETED",
+    "PREPARE_STARTED",
+    "SCHEMA_VERSION",
+    "CheckpointFormatError",
+    "CheckpointStore",
+    "ClaimRecord",
+    "ClaimState",
+    "Migration",
+    "PreparedDevice",
+    "Txn",
+    "decode",
+    "encode",
+    "read_boot_id",
+]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
 BOOT_ID_PATH: Final = Path("/proc/sys/kernel/random/boot_id")
-
-ClaimState = Literal["PrepareStarted", "PrepareCompleted"]
-PREPARE_STARTED: Final = "PrepareStarted"
-PREPARE_COMPLETED: Final = "PrepareCompleted"
-
-Migration = Callable[[dict[str, Any]], dict[str, Any]]
-#: ``MIGRATIONS[n]`` turns a version-``n`` document into a version-``n + 1`` document. Version 1 is the first
-#: schema, so the chain is empty today; add a step (and bump :data:`SCHEMA_VERSION`) with every format change.
-MIGRATIONS: Final[Mapping[int, Migration]] = MappingProxyType({})
-
-_CLAIM_KEYS: Final = frozenset({"namespace", "name", "state", "devices", "cdiSpec"})
-_DEVICE_KEYS: Final = frozenset({"request", "pool", "device", "cdiDeviceIds", "adminAccess", "shareId"})
-_TOP_KEYS: Final = frozenset({"version", "bootId", "claims"})
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedDevice:
-    request: str
-    pool: str
-    device: str
-    cdi_device_ids: tuple[str, ...]
-    admin_access: bool = False
-    share_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimRecord:
-    uid: str
-    namespace: str
-    name: str
-    state: ClaimState
-    devices: tuple[PreparedDevice, ...]
-    cdi_spec: str | None  # path of the claim's CDI spec file
-
-
-class CheckpointFormatError(ValueError):
-    """The document is not a checkpoint this code can read (bad JSON, wrong shape, missing migration)."""
 
 
 def read_boot_id(path: Path = BOOT_ID_PATH) -> str | None:
@@ -81,184 +73,6 @@ def read_boot_id(path: Path = BOOT_ID_PATH) -> str | None:
     except (OSError, UnicodeDecodeError):
         return None
     return text or None
-
-
-# ---- the pure half: document <-> values -----------------------------------------------------------------
-
-_DeviceKey = tuple[str, str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class _Extras:
-    """Fields of one claim entry (and its devices) that this code does not know, kept for the round trip."""
-
-    claim: Mapping[str, Any] = field(default_factory=dict)
-    devices: Mapping[_DeviceKey, Mapping[str, Any]] = field(default_factory=dict)
-    state: str | None = None  # a state only a newer version knows (read as PrepareStarted) ...
-    as_read: ClaimRecord | None = None  # ... kept while the record stays exactly as it was read
-
-
-@dataclass(frozen=True, slots=True)
-class _Content:
-    version: int
-    boot_id: str | None
-    claims: dict[str, ClaimRecord] = field(default_factory=dict)
-    extras: Mapping[str, _Extras] = field(default_factory=dict)
-    top: Mapping[str, Any] = field(default_factory=dict)
-    dirty: bool = False  # memory differs from the file although no claim changed (reset, migration)
-    rebooted: bool = False
-
-
-def _need(entry: Mapping[str, Any], key: str, kind: type, where: str, optional: bool = False) -> Any:
-    value = entry.get(key)
-    if value is None and optional:
-        return None
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise CheckpointFormatError(f"{where}.{key}: expected {kind.__name__}, got {value!r}")
-    return value
-
-
-def _device_key(d: PreparedDevice) -> _DeviceKey:
-    return (d.request, d.pool, d.device)
-
-
-def _decode_device(raw: object, where: str) -> tuple[PreparedDevice, Mapping[str, Any]]:
-    if not isinstance(raw, dict):
-        raise CheckpointFormatError(f"{where}: expected an object")
-    ids = _need(raw, "cdiDeviceIds", list, where)
-    if not all(isinstance(i, str) for i in ids):
-        raise CheckpointFormatError(f"{where}.cdiDeviceIds: expected strings")
-    device = PreparedDevice(
-        request=_need(raw, "request", str, where),
-        pool=_need(raw, "pool", str, where),
-        device=_need(raw, "device", str, where),
-        cdi_device_ids=tuple(ids),
-        admin_access=bool(_need(raw, "adminAccess", bool, where, optional=True)),
-        share_id=_need(raw, "shareId", str, where, optional=True),
-    )
-    return device, {k: v for k, v in raw.items() if k not in _DEVICE_KEYS}
-
-
-def _decode_state(raw: Mapping[str, Any], where: str, newer: bool) -> ClaimState:
-    state: str = _need(raw, "state", str, where)
-    if state in (PREPARE_STARTED, PREPARE_COMPLETED):
-        return cast(ClaimState, state)
-    if not newer:
-        raise CheckpointFormatError(f"{where}.state: unknown state {state!r}")
-    # A newer gpudra may have more states; "started" is the safe reading: prepare again or undo it fully.
-    log.warning("checkpoint: %s has state %r unknown to this version; treating it as %s", where, state,
-                PREPARE_STARTED)
-    return PREPARE_STARTED
-
-
-def _decode_claim(uid: str, raw: object, newer: bool) -> tuple[ClaimRecord, _Extras]:
-    where = f"claims[{uid}]"
-    if not isinstance(raw, dict):
-        raise CheckpointFormatError(f"{where}: expected an object")
-    raw_devices: list[object] = _need(raw, "devices", list, where)
-    pairs = [_decode_device(d, f"{where}.devices[{i}]") for i, d in enumerate(raw_devices)]
-    record = ClaimRecord(
-        uid=uid,
-        namespace=_need(raw, "namespace", str, where),
-        name=_need(raw, "name", str, where),
-        state=_decode_state(raw, where, newer),
-        devices=tuple(d for d, _ in pairs),
-        cdi_spec=_need(raw, "cdiSpec", str, where, optional=True),
-    )
-    extras = _Extras(
-        claim={k: v for k, v in raw.items() if k not in _CLAIM_KEYS},
-        devices={_device_key(d): x for d, x in pairs if x},
-    )
-    if raw["state"] != record.state:
-        extras = replace(extras, state=raw["state"], as_read=record)
-    return record, extras
-
-
-def _migrate(
-    doc: dict[str, Any], known: int, migrations: Mapping[int, Migration]
-) -> tuple[dict[str, Any], bool]:
-    version: int = _need(doc, "version", int, "checkpoint")
-    if version < 1:
-        raise CheckpointFormatError(f"checkpoint.version: {version} is not a schema version")
-    start = version
-    while version < known:
-        step = migrations.get(version)
-        if step is None:
-            raise CheckpointFormatError(f"no migration from checkpoint version {version} to {version + 1}")
-        try:
-            doc = step(copy.deepcopy(doc))
-        except Exception as exc:
-            raise CheckpointFormatError(f"migration {version} -> {version + 1} failed: {exc!r}") from exc
-        version += 1
-        doc["version"] = version
-    return doc, version != start
-
-
-def _decode_document(doc: object, known: int, migrations: Mapping[int, Migration]) -> _Content:
-    if not isinstance(doc, dict):
-        raise CheckpointFormatError("checkpoint: expected a JSON object")
-    doc, migrated = _migrate(doc, known, migrations)
-    version: int = doc["version"]
-    raw_claims = _need(doc, "claims", dict, "checkpoint")
-    claims: dict[str, ClaimRecord] = {}
-    extras: dict[str, _Extras] = {}
-    for uid, raw in raw_claims.items():
-        claims[uid], extras[uid] = _decode_claim(uid, raw, newer=version > known)
-    return _Content(
-        version=version,
-        boot_id=_need(doc, "bootId", str, "checkpoint", optional=True),
-        claims=claims,
-        extras=extras,
-        top={k: v for k, v in doc.items() if k not in _TOP_KEYS},
-        dirty=migrated,
-    )
-
-
-def _encode_device(device: PreparedDevice, extra: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "request": device.request,
-        "pool": device.pool,
-        "device": device.device,
-        "cdiDeviceIds": list(device.cdi_device_ids),
-        "adminAccess": device.admin_access,
-        "shareId": device.share_id,
-        **extra,
-    }
-
-
-def _encode_claim(record: ClaimRecord, extras: _Extras) -> dict[str, Any]:
-    state = extras.state if extras.state is not None and record == extras.as_read else record.state
-    return {
-        "namespace": record.namespace,
-        "name": record.name,
-        "state": state,
-        "cdiSpec": record.cdi_spec,
-        "devices": [_encode_device(d, extras.devices.get(_device_key(d), {})) for d in record.devices],
-        **extras.claim,
-    }
-
-
-_NO_EXTRAS = _Extras()
-
-
-def _encode_content(content: _Content) -> dict[str, Any]:
-    claims: dict[str, Any] = {}
-    for uid in sorted(content.claims):
-        record = content.claims[uid]
-        if record.uid != uid:
-            raise ValueError(f"checkpoint: claim {record.uid} stored under the key {uid}")
-        claims[uid] = _encode_claim(record, content.extras.get(uid, _Extras()))
-    return {"version": content.version, "bootId": content.boot_id, "claims": claims, **content.top}
-
-
-def encode(claims: Mapping[str, ClaimRecord], boot_id: str | None) -> dict[str, Any]:
-    """The JSON document (current schema) for ``claims``."""
-    return _encode_content(_Content(version=SCHEMA_VERSION, boot_id=boot_id, claims=dict(claims)))
-
-
-def decode(document: object) -> dict[str, ClaimRecord]:
-    """The claims in a checkpoint document; raises :class:`CheckpointFormatError`."""
-    return _decode_document(document, SCHEMA_VERSION, MIGRATIONS).claims
 
 
 # ---- the edge: the file, the lock, the cache ------------------------------------------------------------
@@ -277,7 +91,7 @@ class _NeedsRepair(Exception):
 class Txn:
     """One locked read-modify-write of the checkpoint. ``claims`` is a working copy; only commit() writes."""
 
-    def __init__(self, store: CheckpointStore, content: _Content) -> None:
+    def __init__(self, store: CheckpointStore, content: Content) -> None:
         self._store = store
         self._base = content
         self._open = True
@@ -326,8 +140,8 @@ class CheckpointStore:
         self._on_corrupt = on_corrupt
         self._schema_version = schema_version
         self._migrations = migrations
-        self._cache: tuple[_StatKey, _Content] | None = None
-        self._fragments: dict[str, tuple[ClaimRecord, _Extras, bytes]] = {}
+        self._cache: tuple[_StatKey, Content] | None = None
+        self._fragments: dict[str, tuple[ClaimRecord, Extras, bytes]] = {}
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Txn]:
@@ -356,10 +170,10 @@ class CheckpointStore:
         finally:
             os.close(fd)  # closing the descriptor releases the lock
 
-    def _empty(self) -> _Content:
-        return _Content(version=self._schema_version, boot_id=self.boot_id)
+    def _empty(self) -> Content:
+        return Content(version=self._schema_version, boot_id=self.boot_id)
 
-    def _load(self, repair: bool) -> _Content:
+    def _load(self, repair: bool) -> Content:
         try:
             handle = self.path.open("rb")
         except FileNotFoundError:
@@ -380,18 +194,29 @@ class CheckpointStore:
         self._cache = (key, content)
         return content
 
-    def _parse(self, data: bytes) -> _Content:
+    def _parse(self, data: bytes) -> Content:
         try:
             doc = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CheckpointFormatError(f"not JSON: {exc}") from exc
-        content = _decode_document(doc, self._schema_version, self._migrations)
+        content = decode_document(doc, self._schema_version, self._migrations)
         if content.version > self._schema_version:
-            log.warning("checkpoint %s has version %d, newer than this gpudra (%d): reading the fields it "
-                        "knows and keeping the rest", self.path, content.version, self._schema_version)
+            log.warning(
+                "checkpoint %s has version %d, newer than this gpudra (%d): reading the fields it "
+                "knows and keeping the rest",
+                self.path,
+                content.version,
+                self._schema_version,
+            )
         if self.boot_id is not None and content.boot_id is not None and content.boot_id != self.boot_id:
-            log.warning("checkpoint %s was written in boot %s, this is boot %s: the node rebooted, dropping "
-                        "%d prepared claim(s)", self.path, content.boot_id, self.boot_id, len(content.claims))
+            log.warning(
+                "checkpoint %s was written in boot %s, this is boot %s: the node rebooted, dropping "
+                "%d prepared claim(s)",
+                self.path,
+                content.boot_id,
+                self.boot_id,
+                len(content.claims),
+            )
             return replace(content, boot_id=self.boot_id, claims={}, extras={}, dirty=True, rebooted=True)
         return content
 
@@ -400,39 +225,44 @@ class CheckpointStore:
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         rename_durably(self.path, aside)
         self._cache = None
-        log.error("CHECKPOINT CORRUPT: %s (%s). Moved it to %s and starting from an EMPTY state: claims "
-                  "prepared before are forgotten until the kubelet prepares them again",
-                  self.path, reason, aside)
+        log.error(
+            "CHECKPOINT CORRUPT: %s (%s). Moved it to %s and starting from an EMPTY state: claims "
+            "prepared before are forgotten until the kubelet prepares them again",
+            self.path,
+            reason,
+            aside,
+        )
         if self._on_corrupt is not None:
             try:
                 self._on_corrupt(aside, reason)
             except Exception:
                 log.exception("checkpoint: the on_corrupt callback failed")
 
-    def _serialise(self, content: _Content) -> bytes:
+    def _serialise(self, content: Content) -> bytes:
         """The document's bytes. Each claim's JSON is memoised, so a commit encodes only the claims that
         changed: the cost of a prepare does not grow with the number of claims already held."""
-        fragments: dict[str, tuple[ClaimRecord, _Extras, bytes]] = {}
+        fragments: dict[str, tuple[ClaimRecord, Extras, bytes]] = {}
         parts = []
         for uid in sorted(content.claims):
             record = content.claims[uid]
             if record.uid != uid:
                 raise ValueError(f"checkpoint: claim {record.uid} stored under the key {uid}")
-            extras = content.extras.get(uid, _NO_EXTRAS)
+            extras = content.extras.get(uid, NO_EXTRAS)
             cached = self._fragments.get(uid)
             if cached is not None and cached[1] is extras and (cached[0] is record or cached[0] == record):
                 fragment = cached[2]
             else:
-                fragment = json.dumps(_encode_claim(record, extras), separators=(",", ":")).encode()
+                fragment = json.dumps(encode_claim(record, extras), separators=(",", ":")).encode()
             fragments[uid] = (record, extras, fragment)
             parts.append(json.dumps(uid).encode() + b":" + fragment)
         self._fragments = fragments
-        head = json.dumps({"version": content.version, "bootId": content.boot_id, **content.top},
-                          separators=(",", ":")).encode()  # never empty: "version" is always there
+        head = json.dumps(
+            {"version": content.version, "bootId": content.boot_id, **content.top}, separators=(",", ":")
+        ).encode()  # never empty: "version" is always there
         return head[:-1] + b',"claims":{' + b",".join(parts) + b"}}\n"
 
-    def _write(self, base: _Content, claims: Mapping[str, ClaimRecord]) -> _Content:
-        content = _Content(
+    def _write(self, base: Content, claims: Mapping[str, ClaimRecord]) -> Content:
+        content = Content(
             version=max(self._schema_version, base.version),  # never downgrade a newer file
             boot_id=self.boot_id if self.boot_id is not None else base.boot_id,
             claims=dict(claims),
