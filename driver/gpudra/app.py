@@ -130,8 +130,10 @@ class Plugin:
             additional_gids=cfg.amd_additional_gids,
         )
         settings = PrepareSettings(cfg.node_name, state, roots, self._edits_mode)
+        # The per-type device count walks every claim held: only worth it when someone scrapes it.
+        on_prepared = None if isinstance(metrics, NullMetrics) else metrics.prepared_devices
         self.preparer = preparer = Preparer(
-            kube, inv, store, cdi.CdiWriter(cfg.cdi_root), settings, on_prepared=metrics.prepared_devices
+            kube, inv, store, cdi.CdiWriter(cfg.cdi_root), settings, on_prepared=on_prepared
         )
         preparer.collect_garbage()
         self._dra = UnixServer(cfg.dra_socket, dra.registrars(preparer, metrics), cfg.grpc_workers)

@@ -2,8 +2,16 @@
 
 During a rolling update two plugin instances serve the kubelet at once, so nothing in memory is trusted
 without checking the file: every call opens a :meth:`CheckpointStore.transaction`, which takes a short
-exclusive ``flock`` on the lock file, (re)reads the checkpoint when its inode, size or mtime moved, and writes
-atomically on :meth:`Txn.commit`. The lock is never held between calls.
+exclusive ``flock`` on the lock file and brings the in-memory copy up to date with the file, then
+:meth:`Txn.commit` appends one change line per claim changed (the format is a log, see
+:mod:`gpudra.checkpoint_format`). The lock is never held between calls.
+
+Validating the in-memory copy costs one ``stat``: the store keeps the file it read open, so its inode
+number cannot be reused while cached; the same inode at the same size is the same file (the log only ever
+grows, and a rewrite is a new inode), a larger one has new lines to read from where the cache stopped.
+Appends are made durable with one ``fdatasync`` per transaction, after the lock is released, so calls in
+flight overlap their syncs instead of queueing behind each other's (group commit). The log is compacted
+into a fresh snapshot (atomic replace, fsynced) when it holds many more changes than claims.
 
 The file format, schema versions and migrations are in :mod:`gpudra.checkpoint_format` (pure); the names
 users of the checkpoint need are re-exported here. A corrupt file is moved aside and the store starts empty;
@@ -17,6 +25,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -36,10 +45,15 @@ from gpudra.checkpoint_format import (
     Extras,
     Migration,
     PreparedDevice,
+    apply_changes,
     decode,
-    decode_document,
+    decode_log,
     encode,
     encode_claim,
+    encode_delete,
+    encode_put,
+    load_document,
+    needs_compaction,
 )
 from gpudra.fsutil import atomic_write, rename_durably
 
@@ -58,6 +72,7 @@ __all__ = [
     "Txn",
     "decode",
     "encode",
+    "load_document",
     "read_boot_id",
 ]
 
@@ -77,15 +92,20 @@ def read_boot_id(path: Path = BOOT_ID_PATH) -> str | None:
 
 # ---- the edge: the file, the lock, the cache ------------------------------------------------------------
 
-_StatKey = tuple[int, int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns
-
-
-def _stat_key(st: os.stat_result) -> _StatKey:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
 
 class _NeedsRepair(Exception):
     """Corruption seen under a shared lock: moving the file aside needs the exclusive one."""
+
+
+class _OpenLog:
+    """The checkpoint file as this process last read it, kept open (see the module docstring)."""
+
+    def __init__(self, fd: int, key: tuple[int, int], size: int, consumed: int, content: Content) -> None:
+        self.fd = fd
+        self.key = key  # st_dev, st_ino
+        self.size = size  # bytes in the file when last looked at (more than consumed: a torn last line)
+        self.consumed = consumed  # bytes of complete lines read
+        self.content = content
 
 
 class Txn:
@@ -109,7 +129,8 @@ class Txn:
         return self.claims.pop(uid, None)
 
     def commit(self) -> bool:
-        """Write the working copy now (atomically, durably) if it changed. Returns whether it wrote."""
+        """Record the working copy now if it changed. Returns whether it wrote. The write is durable when the
+        transaction's block has ended."""
         if not self._open:
             raise RuntimeError("checkpoint transaction is closed")
         if self.claims == self._base.claims and not self._base.dirty:
@@ -140,25 +161,43 @@ class CheckpointStore:
         self._on_corrupt = on_corrupt
         self._schema_version = schema_version
         self._migrations = migrations
-        self._cache: tuple[_StatKey, Content] | None = None
+        self._mutex = threading.Lock()  # this process's threads take turns before taking the flock
+        self._log: _OpenLog | None = None
+        self._unsynced = False
         self._fragments: dict[str, tuple[ClaimRecord, Extras, bytes]] = {}
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Txn]:
-        """Exclusive lock, fresh read, a :class:`Txn`; the lock is released when the block ends."""
-        with self._locked(fcntl.LOCK_EX):
-            txn = Txn(self, self._load(repair=True))
-            try:
-                yield txn
-            finally:
-                txn._close()
+        """Exclusive lock, fresh read, a :class:`Txn`; the lock is released when the block ends, and what
+        the block committed is synced to disk before this returns."""
+        sync_fd: int | None = None
+        try:
+            with self._mutex, self._locked(fcntl.LOCK_EX):
+                txn = Txn(self, self._load(repair=True))
+                try:
+                    yield txn
+                finally:
+                    txn._close()
+                    sync_fd = self._take_unsynced()
+        finally:
+            if sync_fd is not None:
+                try:
+                    os.fdatasync(sync_fd)
+                finally:
+                    os.close(sync_fd)
 
     def snapshot(self) -> dict[str, ClaimRecord]:
         """The prepared claims as on disk now (read under a shared lock)."""
-        with self._locked(fcntl.LOCK_SH), contextlib.suppress(_NeedsRepair):
-            return dict(self._load(repair=False).claims)
-        with self._locked(fcntl.LOCK_EX):
-            return dict(self._load(repair=True).claims)
+        with self._mutex:
+            with self._locked(fcntl.LOCK_SH), contextlib.suppress(_NeedsRepair):
+                return dict(self._load(repair=False).claims)
+            with self._locked(fcntl.LOCK_EX):
+                return dict(self._load(repair=True).claims)
+
+    def close(self) -> None:
+        """Let go of the open checkpoint file (the store reopens it when used again)."""
+        with self._mutex:
+            self._drop()
 
     @contextlib.contextmanager
     def _locked(self, how: int) -> Iterator[None]:
@@ -170,36 +209,73 @@ class CheckpointStore:
         finally:
             os.close(fd)  # closing the descriptor releases the lock
 
+    def _take_unsynced(self) -> int | None:
+        """A descriptor to fdatasync once the lock is released (a duplicate: the log may be swapped)."""
+        if not self._unsynced or self._log is None:
+            return None
+        self._unsynced = False
+        return os.dup(self._log.fd)
+
     def _empty(self) -> Content:
         return Content(version=self._schema_version, boot_id=self.boot_id)
 
+    def _drop(self) -> None:
+        if self._log is not None:
+            os.close(self._log.fd)
+            self._log = None
+
     def _load(self, repair: bool) -> Content:
         try:
-            handle = self.path.open("rb")
+            st = os.stat(self.path)
         except FileNotFoundError:
+            self._drop()
             return self._empty()
-        with handle:
-            key = _stat_key(os.fstat(handle.fileno()))
-            cached = self._cache
-            if cached is not None and cached[0] == key:
-                return cached[1]
-            data = handle.read()
+        opened = self._log
+        if opened is not None and opened.key == (st.st_dev, st.st_ino) and st.st_size >= opened.consumed:
+            if st.st_size == opened.consumed:
+                return opened.content
+            return self._read_tail(opened, st.st_size, repair)
+        return self._read_whole(repair)
+
+    def _read_tail(self, opened: _OpenLog, size: int, repair: bool) -> Content:
+        """Another instance appended: apply only its new lines."""
+        tail = _pread_all(opened.fd, size - opened.consumed, opened.consumed)
         try:
-            content = self._parse(data)
+            content, used = apply_changes(opened.content, tail, self._schema_version)
         except CheckpointFormatError as exc:
-            if not repair:
-                raise _NeedsRepair from exc
-            self._set_aside(str(exc))
-            return self._empty()
-        self._cache = (key, content)
+            return self._corrupt(str(exc), repair)
+        opened.content, opened.consumed, opened.size = content, opened.consumed + used, size
         return content
 
-    def _parse(self, data: bytes) -> Content:
+    def _read_whole(self, repair: bool) -> Content:
         try:
-            doc = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointFormatError(f"not JSON: {exc}") from exc
-        content = decode_document(doc, self._schema_version, self._migrations)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._drop()
+            return self._empty()
+        st = os.fstat(fd)
+        data = _pread_all(fd, st.st_size, 0)
+        try:
+            content, used = decode_log(data, self._schema_version, self._migrations)
+        except CheckpointFormatError as exc:
+            os.close(fd)
+            return self._corrupt(str(exc), repair)
+        self._warn_newer(content)
+        content = self._check_boot(content)
+        if not data.endswith(b"\n"):  # one document without its newline (hand-written): rewrite, never append
+            content = replace(content, dirty=True)
+        self._drop()
+        self._log = _OpenLog(fd, (st.st_dev, st.st_ino), len(data), used, content)
+        return content
+
+    def _corrupt(self, reason: str, repair: bool) -> Content:
+        if not repair:
+            raise _NeedsRepair(reason)
+        self._drop()
+        self._set_aside(reason)
+        return self._empty()
+
+    def _warn_newer(self, content: Content) -> None:
         if content.version > self._schema_version:
             log.warning(
                 "checkpoint %s has version %d, newer than this gpudra (%d): reading the fields it "
@@ -208,23 +284,24 @@ class CheckpointStore:
                 content.version,
                 self._schema_version,
             )
-        if self.boot_id is not None and content.boot_id is not None and content.boot_id != self.boot_id:
-            log.warning(
-                "checkpoint %s was written in boot %s, this is boot %s: the node rebooted, dropping "
-                "%d prepared claim(s)",
-                self.path,
-                content.boot_id,
-                self.boot_id,
-                len(content.claims),
-            )
-            return replace(content, boot_id=self.boot_id, claims={}, extras={}, dirty=True, rebooted=True)
-        return content
+
+    def _check_boot(self, content: Content) -> Content:
+        if self.boot_id is None or content.boot_id is None or content.boot_id == self.boot_id:
+            return content
+        log.warning(
+            "checkpoint %s was written in boot %s, this is boot %s: the node rebooted, dropping "
+            "%d prepared claim(s)",
+            self.path,
+            content.boot_id,
+            self.boot_id,
+            len(content.claims),
+        )
+        return replace(content, boot_id=self.boot_id, claims={}, extras={}, dirty=True, rebooted=True)
 
     def _set_aside(self, reason: str) -> None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         rename_durably(self.path, aside)
-        self._cache = None
         log.error(
             "CHECKPOINT CORRUPT: %s (%s). Moved it to %s and starting from an EMPTY state: claims "
             "prepared before are forgotten until the kubelet prepares them again",
@@ -238,9 +315,54 @@ class CheckpointStore:
             except Exception:
                 log.exception("checkpoint: the on_corrupt callback failed")
 
+    # ---- writing ----------------------------------------------------------------------------------------
+
+    def _write(self, base: Content, claims: Mapping[str, ClaimRecord]) -> Content:
+        content = Content(
+            version=max(self._schema_version, base.version),  # never downgrade a newer file
+            boot_id=self.boot_id if self.boot_id is not None else base.boot_id,
+            claims=dict(claims),
+            extras={uid: x for uid, x in base.extras.items() if uid in claims},
+            top=base.top,
+            changes=base.changes,
+        )
+        opened = self._log
+        if opened is None or opened.content is not base or base.dirty or needs_compaction(base):
+            return self._rewrite(content)
+        lines = [
+            encode_put(rec, content.extras.get(uid, NO_EXTRAS))
+            for uid, rec in claims.items()
+            if base.claims.get(uid) is not rec and base.claims.get(uid) != rec
+        ]
+        lines += [encode_delete(uid) for uid in base.claims if uid not in claims]
+        data = b"".join(lines)
+        if opened.size > opened.consumed:
+            os.ftruncate(opened.fd, opened.consumed)  # cut a torn last line before appending after it
+        _write_all(opened.fd, data)
+        content = replace(content, changes=base.changes + len(lines))
+        opened.content, opened.consumed, opened.size = (
+            content,
+            opened.consumed + len(data),
+            opened.consumed + len(data),
+        )
+        self._unsynced = True
+        return content
+
+    def _rewrite(self, content: Content) -> Content:
+        """Compaction: the whole state as a new snapshot, atomically replacing the log."""
+        content = replace(content, changes=0, dirty=False, rebooted=False)
+        data = self._serialise(content)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, data, mode=0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        self._drop()
+        self._log = _OpenLog(fd, (st.st_dev, st.st_ino), len(data), len(data), content)
+        return content
+
     def _serialise(self, content: Content) -> bytes:
-        """The document's bytes. Each claim's JSON is memoised, so a commit encodes only the claims that
-        changed: the cost of a prepare does not grow with the number of claims already held."""
+        """The snapshot line. Each claim's JSON is memoised, so a compaction encodes only the claims that
+        changed since the last one."""
         fragments: dict[str, tuple[ClaimRecord, Extras, bytes]] = {}
         parts = []
         for uid in sorted(content.claims):
@@ -261,16 +383,20 @@ class CheckpointStore:
         ).encode()  # never empty: "version" is always there
         return head[:-1] + b',"claims":{' + b",".join(parts) + b"}}\n"
 
-    def _write(self, base: Content, claims: Mapping[str, ClaimRecord]) -> Content:
-        content = Content(
-            version=max(self._schema_version, base.version),  # never downgrade a newer file
-            boot_id=self.boot_id if self.boot_id is not None else base.boot_id,
-            claims=dict(claims),
-            extras={uid: x for uid, x in base.extras.items() if uid in claims},
-            top=base.top,
-        )
-        data = self._serialise(content)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, data, mode=0o600)
-        self._cache = (_stat_key(os.stat(self.path)), content)
-        return content
+
+def _pread_all(fd: int, size: int, offset: int) -> bytes:
+    chunks = []
+    while size > 0:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

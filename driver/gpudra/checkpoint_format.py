@@ -1,7 +1,15 @@
-"""The checkpoint's file format, pure: values <-> JSON documents, schema versions and migrations.
+"""The checkpoint's file format, pure: values <-> JSON, schema versions and migrations.
 
-File format (JSON, camelCase): ``{"version": 1, "bootId": …, "claims": {"<uid>": {"namespace", "name",
-"state", "cdiSpec", "devices": [{"request", "pool", "device", "cdiDeviceIds", "adminAccess", "shareId"}]}}}``.
+Version 2 (current) is a log of JSON lines, camelCase:
+
+- line 1, the snapshot: ``{"version": 2, "bootId": …, "claims": {"<uid>": {"namespace", "name", "state",
+  "cdiSpec", "devices": [{"request", "pool", "device", "cdiDeviceIds", "adminAccess", "shareId"}]}}}``;
+- then one line per change: ``{"put": "<uid>", "claim": {…same entry…}}`` or ``{"del": "<uid>"}``.
+
+A change costs one small append instead of rewriting every claim held; the store compacts the log back into a
+snapshot from time to time (:func:`needs_compaction`). Only ``\n``-terminated lines count: a torn last line
+(a crash in the middle of an append) is not part of the checkpoint and is cut off by the next writer.
+Version 1 was the snapshot line alone, so a version-1 file is a version-2 log without changes.
 
 Older files are brought forward by :data:`MIGRATIONS`. A file from a newer gpudra is read for the fields this
 code knows; its version and unknown fields (top level, per claim, per device) are kept in :class:`Extras` and
@@ -11,6 +19,7 @@ written back unchanged, so a rollback never strips what the newer version record
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -19,16 +28,26 @@ from typing import Any, Final, Literal, cast
 
 log = logging.getLogger("gpudra.checkpoint")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 ClaimState = Literal["PrepareStarted", "PrepareCompleted"]
 PREPARE_STARTED: Final = "PrepareStarted"
 PREPARE_COMPLETED: Final = "PrepareCompleted"
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
-#: ``MIGRATIONS[n]`` turns a version-``n`` document into a version-``n + 1`` document. Version 1 is the first
-#: schema, so the chain is empty today; add a step (and bump :data:`SCHEMA_VERSION`) with every format change.
-MIGRATIONS: Final[Mapping[int, Migration]] = MappingProxyType({})
+
+
+def _v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 keeps the version-1 document as its snapshot line and adds change lines after it."""
+    return doc
+
+
+#: ``MIGRATIONS[n]`` turns a version-``n`` snapshot document into a version-``n + 1`` one. Add a step (and
+#: bump :data:`SCHEMA_VERSION`) with every format change.
+MIGRATIONS: Final[Mapping[int, Migration]] = MappingProxyType({1: _v1_to_v2})
+
+#: The log is compacted when it holds more change lines than this plus twice the claims held.
+COMPACTION_SLACK: Final = 64
 
 _CLAIM_KEYS: Final = frozenset({"namespace", "name", "state", "devices", "cdiSpec"})
 _DEVICE_KEYS: Final = frozenset({"request", "pool", "device", "cdiDeviceIds", "adminAccess", "shareId"})
@@ -81,6 +100,7 @@ class Content:
     top: Mapping[str, Any] = field(default_factory=dict)
     dirty: bool = False  # memory differs from the file although no claim changed (reset, migration)
     rebooted: bool = False
+    changes: int = 0  # change lines after the snapshot line
 
 
 def _need(entry: Mapping[str, Any], key: str, kind: type, where: str, optional: bool = False) -> Any:
@@ -237,3 +257,84 @@ def encode(claims: Mapping[str, ClaimRecord], boot_id: str | None) -> dict[str, 
 def decode(document: object) -> dict[str, ClaimRecord]:
     """The claims in a checkpoint document; raises :class:`CheckpointFormatError`."""
     return decode_document(document, SCHEMA_VERSION, MIGRATIONS).claims
+
+
+# ---- version 2: the log ----------------------------------------------------------------------------------
+
+
+def _json_line(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode() + b"\n"
+
+
+def encode_put(record: ClaimRecord, extras: Extras = NO_EXTRAS) -> bytes:
+    """The change line recording ``record`` (added or replaced)."""
+    return _json_line({"put": record.uid, "claim": encode_claim(record, extras)})
+
+
+def encode_delete(uid: str) -> bytes:
+    """The change line recording that claim ``uid`` is gone."""
+    return _json_line({"del": uid})
+
+
+def needs_compaction(content: Content) -> bool:
+    """Whether the next write should rewrite the snapshot instead of appending (keeps the log O(claims))."""
+    return content.changes > COMPACTION_SLACK + 2 * len(content.claims)
+
+
+def _apply_line(
+    claims: dict[str, ClaimRecord], extras: dict[str, Extras], raw: bytes, newer: bool, where: str
+) -> None:
+    try:
+        change = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointFormatError(f"{where}: not JSON: {exc}") from exc
+    if isinstance(change, dict) and isinstance(change.get("put"), str):
+        uid: str = change["put"]
+        claims[uid], extras[uid] = _decode_claim(uid, change.get("claim"), newer)
+    elif isinstance(change, dict) and isinstance(change.get("del"), str):
+        claims.pop(change["del"], None)
+        extras.pop(change["del"], None)
+    elif newer:  # a change only a newer gpudra knows: keep reading what this version understands
+        log.warning("checkpoint: %s is a change unknown to this version; ignoring it", where)
+    else:
+        raise CheckpointFormatError(f"{where}: expected a put or del change, got {raw[:80]!r}")
+
+
+def apply_changes(content: Content, data: bytes, known: int = SCHEMA_VERSION) -> tuple[Content, int]:
+    """``content`` with the complete change lines at the start of ``data`` applied, and how many bytes they
+    took. A last line without its newline (a torn append) is left unread. ``content`` is not modified."""
+    end = data.rfind(b"\n") + 1
+    if end == 0:
+        return content, 0
+    claims, extras = dict(content.claims), dict(content.extras)
+    lines = data[:end].split(b"\n")[:-1]
+    newer = content.version > known
+    for number, raw in enumerate(lines, start=content.changes + 2):
+        _apply_line(claims, extras, raw, newer, f"line {number}")
+    applied = replace(content, claims=claims, extras=extras, changes=content.changes + len(lines))
+    return applied, end
+
+
+def decode_log(data: bytes, known: int, migrations: Mapping[int, Migration]) -> tuple[Content, int]:
+    """A whole checkpoint file: the snapshot line, then its changes. Returns the content and the bytes read
+    (everything but a torn last line). A version-1 file is one document, possibly not on one line."""
+    first = data.find(b"\n")
+    head = data if first < 0 else data[:first]
+    try:
+        doc = json.loads(head)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        try:
+            doc, first = json.loads(data), len(data) - 1  # a hand-written single document
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointFormatError(f"not JSON: {exc}") from exc
+    if first < 0:
+        first = len(data) - 1
+    content = decode_document(doc, known, migrations)
+    changes, used = apply_changes(content, data[first + 1 :], known)
+    return changes, first + 1 + used
+
+
+def load_document(data: bytes) -> dict[str, Any]:
+    """A checkpoint file as one version-2 snapshot document (changes applied): for tools and tests."""
+    content, _ = decode_log(data, SCHEMA_VERSION, MIGRATIONS)
+    return _encode_content(content)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -10,6 +9,7 @@ import pytest
 import yaml
 
 from gpudra import names
+from gpudra.checkpoint import load_document
 from gpudra.fakeapi import FakeApiServer
 from tests.integration.conftest import (
     NODE,
@@ -24,8 +24,7 @@ pytestmark = pytest.mark.integration
 
 
 def _checkpoint(plugin: PluginProcess) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((plugin.state_dir / "checkpoint.json").read_text())
-    return data
+    return load_document((plugin.state_dir / "checkpoint.json").read_bytes())
 
 
 @pytest.mark.parametrize("version", ["v1", "v1beta1"])

@@ -11,7 +11,6 @@ instance could no longer answer (the kubelet retries a failed pod sync). No clai
 from __future__ import annotations
 
 import itertools
-import json
 import threading
 import time
 import uuid
@@ -23,6 +22,7 @@ import grpc
 import pytest
 
 from gpudra import kubeletsim, names
+from gpudra.checkpoint import load_document
 from gpudra.fakeapi import FakeApiServer
 from tests.integration.conftest import PluginProcess, cdi_spec_path, device_names, make_claim
 
@@ -52,7 +52,7 @@ class PodPlugin(PluginProcess):
 
 
 def _checkpoint_claims(plugin: PluginProcess) -> dict[str, object]:
-    claims: dict[str, object] = json.loads((plugin.state_dir / "checkpoint.json").read_text())["claims"]
+    claims: dict[str, object] = load_document((plugin.state_dir / "checkpoint.json").read_bytes())["claims"]
     return claims
 
 

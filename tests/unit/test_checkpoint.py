@@ -26,6 +26,7 @@ from gpudra.checkpoint import (
     PreparedDevice,
     decode,
     encode,
+    load_document,
     read_boot_id,
 )
 from gpudra.fsutil import atomic_write
@@ -49,6 +50,11 @@ def paths(tmp_path: Path) -> tuple[Path, Path]:
 
 def _store(paths: tuple[Path, Path], boot: str | None = BOOT, **kw: Any) -> CheckpointStore:
     return CheckpointStore(paths[0], paths[1], boot, **kw)
+
+
+def _on_disk(path: Path) -> dict[str, Any]:
+    """The checkpoint file as one snapshot document (its change lines applied)."""
+    return load_document(path.read_bytes())
 
 
 def _save(store: CheckpointStore, *records: ClaimRecord) -> None:
@@ -85,7 +91,7 @@ _records = st.builds(
 def test_encode_decode_round_trip(records: list[ClaimRecord], boot: str | None) -> None:
     claims = {r.uid: r for r in records}
     document = json.loads(json.dumps(encode(claims, boot)))
-    assert document["version"] == 1
+    assert document["version"] == 2
     assert document["bootId"] == boot
     assert decode(document) == claims
 
@@ -139,7 +145,7 @@ def test_commit_twice_in_one_transaction(paths: tuple[Path, Path]) -> None:
     with store.transaction() as txn:
         txn.put(_claim(state=PREPARE_STARTED))
         assert txn.commit()
-        on_disk = json.loads(paths[0].read_text())
+        on_disk = _on_disk(paths[0])
         assert on_disk["claims"]["uid-1"]["state"] == PREPARE_STARTED
         txn.put(_claim(state=PREPARE_COMPLETED))
         assert txn.commit()
@@ -265,7 +271,7 @@ def test_new_boot_starts_clean(paths: tuple[Path, Path], caplog: pytest.LogCaptu
         assert txn.rebooted
         assert txn.claims == {}
         assert txn.commit()  # the reset itself is a change worth writing
-    assert json.loads(paths[0].read_text()) == {"version": 1, "bootId": "boot-2", "claims": {}}
+    assert _on_disk(paths[0]) == {"version": 2, "bootId": "boot-2", "claims": {}}
     with after.transaction() as txn:
         assert not txn.rebooted
 
@@ -348,7 +354,7 @@ def test_newer_version_is_read_and_never_downgraded(paths: tuple[Path, Path]) ->
     assert claims["a"].devices == (PreparedDevice("gpu", "node-a", "gpu-0", ("x",)),)
     assert claims["b"].state == PREPARE_STARTED  # an unknown state reads as "not completed"
     _save(store, _claim("c"))
-    written = json.loads(paths[0].read_text())
+    written = _on_disk(paths[0])
     assert written["version"] == 7
     assert written["futureTop"] == {"keep": True}
     assert written["claims"]["a"]["futureClaimField"] == "x"
@@ -356,21 +362,21 @@ def test_newer_version_is_read_and_never_downgraded(paths: tuple[Path, Path]) ->
     assert written["claims"]["b"]["state"] == "UnprepareStarted"  # untouched claim: its state survives
     assert set(written["claims"]) == {"a", "b", "c"}
     _save(store, replace(claims["b"], state=PREPARE_COMPLETED))
-    assert json.loads(paths[0].read_text())["claims"]["b"]["state"] == PREPARE_COMPLETED
+    assert _on_disk(paths[0])["claims"]["b"]["state"] == PREPARE_COMPLETED
 
 
 def test_unknown_fields_of_a_removed_claim_go_with_it(paths: tuple[Path, Path]) -> None:
-    _write_json(paths[0], {"version": 2, "claims": {"a": {
+    _write_json(paths[0], {"version": 3, "claims": {"a": {
         "namespace": "ns", "name": "a", "state": PREPARE_STARTED, "devices": [], "extra": 1}}})
     with _store(paths).transaction() as txn:
         txn.put(replace(_claim("a"), devices=()))
         txn.commit()
-        assert json.loads(paths[0].read_text())["claims"]["a"]["extra"] == 1  # same claim: kept
+        assert _on_disk(paths[0])["claims"]["a"]["extra"] == 1  # same claim: kept
         txn.remove("a")
         txn.commit()
         txn.put(replace(_claim("a"), devices=()))
         txn.commit()
-    assert "extra" not in json.loads(paths[0].read_text())["claims"]["a"]
+    assert "extra" not in _on_disk(paths[0])["claims"]["a"]
 
 
 def _v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
@@ -393,7 +399,7 @@ def test_migration_chain(paths: tuple[Path, Path]) -> None:
     assert json.loads(paths[0].read_text())["version"] == 1  # reading does not write
     with store.transaction() as txn:
         assert txn.commit()  # the migrated form is written even though no claim changed
-    written = json.loads(paths[0].read_text())
+    written = json.loads(paths[0].read_text())  # rewritten as one snapshot line
     assert written["version"] == 3
     assert written["claims"]["a"]["state"] == PREPARE_COMPLETED
 
