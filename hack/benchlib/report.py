@@ -88,7 +88,7 @@ def _process_rows(r: R) -> list[R]:
 
 def _discovery_rows(r: R) -> list[R]:
     gpus, mig = r["discovery"]["gpus"], r["discovery"]["mig"]
-    mig_value = f"{mig['p50_ms']:.1f} ms" if mig["measurable"] else f"not measurable yet ({mig['why']})"
+    mig_value = f"{mig['p50_ms']:.1f} ms" if mig["measurable"] else f"not measurable ({mig['why']})"
     return [
         _row(
             f"discovery: {gpus['devices']} GPUs ({gpus['profile']}), p50",
@@ -99,7 +99,9 @@ def _discovery_rows(r: R) -> list[R]:
             key="discovery_gpus",
         ),
         _row(
-            "discovery: 8 GPUs with every MIG placement, p50",
+            f"discovery: 8 GPUs fully MIG-partitioned ({mig['profile']}: {mig['devices']} devices), p50"
+            if mig["measurable"]
+            else "discovery: 8 GPUs fully MIG-partitioned, p50",
             mig_value,
             "<= 150 ms",
             mig["p50_ms"] <= 150 if mig["measurable"] else None,
