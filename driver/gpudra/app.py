@@ -47,6 +47,7 @@ class RunConfig:
     registry_dir: Path = Path("/var/lib/kubelet/plugins_registry")
     cdi_root: Path = Path("/var/run/cdi")
     state_dir: Path | None = None  # default: <plugins_dir>/gpudra.io
+    run_dir: Path | None = None  # per-boot files containers mount (device metadata); default: the state dir
     dev_root: Path = Path("/dev")
     proc_root: Path = Path("/proc")
     driver_root: Path = Path("/")  # NVIDIA driver root ("/run/nvidia/driver" with the GPU operator)
@@ -66,6 +67,10 @@ class RunConfig:
     @property
     def effective_state_dir(self) -> Path:
         return self.state_dir or self.plugin_dir
+
+    @property
+    def effective_run_dir(self) -> Path:
+        return self.run_dir or self.effective_state_dir
 
     @property
     def dra_socket(self) -> Path:
@@ -129,7 +134,7 @@ class Plugin:
             cdi_dirs=cfg.cdi_spec_dirs,
             additional_gids=cfg.amd_additional_gids,
         )
-        settings = PrepareSettings(cfg.node_name, state, roots, self._edits_mode)
+        settings = PrepareSettings(cfg.node_name, state, roots, self._edits_mode, cfg.effective_run_dir)
         # The per-type device count walks every claim held: only worth it when someone scrapes it.
         on_prepared = None if isinstance(metrics, NullMetrics) else metrics.prepared_devices
         self.preparer = preparer = Preparer(

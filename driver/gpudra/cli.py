@@ -106,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
         ),
         ("--cdi-root", "GPUDRA_CDI_ROOT", "/var/run/cdi", "where CDI specs are written"),
         ("--state-dir", "GPUDRA_STATE_DIR", None, "checkpoint dir (default: <plugins-dir>/gpudra.io)"),
+        (
+            "--run-dir",
+            "GPUDRA_RUN_DIR",
+            None,
+            "per-boot files containers mount; tmpfs is best, e.g. /var/run/gpudra.io (default: state dir)",
+        ),
         ("--dev-root", "GPUDRA_DEV_ROOT", "/dev", "host /dev as this process sees it"),
         ("--proc-root", "GPUDRA_PROC_ROOT", "/proc", "host /proc (NVIDIA MIG capability minors)"),
         (
@@ -219,6 +225,7 @@ def _run(args: argparse.Namespace) -> int:
         registry_dir=args.registry_dir,
         cdi_root=args.cdi_root,
         state_dir=args.state_dir,
+        run_dir=args.run_dir,
         dev_root=args.dev_root,
         proc_root=args.proc_root,
         driver_root=args.driver_root,

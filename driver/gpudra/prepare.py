@@ -48,6 +48,14 @@ class PrepareSettings:
     state_dir: Path
     roots: edits.HostRoots
     edits_mode: EditsMode
+    #: Where the per-claim files containers mount go (device metadata, mock claim descriptions). They only
+    #: live as long as the boot, like the CDI specs, so tmpfs (/var/run) suits them: creating a file there
+    #: costs no journal commit. None: the state dir.
+    run_dir: Path | None = None
+
+    @property
+    def files_dir(self) -> Path:
+        return self.run_dir or self.state_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +210,7 @@ class Preparer:
             files = list(self._metadata_root.glob(f"{claim_uid}_*.json"))
         for path in files:
             path.unlink(missing_ok=True)
-        shutil.rmtree(self._metadata_root / claim_uid, ignore_errors=True)  # the layout before 2026-11
+        shutil.rmtree(self._settings.state_dir / "metadata" / claim_uid, ignore_errors=True)  # old layout
         txn.remove(claim_uid)
 
     def _build(self, p: ClaimPlan) -> _Built:
@@ -243,7 +251,7 @@ class Preparer:
 
     @property
     def _metadata_root(self) -> Path:
-        return self._settings.state_dir / "metadata"
+        return self._settings.files_dir / "metadata"
 
     def _metadata_path(self, claim_uid: str, top_request: str) -> Path:
         """One flat file per claim and top-level request (request names are DNS labels: no ``_``). Flat,
@@ -279,7 +287,7 @@ class Preparer:
         self._cdi.write(p.ref.uid, built.spec)
 
     def _description_path(self, claim_uid: str) -> Path:
-        return self._settings.state_dir / "claims" / f"{claim_uid}.json"
+        return self._settings.files_dir / "claims" / f"{claim_uid}.json"
 
     # ---- unprepare ----------------------------------------------------------------------------------
 

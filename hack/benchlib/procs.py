@@ -144,6 +144,8 @@ class PluginProc:
     exec_at: float = 0.0
     exec_wall: float = 0.0
     extra: list[str] = field(default_factory=list)
+    #: A tmpfs directory for the CDI root and --run-dir, as /var/run is on a node; None: under ``root``.
+    volatile: Path | None = None
 
     @property
     def plugins(self) -> Path:
@@ -155,7 +157,11 @@ class PluginProc:
 
     @property
     def cdi_root(self) -> Path:
-        return self.root / "cdi"
+        return (self.volatile or self.root) / "cdi"
+
+    @property
+    def run_dir(self) -> Path:
+        return (self.volatile or self.root) / "run"
 
     @property
     def state_dir(self) -> Path:
@@ -189,6 +195,8 @@ class PluginProc:
             str(self.registry),
             "--cdi-root",
             str(self.cdi_root),
+            "--run-dir",
+            str(self.run_dir),
             *self.extra,
         ]
         self.root.mkdir(parents=True, exist_ok=True)

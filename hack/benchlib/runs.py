@@ -7,6 +7,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -176,7 +177,8 @@ def _phases(
 def claim_run(
     standin: StandIn, api: Http, root: Path, s: Settings, v: bc.Validation, *, want_devices: int
 ) -> dict[str, Any]:
-    plugin = PluginProc(root / "claims", "bench-node", s.profile, standin.kubeconfig)
+    volatile = tmpfs_dir()
+    plugin = PluginProc(root / "claims", "bench-node", s.profile, standin.kubeconfig, volatile=volatile)
     try:
         ready = _start_until_ready(standin, api, plugin)
         info = kubeletsim.register(plugin.registration_socket)  # validates GetInfo like the kubelet
@@ -199,6 +201,8 @@ def claim_run(
         v.expect(code == 0, f"claim run: exit code {code}")
     finally:
         plugin.kill()
+        if volatile is not None:
+            shutil.rmtree(volatile, ignore_errors=True)
     return {
         "profile": s.profile,
         "node": plugin.node,
@@ -211,4 +215,18 @@ def claim_run(
         "idle": {"seconds": s.idle_s, "requests": len(idle), "sample": idle[:5]},
         "sigterm_exit_ms": round(sigterm_s * 1000, 2),
         "state_dir": str(plugin.state_dir),
+        "cdi_root_and_run_dir": "tmpfs" if volatile is not None else "the work dir (no tmpfs found)",
     }
+
+
+def tmpfs_dir() -> Path | None:
+    """A fresh directory on tmpfs (/dev/shm), where a node keeps /var/run: the CDI root and gpudra's run dir
+    live there in a cluster, while the checkpoint stays on disk. None when there is no tmpfs to use."""
+    shm = Path("/dev/shm")
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    if not any(line.split()[1:3] == [str(shm), "tmpfs"] for line in mounts if len(line.split()) > 2):
+        return None
+    return Path(tempfile.mkdtemp(prefix="gpudra-bench-", dir=shm))

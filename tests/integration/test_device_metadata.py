@@ -81,3 +81,25 @@ def test_template_generated_claim_uses_the_pod_claim_name(api: FakeApiServer, pl
         == f"{CONTAINER_ROOT}/resourceclaimtemplates/gpu/gpu0/{names.DRIVER_NAME}-metadata.json"
     )
     assert _stream(Path(mount["hostPath"]))[0]["podClaimName"] == "gpu"
+
+
+def test_run_dir_holds_the_per_claim_files(api: FakeApiServer, short_tmp: Path) -> None:
+    """--run-dir (tmpfs /var/run/gpudra.io in the DaemonSet) takes the files containers mount; the state
+    dir keeps only the checkpoint. Unprepare removes them from there."""
+    run_dir = short_tmp / "run"
+    plugin = PluginProcess(short_tmp, api, extra_args=["--run-dir", str(run_dir)]).start()
+    try:
+        assert api.wait_for(lambda: device_names(api), timeout=20), plugin.log()
+        claim = make_claim(api, "in-run-dir", device_names(api)[:1])
+        with plugin.client() as client:
+            assert client.prepare([claim]).claims[claim.uid].error == ""
+            spec = json.loads(cdi_spec_path(plugin, claim.uid).read_text())
+            hosts = {m["hostPath"] for d in spec["devices"] for m in d["containerEdits"]["mounts"]}
+            ours = {h for h in hosts if claim.uid in h}
+            assert ours
+            assert all(Path(h).is_relative_to(run_dir) and Path(h).is_file() for h in ours)
+            assert not (plugin.state_dir / "metadata").exists()
+            assert client.unprepare([claim]).claims[claim.uid].error == ""
+        assert not [p for p in run_dir.rglob("*") if claim.uid in p.name]
+    finally:
+        plugin.terminate()
