@@ -3,10 +3,16 @@
 Objects travel as raw JSON dicts (see :mod:`gpudra.k8stypes`): lightkube's *generic* resources are plain
 dicts, so nothing is deserialised into models on the hot path and fields newer than this code pass through.
 Every lightkube / httpx2 failure leaves this module as a :class:`KubeError`.
+
+The ResourceClaim GET of every NodePrepareResources call goes over :mod:`gpudra.kube_http` (keep-alive
+stdlib connections, one per thread) instead, when that transport can authenticate like lightkube; its
+replies and failures are translated here too, into the same :class:`KubeError` shapes.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,9 +22,11 @@ from typing import Any, TypeVar, cast
 
 import httpx2
 from lightkube import ApiError, Client, KubeConfig
+from lightkube.config.kubeconfig import SingleConfig
+from lightkube.config.models import Cluster
 from lightkube.generic_resource import create_global_resource, create_namespaced_resource
 
-from gpudra import names
+from gpudra import kube_http, names
 from gpudra.k8stypes import ResourceClaim, ResourceSlice
 
 log = logging.getLogger(__name__)
@@ -63,6 +71,47 @@ def _translate(op: str, fn: Callable[[], T]) -> T:
         raise KubeError(f"{op}: {type(e).__name__}: {e}") from e
 
 
+def _status_error(op: str, reply: kube_http.Reply) -> KubeError:
+    """A non-2xx answer: the Kubernetes ``Status`` it carries, or the bare HTTP status when it has none."""
+    try:
+        status = json.loads(reply.body)
+    except ValueError:
+        status = None
+    if not isinstance(status, dict):
+        text = reply.body[:200].decode("utf-8", "replace").strip()
+        return KubeError(f"{op}: HTTP {reply.status} {reply.reason}: {text}", reply.status)
+    message, code, reason = status.get("message"), status.get("code"), status.get("reason")
+    return KubeError(
+        f"{op}: {message}",
+        code if isinstance(code, int) else reply.status,
+        reason if isinstance(reason, str) else "",
+    )
+
+
+def _get_json(getter: kube_http.JsonGetter, op: str, path: str) -> dict[str, Any]:
+    try:
+        reply = getter.get(path)
+    except (OSError, http.client.HTTPException) as e:
+        raise KubeError(f"{op}: {type(e).__name__}: {e}") from e
+    if not 200 <= reply.status < 300:
+        raise _status_error(op, reply)
+    try:
+        obj = json.loads(reply.body)
+    except ValueError as e:
+        raise KubeError(f"{op}: the answer is not JSON: {e}") from e
+    if not isinstance(obj, dict):
+        raise KubeError(f"{op}: the answer is not a JSON object")
+    return obj
+
+
+def _lightkube_config(config: SingleConfig) -> SingleConfig:
+    """``config`` for the lightkube client. For an http:// server no TLS is ever used, so the cluster is
+    marked insecure: lightkube then builds a bare SSL context instead of loading a CA bundle."""
+    if not config.cluster.server.lower().startswith("http://"):
+        return config
+    return config._replace(cluster=Cluster(server=config.cluster.server, insecure=True))
+
+
 def _plain(obj: Any) -> dict[str, Any]:
     """lightkube's generic objects are dict subclasses; hand out plain dicts."""
     return dict(obj)
@@ -85,21 +134,35 @@ class KubeClient:
     """The API calls gpudra makes, nothing more (matching the RBAC the DaemonSet grants)."""
 
     def __init__(self, config: KubeConfig, timeout_s: float = 10.0) -> None:
+        single = config.get()
+        if single is None:  # get() without a default raises instead; this keeps mypy informed
+            raise KubeError("the kubeconfig selects no context")
         self._client = Client(
-            config, timeout=httpx2.Timeout(timeout_s), field_manager=names.DRIVER_NAME, trust_env=False
+            _lightkube_config(single),
+            timeout=httpx2.Timeout(timeout_s),
+            field_manager=names.DRIVER_NAME,
+            trust_env=False,
         )
+        # None: exec / basic / auth-provider auth, which only lightkube does; get_claim then uses lightkube
+        self._claims = kube_http.from_config(single, timeout_s)
 
     def close(self) -> None:
         self._client.close()
+        if self._claims is not None:
+            self._claims.close()
 
     # ---- ResourceClaims (prepare) -------------------------------------------------------------------
 
     def get_claim(self, namespace: str, name: str) -> ResourceClaim:
-        obj = _translate(
-            f"get ResourceClaim {namespace}/{name}",
-            lambda: self._client.get(_ClaimRes, name, namespace=namespace),
-        )
-        return cast(ResourceClaim, _plain(obj))
+        op = f"get ResourceClaim {namespace}/{name}"
+        if not namespace or not name:  # an empty segment would turn the GET into a LIST
+            raise KubeError(f"{op}: a namespace and a name are required", 400, "BadRequest")
+        if self._claims is None:
+            obj = _translate(op, lambda: self._client.get(_ClaimRes, name, namespace=namespace))
+            return cast(ResourceClaim, _plain(obj))
+        seg = kube_http.path_segment
+        path = f"/apis/resource.k8s.io/v1/namespaces/{seg(namespace)}/resourceclaims/{seg(name)}"
+        return cast(ResourceClaim, _get_json(self._claims, op, path))
 
     # ---- ResourceSlices (publisher) -----------------------------------------------------------------
 

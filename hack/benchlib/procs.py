@@ -200,9 +200,13 @@ class PluginProc:
             *self.extra,
         ]
         self.root.mkdir(parents=True, exist_ok=True)
+        env = child_env()
+        if self.volatile is not None:  # the DaemonSet's /tmp is a memory emptyDir (the mock's sysfs tree)
+            (self.volatile / "tmp").mkdir(parents=True, exist_ok=True)
+            env["TMPDIR"] = str(self.volatile / "tmp")
         with self.log_path.open("ab") as log:
             self.exec_at, self.exec_wall = time.perf_counter(), time.time()
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env())
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         return self
 
     def wait_registration(self, timeout_s: float = 30.0) -> float:

@@ -69,13 +69,18 @@ def _start_until_ready(standin: StandIn, api: Http, plugin: PluginProc) -> dict[
 def startup_runs(standin: StandIn, api: Http, root: Path, s: Settings, v: bc.Validation) -> dict[str, Any]:
     runs = []
     for i in range(s.startup_runs):
-        plugin = PluginProc(root / f"start-{i}", f"start-{i}", s.startup_profile, standin.kubeconfig)
+        volatile = tmpfs_dir()
+        plugin = PluginProc(
+            root / f"start-{i}", f"start-{i}", s.startup_profile, standin.kubeconfig, volatile=volatile
+        )
         try:
             run = _start_until_ready(standin, api, plugin)
             time.sleep(0.2)  # let the publisher settle into its watch, as a DaemonSet pod would be
             run["sigterm_s"], code = plugin.sigterm_timed()
         finally:
             plugin.kill()
+            if volatile is not None:
+                shutil.rmtree(volatile, ignore_errors=True)
         v.expect(code == 0, f"startup run {i}: exit code {code}")
         v.expect(not plugin.registration_socket.exists(), f"startup run {i}: registration socket left behind")
         runs.append(run)
