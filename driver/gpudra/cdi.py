@@ -326,7 +326,6 @@ class CdiWriter:
         """
         path = self.path_for(claim_uid)
         text = json.dumps(spec) + "\n"  # no indent: the C encoder
-        self.root.mkdir(parents=True, exist_ok=True)
         atomic_write(path, text.encode(), mode=0o644, durable=False)
         return path
 

@@ -26,10 +26,11 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Final
 
 from gpudra.checkpoint_format import (
@@ -115,27 +116,35 @@ class Txn:
         self._store = store
         self._base = content
         self._open = True
-        self.claims: dict[str, ClaimRecord] = dict(content.claims)
+        self._claims: dict[str, ClaimRecord] = dict(content.claims)
+        #: The working copy, read-only: change it with put() and remove(), which note what to write.
+        self.claims: Mapping[str, ClaimRecord] = MappingProxyType(self._claims)
         #: True when the stored boot id differed: the node rebooted and the prepared state was dropped.
         self.rebooted = content.rebooted
+        self._touched: set[str] = set()  # claims put or removed since the last commit
 
     def get(self, uid: str) -> ClaimRecord | None:
-        return self.claims.get(uid)
+        return self._claims.get(uid)
 
     def put(self, record: ClaimRecord) -> None:
-        self.claims[record.uid] = record
+        self._claims[record.uid] = record
+        self._touched.add(record.uid)
 
     def remove(self, uid: str) -> ClaimRecord | None:
-        return self.claims.pop(uid, None)
+        self._touched.add(uid)
+        return self._claims.pop(uid, None)
 
     def commit(self) -> bool:
         """Record the working copy now if it changed. Returns whether it wrote. The write is durable when the
         transaction's block has ended."""
         if not self._open:
             raise RuntimeError("checkpoint transaction is closed")
-        if self.claims == self._base.claims and not self._base.dirty:
+        base = self._base.claims
+        if not self._base.dirty and all(self._claims.get(u) == base.get(u) for u in self._touched):
+            self._touched = set()
             return False
-        self._base = self._store._write(self._base, self.claims)
+        self._base = self._store._write(self._base, self._claims, self._touched)
+        self._touched = set()
         return True
 
     def _close(self) -> None:
@@ -201,8 +210,12 @@ class CheckpointStore:
 
     @contextlib.contextmanager
     def _locked(self, how: int) -> Iterator[None]:
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        try:
+            fd = os.open(self.lock_path, flags, 0o644)
+        except FileNotFoundError:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, flags, 0o644)
         try:
             fcntl.flock(fd, how)
             yield
@@ -317,7 +330,7 @@ class CheckpointStore:
 
     # ---- writing ----------------------------------------------------------------------------------------
 
-    def _write(self, base: Content, claims: Mapping[str, ClaimRecord]) -> Content:
+    def _write(self, base: Content, claims: Mapping[str, ClaimRecord], touched: Iterable[str]) -> Content:
         content = Content(
             version=max(self._schema_version, base.version),  # never downgrade a newer file
             boot_id=self.boot_id if self.boot_id is not None else base.boot_id,
@@ -329,12 +342,14 @@ class CheckpointStore:
         opened = self._log
         if opened is None or opened.content is not base or base.dirty or needs_compaction(base):
             return self._rewrite(content)
-        lines = [
-            encode_put(rec, content.extras.get(uid, NO_EXTRAS))
-            for uid, rec in claims.items()
-            if base.claims.get(uid) is not rec and base.claims.get(uid) != rec
-        ]
-        lines += [encode_delete(uid) for uid in base.claims if uid not in claims]
+        lines = []
+        for uid in sorted(touched):
+            rec, before = claims.get(uid), base.claims.get(uid)
+            if rec is None:
+                if before is not None:
+                    lines.append(encode_delete(uid))
+            elif rec is not before and rec != before:
+                lines.append(encode_put(rec, content.extras.get(uid, NO_EXTRAS)))
         data = b"".join(lines)
         if opened.size > opened.consumed:
             os.ftruncate(opened.fd, opened.consumed)  # cut a torn last line before appending after it
@@ -352,7 +367,6 @@ class CheckpointStore:
         """Compaction: the whole state as a new snapshot, atomically replacing the log."""
         content = replace(content, changes=0, dirty=False, rebooted=False)
         data = self._serialise(content)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, data, mode=0o600)
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
         st = os.fstat(fd)

@@ -164,5 +164,4 @@ def write_claim_description(
 ) -> None:
     """Write :func:`claim_description` to ``path`` atomically (mode 0644; the parent is created)."""
     data = json.dumps(claim_description(claim, devices, device_names)) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, data.encode(), mode=0o644, durable=False)

@@ -278,7 +278,6 @@ class Preparer:
 
     def _write(self, p: ClaimPlan, built: _Built) -> None:
         for path, data in built.metadata:
-            path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, data, mode=0o644, durable=False)
         if built.description is not None:
             edits.write_claim_description(

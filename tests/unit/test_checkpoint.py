@@ -188,11 +188,14 @@ def test_transaction_is_closed_after_the_block(paths: tuple[Path, Path]) -> None
         txn.commit()
 
 
-def test_record_under_the_wrong_key_is_refused(paths: tuple[Path, Path]) -> None:
+def test_the_working_copy_changes_only_through_put_and_remove(paths: tuple[Path, Path]) -> None:
+    """put() files a record under its own UID and remove() notes the change, so commit() writes exactly
+    what changed; the mapping itself cannot be written to."""
     with _store(paths).transaction() as txn:
-        txn.claims["other"] = _claim("uid-1")
-        with pytest.raises(ValueError, match="other"):
-            txn.commit()
+        with pytest.raises(TypeError):
+            txn.claims["other"] = _claim("uid-1")  # type: ignore[index]
+        txn.put(_claim("uid-1"))
+        assert dict(txn.claims) == {"uid-1": _claim("uid-1")}
 
 
 # ---- the cache and other instances ------------------------------------------------------------------
