@@ -63,9 +63,14 @@ class _Built:
     """A claim's CDI spec and what the kubelet is told, computed before anything is recorded."""
 
     spec: dict[str, object]
+    spec_path: str  # where the CDI spec goes (recorded in the checkpoint)
     prepared: tuple[PreparedDevice, ...]
     description: Path | None = None  # mock: the claim's description file to write
     metadata: tuple[tuple[Path, bytes], ...] = ()  # KEP-5304 device metadata files to write
+
+
+#: A claim read and planned, with its CDI spec computed (or why it cannot be): ready for the locked part.
+_Ready = tuple[ClaimPlan, _Built | ClaimResult]
 
 
 class Preparer:
@@ -108,14 +113,15 @@ class Preparer:
 
     def prepare(self, refs: Sequence[ClaimRef]) -> dict[str, ClaimResult]:
         results: dict[str, ClaimResult] = {}
-        plans: list[ClaimPlan] = []
-        # One pod's claims arrive in one call: read them from the API in parallel, no lock held.
+        plans: list[_Ready] = []
+        # One pod's claims arrive in one call: read them from the API and compute their CDI specs in
+        # parallel, no lock held (the API server answers one claim while this process builds another).
         outcomes = map(self._try_plan, refs) if len(refs) == 1 else self._pool.map(self._try_plan, refs)
         for ref, outcome in zip(refs, outcomes, strict=True):
-            if isinstance(outcome, ClaimPlan):
-                plans.append(outcome)
-            else:
+            if isinstance(outcome, ClaimResult):
                 results[ref.uid] = outcome
+            else:
+                plans.append(outcome)
         if plans:
             with self._store.transaction() as txn:
                 results.update(self._apply(txn, plans))
@@ -135,9 +141,10 @@ class Preparer:
                 counts[kind] = counts.get(kind, 0) + 1
         self._on_prepared(counts)
 
-    def _try_plan(self, ref: ClaimRef) -> ClaimPlan | ClaimResult:
+    def _try_plan(self, ref: ClaimRef) -> _Ready | ClaimResult:
         try:
-            return self._plan(ref)
+            p = self._plan(ref)
+            return p, self._try_build(p)
         except PlanError as e:
             log.warning("prepare %s: %s", ref, e)
             return ClaimResult(error=str(e), error_kind=e.kind)
@@ -154,12 +161,18 @@ class Preparer:
             raise PlanError(f"cannot read ResourceClaim {ref.namespace}/{ref.name}: {e}", "api") from e
         return plan.plan_claim(ref, claim, self._devices, self._settings.node_name)
 
-    def _apply(self, txn: Txn, plans: list[ClaimPlan]) -> dict[str, ClaimResult]:
+    def _try_build(self, p: ClaimPlan) -> _Built | ClaimResult:
+        try:
+            return self._build(p)
+        except (edits.EditsError, cdi.CdiSpecError, OSError) as e:
+            return ClaimResult(error=f"cannot prepare devices: {e}", error_kind="device")
+
+    def _apply(self, txn: Txn, plans: list[_Ready]) -> dict[str, ClaimResult]:
         """Inside the checkpoint lock: idempotency, conflicts, then the two-phase record around the CDI
         writes — two checkpoint writes per call, however many claims it carries."""
         results: dict[str, ClaimResult] = {}
         started: list[tuple[ClaimPlan, _Built]] = []
-        for p in plans:
+        for p, built in plans:
             done = txn.get(p.ref.uid)
             if done is not None and done.state == "PrepareCompleted":
                 results[p.ref.uid] = ClaimResult(devices=done.devices)
@@ -169,13 +182,11 @@ class Preparer:
                 log.warning("prepare %s: %s", p.ref, conflict)
                 results[p.ref.uid] = ClaimResult(error=conflict, error_kind="device_in_use")
                 continue
-            try:
-                built = self._build(p)
-            except (edits.EditsError, cdi.CdiSpecError, OSError) as e:
-                log.warning("prepare %s: %s", p.ref, e)
-                results[p.ref.uid] = ClaimResult(error=f"cannot prepare devices: {e}", error_kind="device")
+            if isinstance(built, ClaimResult):
+                log.warning("prepare %s: %s", p.ref, built.error)
+                results[p.ref.uid] = built
                 continue
-            txn.put(self._record(p.ref, "PrepareStarted", built.prepared))
+            txn.put(self._record(p.ref, "PrepareStarted", built))
             started.append((p, built))
         if not started:
             return results
@@ -189,15 +200,15 @@ class Preparer:
                 log.warning("prepare %s: %s", p.ref, e)
                 results[p.ref.uid] = ClaimResult(error=f"cannot prepare devices: {e}", error_kind="io")
                 continue
-            txn.put(self._record(p.ref, "PrepareCompleted", prepared))
+            txn.put(self._record(p.ref, "PrepareCompleted", built))
             log.debug("prepared %s: %s", p.ref, ", ".join(d.device for d in prepared))
             results[p.ref.uid] = ClaimResult(devices=prepared)
         txn.commit()
         return results
 
-    def _record(self, ref: ClaimRef, state: State, devices: tuple[PreparedDevice, ...]) -> ClaimRecord:
-        spec = str(self._cdi.path_for(ref.uid))
-        return ClaimRecord(ref.uid, ref.namespace, ref.name, state, devices, spec)
+    @staticmethod
+    def _record(ref: ClaimRef, state: State, built: _Built) -> ClaimRecord:
+        return ClaimRecord(ref.uid, ref.namespace, ref.name, state, built.prepared, built.spec_path)
 
     def _forget(self, txn: Txn, claim_uid: str) -> None:
         record = txn.get(claim_uid)
@@ -226,7 +237,8 @@ class Preparer:
             device_edits = hw.edits.merge(cdi.ContainerEdits(mounts=(mounts[d.request],)))
             devs.append(cdi.CdiDevice(cdi.cdi_device_name(uid, d.name), device_edits))
             prepared.append(_prepared_device(uid, d, hw.extra_cdi_ids))
-        return _Built(cdi.build_spec(uid, devs, cdi.ContainerEdits()), tuple(prepared), metadata=files)
+        spec = cdi.build_spec(uid, devs, cdi.ContainerEdits())
+        return _Built(spec, str(self._cdi.path_for(uid)), tuple(prepared), metadata=files)
 
     def _metadata(self, p: ClaimPlan) -> tuple[dict[str, cdi.Mount], tuple[tuple[Path, bytes], ...]]:
         """KEP-5304: per top-level request, the metadata file and its read-only mount (see devicemeta)."""
@@ -274,7 +286,8 @@ class Preparer:
         ]
         common = edits.mock_claim_edits(uid, [d.device.uuid for d in p.devices], desc)
         prepared = tuple(_prepared_device(uid, d) for d in p.devices)
-        return _Built(cdi.build_spec(uid, devs, common), prepared, desc, files)
+        spec = cdi.build_spec(uid, devs, common)
+        return _Built(spec, str(self._cdi.path_for(uid)), prepared, desc, files)
 
     def _write(self, p: ClaimPlan, built: _Built) -> None:
         for path, data in built.metadata:

@@ -199,7 +199,9 @@ def short_tmp() -> Iterator[Path]:
 @pytest.fixture
 def plugin(api: FakeApiServer, short_tmp: Path) -> Iterator[PluginProcess]:
     p = PluginProcess(short_tmp, api).start()
-    assert api.wait_for(lambda: device_names(api), timeout=20), p.log()
-    yield p
-    if p.proc is not None:
-        p.terminate()
+    try:
+        assert api.wait_for(lambda: device_names(api), timeout=20), p.log()
+        yield p
+    finally:
+        if p.proc is not None:
+            p.terminate()
