@@ -75,5 +75,7 @@ def metadata_stream(
     if pod_claim_name:
         body["podClaimName"] = pod_claim_name
     body["requests"] = [{"name": name, "devices": devs} for name, devs in requests.items()]
-    objects = [{"kind": "DeviceMetadata", "apiVersion": version, **body} for version in API_VERSIONS]
-    return b"".join(json.dumps(o).encode() + b"\n" for o in objects)
+    # The objects differ only in apiVersion: encode the body once and put each header in front of it.
+    encoded = json.dumps(body)[1:]
+    heads = (f'{{"kind": "DeviceMetadata", "apiVersion": {json.dumps(v)}, ' for v in API_VERSIONS)
+    return "".join(f"{head}{encoded}\n" for head in heads).encode()

@@ -91,6 +91,8 @@ class Preparer:
         self._on_prepared = on_prepared  # devices held by completed claims, by type (for the metrics)
         self._devices: Mapping[str, Device] = {}
         self._attributes: Mapping[str, Mapping[str, DeviceAttribute]] = {}
+        files = settings.files_dir
+        self._roots = (files / "metadata", files / "claims")  # built once: Path joins show up per call
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="claim-get")
         self.set_inventory(inventory)
 
@@ -263,7 +265,7 @@ class Preparer:
 
     @property
     def _metadata_root(self) -> Path:
-        return self._settings.files_dir / "metadata"
+        return self._roots[0]
 
     def _metadata_path(self, claim_uid: str, top_request: str) -> Path:
         """One flat file per claim and top-level request (request names are DNS labels: no ``_``). Flat,
@@ -299,7 +301,7 @@ class Preparer:
         self._cdi.write(p.ref.uid, built.spec)
 
     def _description_path(self, claim_uid: str) -> Path:
-        return self._settings.files_dir / "claims" / f"{claim_uid}.json"
+        return self._roots[1] / f"{claim_uid}.json"
 
     # ---- unprepare ----------------------------------------------------------------------------------
 
