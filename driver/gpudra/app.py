@@ -1,8 +1,8 @@
 """Wiring and lifecycle of the kubelet plugin: the only module that knows every layer.
 
-Start order: discover, prepare the state dir (checkpoint, orphaned CDI specs), serve the DRA socket,
-publish ResourceSlices, and only then offer the registration socket — the kubelet may call the DRA service
-the moment it sees us. Stop order is the reverse; slices stay in the API.
+Start order: discover, prepare the state dir (checkpoint, orphaned CDI specs), start publishing
+ResourceSlices (its own thread), serve the DRA socket, and only then offer the registration socket — the
+kubelet may call the DRA service the moment it sees us. Stop order is the reverse; slices stay in the API.
 """
 
 from __future__ import annotations
@@ -141,10 +141,11 @@ class Plugin:
             kube, inv, store, cdi.CdiWriter(cfg.cdi_root), settings, on_prepared=on_prepared
         )
         preparer.collect_garbage()
-        self._dra = UnixServer(cfg.dra_socket, dra.registrars(preparer, metrics), cfg.grpc_workers)
-        self._dra.start()
+        # Publishing runs in its own thread: start it first, so its API calls overlap the servers' start.
         self.publisher = Publisher(kube, cfg.node_name, inv, on_published=metrics.slices_published)
         self.publisher.start()
+        self._dra = UnixServer(cfg.dra_socket, dra.registrars(preparer, metrics), cfg.grpc_workers)
+        self._dra.start()
         self.registrar = Registrar(cfg.registration_socket, cfg.dra_socket)
         self.registrar.start()
         if cfg.probe_port:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import statistics
@@ -222,6 +223,22 @@ def claim_run(
         "state_dir": str(plugin.state_dir),
         "cdi_root_and_run_dir": "tmpfs" if volatile is not None else "the work dir (no tmpfs found)",
     }
+
+
+def precompile() -> str:
+    """Compile gpudra's modules to bytecode, as installing the wheel into the image does. An editable install
+    under ``PYTHONDONTWRITEBYTECODE=1`` (this machine) would otherwise compile ~50 modules from source at
+    every plugin start, ~65 ms that no deployed plugin pays."""
+    import gpudra
+
+    package = Path(gpudra.__file__).parent
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    cmd = [sys.executable, "-m", "compileall", "-q", str(package)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr)[-300:]
+        return f"not precompiled (compileall exit {done.returncode}: {output})"
+    return f"precompiled ({package})"
 
 
 def tmpfs_dir() -> Path | None:
