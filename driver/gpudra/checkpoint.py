@@ -176,9 +176,10 @@ class CheckpointStore:
         self._fragments: dict[str, tuple[ClaimRecord, Extras, bytes]] = {}
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Txn]:
+    def transaction(self, *, durable: bool = True) -> Iterator[Txn]:
         """Exclusive lock, fresh read, a :class:`Txn`; the lock is released when the block ends, and what
-        the block committed is synced to disk before this returns."""
+        the block committed is synced to disk before this returns — unless ``durable`` is False: then the
+        next durable transaction syncs it (a record that only has to outlive the process, not the node)."""
         sync_fd: int | None = None
         try:
             with self._mutex, self._locked(fcntl.LOCK_EX):
@@ -187,7 +188,7 @@ class CheckpointStore:
                     yield txn
                 finally:
                     txn._close()
-                    sync_fd = self._take_unsynced()
+                    sync_fd = self._take_unsynced() if durable else None
         finally:
             if sync_fd is not None:
                 try:

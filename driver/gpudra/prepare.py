@@ -124,9 +124,19 @@ class Preparer:
                 results[ref.uid] = outcome
             else:
                 plans.append(outcome)
-        if plans:
+        if not plans:
+            return results
+        # Two short turns with the checkpoint lock around the file writes, so that calls in flight queue
+        # for the lock only while they record: PrepareStarted (not synced yet), then PrepareCompleted
+        # (synced, with everything before it, once the lock is released).
+        with self._store.transaction(durable=False) as txn:
+            started = self._start(txn, plans, results)
+        written = [(p, built, self._write_files(p, built)) for p, built in started]
+        if written:
             with self._store.transaction() as txn:
-                results.update(self._apply(txn, plans))
+                for p, built, error in written:
+                    results[p.ref.uid] = self._complete(txn, p, built, error)
+                txn.commit()
                 self._report(txn)
         return results
 
@@ -169,10 +179,11 @@ class Preparer:
         except (edits.EditsError, cdi.CdiSpecError, OSError) as e:
             return ClaimResult(error=f"cannot prepare devices: {e}", error_kind="device")
 
-    def _apply(self, txn: Txn, plans: list[_Ready]) -> dict[str, ClaimResult]:
-        """Inside the checkpoint lock: idempotency, conflicts, then the two-phase record around the CDI
-        writes — two checkpoint writes per call, however many claims it carries."""
-        results: dict[str, ClaimResult] = {}
+    def _start(
+        self, txn: Txn, plans: list[_Ready], results: dict[str, ClaimResult]
+    ) -> list[tuple[ClaimPlan, _Built]]:
+        """First turn with the lock: idempotency, conflicts, then PrepareStarted for the claims to prepare
+        (one checkpoint write for all of them). Claims that end here get their result in ``results``."""
         started: list[tuple[ClaimPlan, _Built]] = []
         for p, built in plans:
             done = txn.get(p.ref.uid)
@@ -190,30 +201,44 @@ class Preparer:
                 continue
             txn.put(self._record(p.ref, "PrepareStarted", built))
             started.append((p, built))
-        if not started:
-            return results
         txn.commit()
-        for p, built in started:
-            prepared = built.prepared
-            try:
-                self._write(p, built)
-            except OSError as e:
-                self._forget(txn, p.ref.uid)
-                log.warning("prepare %s: %s", p.ref, e)
-                results[p.ref.uid] = ClaimResult(error=f"cannot prepare devices: {e}", error_kind="io")
-                continue
-            txn.put(self._record(p.ref, "PrepareCompleted", built))
-            log.debug("prepared %s: %s", p.ref, ", ".join(d.device for d in prepared))
-            results[p.ref.uid] = ClaimResult(devices=prepared)
-        txn.commit()
-        return results
+        return started
+
+    def _write_files(self, p: ClaimPlan, built: _Built) -> str | None:
+        """No lock held: the claim's files (all named by its UID). Returns why they could not be written."""
+        try:
+            self._write(p, built)
+        except OSError as e:
+            self._remove_files(p.ref.uid, self._record(p.ref, "PrepareStarted", built))
+            log.warning("prepare %s: %s", p.ref, e)
+            return f"cannot prepare devices: {e}"
+        return None
+
+    def _complete(self, txn: Txn, p: ClaimPlan, built: _Built, error: str | None) -> ClaimResult:
+        """Second turn with the lock: PrepareCompleted, unless the write failed or the claim was unprepared
+        while its files were written (then those files go again)."""
+        uid = p.ref.uid
+        if txn.get(uid) is None:
+            self._remove_files(uid, self._record(p.ref, "PrepareStarted", built))
+            msg = f"claim {uid} was unprepared while it was being prepared"
+            log.warning("prepare %s: %s", p.ref, msg)
+            return ClaimResult(error=msg, error_kind="unprepared")
+        if error is not None:
+            txn.remove(uid)
+            return ClaimResult(error=error, error_kind="io")
+        txn.put(self._record(p.ref, "PrepareCompleted", built))
+        log.debug("prepared %s: %s", p.ref, ", ".join(d.device for d in built.prepared))
+        return ClaimResult(devices=built.prepared)
 
     @staticmethod
     def _record(ref: ClaimRef, state: State, built: _Built) -> ClaimRecord:
         return ClaimRecord(ref.uid, ref.namespace, ref.name, state, built.prepared, built.spec_path)
 
     def _forget(self, txn: Txn, claim_uid: str) -> None:
-        record = txn.get(claim_uid)
+        self._remove_files(claim_uid, txn.get(claim_uid))
+        txn.remove(claim_uid)
+
+    def _remove_files(self, claim_uid: str, record: ClaimRecord | None) -> None:
         self._cdi.remove(claim_uid)
         self._description_path(claim_uid).unlink(missing_ok=True)
         if record is not None:
@@ -224,7 +249,6 @@ class Preparer:
         for path in files:
             path.unlink(missing_ok=True)
         shutil.rmtree(self._settings.state_dir / "metadata" / claim_uid, ignore_errors=True)  # old layout
-        txn.remove(claim_uid)
 
     def _build(self, p: ClaimPlan) -> _Built:
         """The claim's CDI spec: a device the node cannot give (a missing device node, ...) fails the claim

@@ -1,0 +1,111 @@
+"""Prepare takes the checkpoint lock twice (PrepareStarted, then PrepareCompleted) and writes the claim's
+files in between without it. What another call does in that gap is decided on the second turn."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpudra.backends.select import open_backend
+from gpudra.cdi import CdiWriter
+from gpudra.checkpoint import PREPARE_STARTED, CheckpointStore, load_document
+from gpudra.edits import HostRoots
+from gpudra.inventory import Inventory
+from gpudra.plan import ClaimRef
+from gpudra.prepare import Preparer, PrepareSettings
+from tests.unit.test_prepare_mig import Claims
+
+
+@pytest.fixture(scope="module")
+def inventory() -> Inventory:
+    backend = open_backend("mock", "dgx-h100", Path("/sys"))
+    try:
+        return backend.discover()
+    finally:
+        backend.close()
+
+
+class InterleavingCdi(CdiWriter):
+    """A CDI writer through which a test runs another kubelet call while a prepare writes its spec."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.during_write: list[Any] = []
+        self.states_seen: list[str] = []
+
+    def write(self, claim_uid: str, spec: Mapping[str, Any]) -> Path:
+        path = super().write(claim_uid, spec)
+        actions, self.during_write = self.during_write, []  # once: the action may write a spec itself
+        for action in actions:
+            action()
+        return path
+
+
+def _setup(tmp_path: Path, inventory: Inventory) -> tuple[Preparer, Claims, InterleavingCdi, CheckpointStore]:
+    from gpudra import slices
+
+    claims = Claims()
+    for i, dev in enumerate(inventory.devices[:3]):
+        claims.add(f"c{i}", slices.device_name(dev))
+    store = CheckpointStore(tmp_path / "cp.json", tmp_path / "cp.lock", "boot")
+    cdi = InterleavingCdi(tmp_path / "cdi")
+    settings = PrepareSettings("node", tmp_path, HostRoots(dev=tmp_path), "mock")
+    return Preparer(claims, inventory, store, cdi, settings), claims, cdi, store
+
+
+def _ref(claims: Claims, name: str) -> ClaimRef:
+    meta = claims.by_name[name]["metadata"]
+    return ClaimRef(meta["namespace"], meta["name"], meta["uid"])
+
+
+def test_files_are_written_between_started_and_completed(tmp_path: Path, inventory: Inventory) -> None:
+    preparer, claims, cdi, store = _setup(tmp_path, inventory)
+    ref = _ref(claims, "c0")
+    cdi.during_write.append(lambda: cdi.states_seen.append(store.snapshot()[ref.uid].state))
+    result = preparer.prepare([ref])[ref.uid]
+    assert result.error is None
+    assert cdi.states_seen == [PREPARE_STARTED]  # recorded before the spec existed, completed after
+    assert store.snapshot()[ref.uid].state == "PrepareCompleted"
+
+
+def test_an_unprepare_in_the_gap_wins_and_leaves_no_file(tmp_path: Path, inventory: Inventory) -> None:
+    preparer, claims, cdi, store = _setup(tmp_path, inventory)
+    ref = _ref(claims, "c0")
+    cdi.during_write.append(lambda: preparer.unprepare([ref]))
+    result = preparer.prepare([ref])[ref.uid]
+    assert result.error is not None
+    assert "unprepared while it was being prepared" in result.error
+    assert store.snapshot() == {}
+    assert not cdi.path_for(ref.uid).exists()
+    assert not [p for p in tmp_path.rglob("*") if ref.uid in p.name]
+
+
+def test_a_concurrent_prepare_of_the_same_claim_gives_the_same_answer(
+    tmp_path: Path, inventory: Inventory
+) -> None:
+    preparer, claims, cdi, _ = _setup(tmp_path, inventory)
+    ref = _ref(claims, "c1")
+    inner: dict[str, Any] = {}
+    cdi.during_write.append(lambda: inner.update(preparer.prepare([ref])))
+    outer = preparer.prepare([ref])
+    assert outer[ref.uid].error is None
+    assert inner[ref.uid].error is None
+    assert outer[ref.uid].devices == inner[ref.uid].devices
+    assert cdi.path_for(ref.uid).exists()
+    document = load_document((tmp_path / "cp.json").read_bytes())
+    assert document["claims"][ref.uid]["state"] == "PrepareCompleted"
+
+
+def test_a_rival_for_the_device_in_the_gap_is_refused(tmp_path: Path, inventory: Inventory) -> None:
+    from gpudra import slices
+
+    preparer, claims, cdi, _ = _setup(tmp_path, inventory)
+    ref = _ref(claims, "c0")
+    rival = claims.add("rival", slices.device_name(inventory.devices[0]))
+    seen: dict[str, Any] = {}
+    cdi.during_write.append(lambda: seen.update(preparer.prepare([rival])))
+    assert preparer.prepare([ref])[ref.uid].error is None
+    assert seen[rival.uid].error_kind == "device_in_use"  # the PrepareStarted record already holds it
