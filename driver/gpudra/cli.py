@@ -156,6 +156,12 @@ def _parser() -> argparse.ArgumentParser:
         default=int(_env("GPUDRA_PROBE_PORT", "0") or 0),
         help="serve grpc.health.v1 for kubelet gRPC probes on this port; 0 disables [env GPUDRA_PROBE_PORT]",
     )
+    r.add_argument(
+        "--grpc-workers",
+        type=int,
+        default=int(_env("GPUDRA_GRPC_WORKERS", "4") or 4),
+        help="kubelet calls served at once (default 4; see docs/benchmarks.md) [env GPUDRA_GRPC_WORKERS]",
+    )
 
     m = sub.add_parser("demo", help="run the whole path on mock GPUs with an in-process API server")
     _add_common_flags(m)
@@ -234,6 +240,7 @@ def _run(args: argparse.Namespace) -> int:
         amd_additional_gids=args.amd_additional_gids,
         pod_uid=args.pod_uid,
         metrics_port=args.metrics_port,
+        grpc_workers=max(1, args.grpc_workers),
         probe_port=args.probe_port,
     )
     backend = _open_backend(args)
