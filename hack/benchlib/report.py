@@ -153,6 +153,27 @@ def _mark(ok: bool | None) -> str:
     return "-" if ok is None else ("yes" if ok else "**NO**")
 
 
+def _cpu_table(r: R) -> list[str]:
+    """CPU per claim by process. The plugin's share bounds its throughput: its Python work holds the GIL,
+    so one call's CPU time at a time, whatever the number of cores."""
+    lines = [
+        "",
+        "| phase | prepare CPU per claim: plugin / API / kubelet client | plugin-bound claims/s "
+        "| unprepare CPU per claim: plugin / API / client |",
+        "|---|---|---|---|",
+    ]
+    for name, ph in r["claims"]["phases"].items():
+        p, u = ph["prepare"].get("cpu_ms_per_claim"), ph["unprepare"].get("cpu_ms_per_claim")
+        if not p or not u:
+            continue
+        bound = f"{1000 / p['plugin']:,.0f}" if p.get("plugin") else "-"
+        lines.append(
+            f"| {name} | {p.get('plugin', 0):.2f} / {p.get('api', 0):.2f} / {p['client']:.2f} ms | {bound} "
+            f"| {u.get('plugin', 0):.2f} / {u.get('api', 0):.2f} / {u['client']:.2f} ms |"
+        )
+    return lines
+
+
 def markdown(r: R) -> str:
     lines = ["| measure | gpudra | budget | within | kubernetes-sigs example |", "|---|---|---|---|---|"]
     lines += [
@@ -172,6 +193,7 @@ def markdown(r: R) -> str:
             f"| {p['p50_ms']:.2f} / {p['p90_ms']:.2f} / {p['p99_ms']:.2f} ms | {p['claims_per_s']:,.0f} "
             f"| {u['p50_ms']:.2f} / {u['p90_ms']:.2f} / {u['p99_ms']:.2f} ms | {u['claims_per_s']:,.0f} |"
         )
+    lines += _cpu_table(r)
     v = r["validation"]
     lines += [
         "",

@@ -164,16 +164,27 @@ def _py_spy(pid: int, out: Path | None, native: bool) -> Iterator[None]:
 
 
 def _phases(
-    kubelet: Kubelet, api: Http, plugin: PluginProc, devices: list[str], *, s: Settings, v: bc.Validation
+    kubelet: Kubelet,
+    api: Http,
+    plugin: PluginProc,
+    devices: list[str],
+    *,
+    s: Settings,
+    v: bc.Validation,
+    api_pid: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """Warm-up, then the measured phases, each on fresh claims; also VmRSS (KiB) after each phase."""
     results, rss = {}, {"ready": plugin.memory_kib()["VmRSS"]}
+    assert plugin.proc is not None
+    pids = {"plugin": plugin.proc.pid, **({"api": api_pid} if api_pid else {})}
     for shape in (Shape("warmup", 1, 1), *SHAPES):
         claims = [bc.allocate(api, f"{shape.name}-{i:03d}", plugin.node, devices[i]) for i in range(s.claims)]
         assert plugin.proc is not None
         spy = s.py_spy if shape.name == s.py_spy_phase else None
         with _py_spy(plugin.proc.pid, spy, s.py_spy_native):
-            result = claim_phase(kubelet, claims, shape, node=plugin.node, cdi_root=plugin.cdi_root, v=v)
+            result = claim_phase(
+                kubelet, claims, shape, node=plugin.node, cdi_root=plugin.cdi_root, v=v, pids=pids
+            )
         if shape.name != "warmup":
             results[shape.name] = result
         rss[shape.name] = plugin.memory_kib()["VmRSS"]
@@ -195,7 +206,8 @@ def claim_run(
             )
         kubelet = Kubelet(info.endpoint)
         try:
-            phases, rss_trace = _phases(kubelet, api, plugin, devices, s=s, v=v)
+            api_pid = standin.proc.pid if standin.proc is not None else None
+            phases, rss_trace = _phases(kubelet, api, plugin, devices, s=s, v=v, api_pid=api_pid)
         finally:
             kubelet.close()
         after = plugin.memory_kib()
