@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Protocol
 
 from gpudra import cdi, names
@@ -187,20 +185,23 @@ class Plugin:
         self._backend.close()
 
 
-def serve(plugin: Plugin, stop: threading.Event | None = None) -> int:
-    """Run until SIGTERM/SIGINT (or ``stop`` is set). Returns the process exit code."""
-    stop = stop or threading.Event()
+def serve(plugin: Plugin) -> int:
+    """Run until SIGTERM or SIGINT. Returns the process exit code.
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    The two signals are blocked in every thread (threads started by the plugin and by gRPC inherit the mask)
+    and taken synchronously by this thread with ``sigwait``. A Python signal handler runs only once the
+    main thread executes Python again; a signal the kernel delivered to one of gRPC's threads left the main
+    thread asleep ~10 ms longer (measured: SIGTERM -> exit 16 ms median with handlers, see the benchmark).
+    """
+    signals = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
         plugin.start()
-        stop.wait()
+        received = signal.sigwait(signals)
+        log.info("received %s, stopping", signal.Signals(received).name)
     finally:
+        t0 = time.monotonic()
         plugin.stop()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        log.info("stopped in %.1f ms", (time.monotonic() - t0) * 1000)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return 0

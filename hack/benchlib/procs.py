@@ -10,6 +10,7 @@ import datetime
 import http.client
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -231,12 +232,24 @@ class PluginProc:
         return out
 
     def sigterm_timed(self, timeout_s: float = 10.0) -> tuple[float, int]:
-        """Send SIGTERM and wait for the exit; returns (seconds from signal to reaped exit, exit code)."""
+        """Send SIGTERM and wait for the exit; returns (seconds from signal to exit, exit code).
+
+        The exit is seen through a pidfd, which becomes readable the moment the process exits.
+        ``Popen.wait(timeout)`` would poll with growing sleeps (0.5, 1, 2, 4, 8 ms ...), so every exit
+        would read as ~15.8 or ~31.8 ms.
+        """
         assert self.proc is not None
-        t0 = time.perf_counter()
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout_s)
-        return time.perf_counter() - t0, code
+        pidfd = os.pidfd_open(self.proc.pid)
+        try:
+            t0 = time.perf_counter()
+            self.proc.send_signal(signal.SIGTERM)
+            ready, _, _ = select.select([pidfd], [], [], timeout_s)
+            took = time.perf_counter() - t0
+        finally:
+            os.close(pidfd)
+        if not ready:
+            raise BenchError(f"the plugin did not exit within {timeout_s} s of SIGTERM")
+        return took, self.proc.wait(timeout_s)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
