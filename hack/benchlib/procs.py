@@ -201,7 +201,7 @@ class PluginProc:
             *self.extra,
         ]
         self.root.mkdir(parents=True, exist_ok=True)
-        env = {**child_env(), "MALLOC_ARENA_MAX": "2"}  # as the image sets it (hack/Dockerfile)
+        env = child_env()
         if self.volatile is not None:  # the DaemonSet's /tmp is a memory emptyDir (the mock's sysfs tree)
             (self.volatile / "tmp").mkdir(parents=True, exist_ok=True)
             env["TMPDIR"] = str(self.volatile / "tmp")
