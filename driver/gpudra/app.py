@@ -1,7 +1,7 @@
 """Wiring and lifecycle of the kubelet plugin: the only module that knows every layer.
 
-Start order: discover, prepare the state dir (checkpoint, orphaned CDI specs), start publishing
-ResourceSlices (its own thread), serve the DRA socket, and only then offer the registration socket — the
+Start order: discover, start publishing ResourceSlices (its own thread), prepare the state dir
+(checkpoint, orphaned CDI specs), serve the DRA socket, and only then offer the registration socket — the
 kubelet may call the DRA service the moment it sees us. Stop order is the reverse; slices stay in the API.
 """
 
@@ -13,22 +13,24 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from gpudra import cdi, names
+from gpudra import names
 from gpudra.backends.base import HardwareBackend
-from gpudra.checkpoint import CheckpointStore, read_boot_id
-from gpudra.edits import HostRoots
 from gpudra.inventory import Inventory
 from gpudra.kube import KubeClient, KubeError, load_config
 from gpudra.metrics import Metrics, NullMetrics
 from gpudra.metrics import create as create_metrics
-from gpudra.prepare import EditsMode, Preparer, PrepareSettings
 from gpudra.publisher import Publisher
 from gpudra.rediscover import Rediscovery
-from gpudra.server import dra
-from gpudra.server.registration import Registrar
-from gpudra.server.sockets import UnixServer, fit_socket_path, socket_name
+from gpudra.server.paths import fit_socket_path, socket_name
+
+if TYPE_CHECKING:  # imported in Plugin.start, once publishing has begun (see there)
+    from gpudra.prepare import Preparer
+    from gpudra.server.registration import Registrar
+    from gpudra.server.sockets import UnixServer
+
+EditsMode = Literal["hardware", "mock"]  # gpudra.prepare.EditsMode, without importing it here
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,26 @@ class Plugin:
             "discovered %d device(s) in %.1f ms via %s", len(inv.devices), took * 1000, self._backend.name
         )
         self.kube = kube = KubeClient(load_config(cfg.kubeconfig))
+        # Publishing runs in its own thread and needs only the inventory and the API: start it before the
+        # modules of the kubelet side are even imported (gRPC, protos, prepare: ~0.1 s), so the scheduler
+        # sees the devices sooner. The kubelet calls nothing before the registration socket exists.
+        self.publisher = Publisher(kube, cfg.node_name, inv, on_published=metrics.slices_published)
+        self.publisher.start()
+        self._serve_kubelet(kube, inv, metrics)
+        self._rediscovery.start(inv)
+        log.info("gpudra serving: DRA %s, registration %s", cfg.dra_socket, cfg.registration_socket)
+
+    def _serve_kubelet(self, kube: KubeClient, inv: Inventory, metrics: Metrics) -> None:
+        """The checkpoint, orphaned CDI specs, the DRA socket, then the registration socket."""
+        from gpudra import cdi
+        from gpudra.checkpoint import CheckpointStore, read_boot_id
+        from gpudra.edits import HostRoots
+        from gpudra.prepare import Preparer, PrepareSettings
+        from gpudra.server import dra
+        from gpudra.server.registration import Registrar
+        from gpudra.server.sockets import UnixServer
+
+        cfg = self.cfg
         state = cfg.effective_state_dir
         state.mkdir(parents=True, exist_ok=True)
         store = CheckpointStore(
@@ -143,9 +165,6 @@ class Plugin:
             kube, inv, store, cdi.CdiWriter(cfg.cdi_root), settings, on_prepared=on_prepared
         )
         preparer.collect_garbage()
-        # Publishing runs in its own thread: start it first, so its API calls overlap the servers' start.
-        self.publisher = Publisher(kube, cfg.node_name, inv, on_published=metrics.slices_published)
-        self.publisher.start()
         self._dra = UnixServer(cfg.dra_socket, dra.registrars(preparer, metrics), cfg.grpc_workers)
         self._dra.start()
         self.registrar = Registrar(cfg.registration_socket, cfg.dra_socket)
@@ -156,8 +175,6 @@ class Plugin:
             checker = PluginChecker(cfg.registration_socket, cfg.dra_socket, self.registrar.registered.is_set)
             self._probe = ProbeServer(cfg.probe_port, checker)
             self._probe.start()
-        self._rediscovery.start(inv)
-        log.info("gpudra serving: DRA %s, registration %s", cfg.dra_socket, cfg.registration_socket)
 
     def _inventory_changed(self, inv: Inventory) -> None:
         """A later discovery differs (e.g. the NVLink fabric registered): serve and publish the new view."""

@@ -218,8 +218,7 @@ def _discover(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gpudra.app import Plugin, RunConfig, serve
-    from gpudra.prepare import EditsMode
+    from gpudra.app import EditsMode, Plugin, RunConfig, serve
 
     if not args.node_name:
         print("gpudra: --node-name (or NODE_NAME) is required", file=sys.stderr)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -10,31 +9,13 @@ from pathlib import Path
 
 import grpc
 
+from gpudra.server.paths import MAX_SOCKET_PATH, fit_socket_path, socket_name
+
+__all__ = ["MAX_SOCKET_PATH", "Registrar", "UnixServer", "fit_socket_path", "socket_name"]
+
 log = logging.getLogger(__name__)
 
-#: sun_path is 108 bytes including the terminating NUL.
-MAX_SOCKET_PATH = 107
-
 Registrar = Callable[[grpc.Server], None]
-
-
-def socket_name(stem: str, pod_uid: str | None, suffix: str = ".sock") -> str:
-    """``<stem>.sock``, or ``<stem>-<podUID>.sock`` in rolling-update mode (two instances serve at once)."""
-    if not pod_uid:
-        return f"{stem}{suffix}"
-    return f"{stem}-{pod_uid}{suffix}"
-
-
-def fit_socket_path(directory: Path, name: str) -> Path:
-    """The socket path, with the name shortened by a hash when the whole path would exceed sun_path."""
-    path = directory / name
-    if len(str(path).encode()) <= MAX_SOCKET_PATH:
-        return path
-    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
-    short = directory / f"gpudra-{digest}.sock"
-    if len(str(short).encode()) > MAX_SOCKET_PATH:
-        raise ValueError(f"socket directory {directory} is too long for a unix socket path")
-    return short
 
 
 class UnixServer:
