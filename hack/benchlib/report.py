@@ -99,7 +99,8 @@ def _discovery_rows(r: R) -> list[R]:
             key="discovery_gpus",
         ),
         _row(
-            f"discovery: 8 GPUs fully MIG-partitioned ({mig['profile']}: {mig['devices']} devices), p50"
+            f"discovery: 8 GPUs fully MIG-partitioned ({mig['profile']}: "
+            f"{mig.get('by_type', {}).get('mig', '?')} MIG devices), p50"
             if mig["measurable"]
             else "discovery: 8 GPUs fully MIG-partitioned, p50",
             mig_value,
