@@ -9,7 +9,11 @@ Version 2 (current) is a log of JSON lines, camelCase:
 A change costs one small append instead of rewriting every claim held; the store compacts the log back into a
 snapshot from time to time (:func:`needs_compaction`). Only ``\n``-terminated lines count: a torn last line
 (a crash in the middle of an append) is not part of the checkpoint and is cut off by the next writer.
-Version 1 was the snapshot line alone, so a version-1 file is a version-2 log without changes.
+Version 1 was the snapshot line alone, so a version-1 file is a version-2 log without changes. The other
+way round does not hold: a version-1 plugin reads a log with change lines as corrupt and moves it aside.
+During a rolling update from version 1 the kubelet sends its calls to the newer instance once it has
+registered, so the old one should not touch the file; if it does, the move is logged and raised as a Node
+Event, not silent.
 
 Older files are brought forward by :data:`MIGRATIONS`. A file from a newer gpudra is read for the fields this
 code knows; its version and unknown fields (top level, per claim, per device) are kept in :class:`Extras` and
