@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import threading
@@ -43,20 +42,20 @@ from gpudra.checkpoint_format import (
     ClaimRecord,
     ClaimState,
     Content,
-    Extras,
+    Fragments,
     Migration,
     PreparedDevice,
     apply_changes,
     decode,
     decode_log,
     encode,
-    encode_claim,
     encode_delete,
     encode_put,
+    encode_snapshot,
     load_document,
     needs_compaction,
 )
-from gpudra.fsutil import atomic_write, rename_durably
+from gpudra.fsutil import atomic_write, pread_all, rename_durably, write_all
 
 __all__ = [
     "BOOT_ID_PATH",
@@ -173,7 +172,7 @@ class CheckpointStore:
         self._mutex = threading.Lock()  # this process's threads take turns before taking the flock
         self._log: _OpenLog | None = None
         self._unsynced = False
-        self._fragments: dict[str, tuple[ClaimRecord, Extras, bytes]] = {}
+        self._fragments: Fragments = {}  # each claim's JSON as last written, for the next compaction
 
     @contextlib.contextmanager
     def transaction(self, *, durable: bool = True) -> Iterator[Txn]:
@@ -253,7 +252,7 @@ class CheckpointStore:
 
     def _read_tail(self, opened: _OpenLog, size: int, repair: bool) -> Content:
         """Another instance appended: apply only its new lines."""
-        tail = _pread_all(opened.fd, size - opened.consumed, opened.consumed)
+        tail = pread_all(opened.fd, size - opened.consumed, opened.consumed)
         try:
             content, used = apply_changes(opened.content, tail, self._schema_version)
         except CheckpointFormatError as exc:
@@ -268,7 +267,7 @@ class CheckpointStore:
             self._drop()
             return self._empty()
         st = os.fstat(fd)
-        data = _pread_all(fd, st.st_size, 0)
+        data = pread_all(fd, st.st_size, 0)
         try:
             content, used = decode_log(data, self._schema_version, self._migrations)
         except CheckpointFormatError as exc:
@@ -354,7 +353,7 @@ class CheckpointStore:
         data = b"".join(lines)
         if opened.size > opened.consumed:
             os.ftruncate(opened.fd, opened.consumed)  # cut a torn last line before appending after it
-        _write_all(opened.fd, data)
+        write_all(opened.fd, data)
         content = replace(content, changes=base.changes + len(lines))
         opened.content, opened.consumed, opened.size = (
             content,
@@ -367,51 +366,10 @@ class CheckpointStore:
     def _rewrite(self, content: Content) -> Content:
         """Compaction: the whole state as a new snapshot, atomically replacing the log."""
         content = replace(content, changes=0, dirty=False, rebooted=False)
-        data = self._serialise(content)
+        data, self._fragments = encode_snapshot(content, self._fragments)
         atomic_write(self.path, data, mode=0o600)
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
         st = os.fstat(fd)
         self._drop()
         self._log = _OpenLog(fd, (st.st_dev, st.st_ino), len(data), len(data), content)
         return content
-
-    def _serialise(self, content: Content) -> bytes:
-        """The snapshot line. Each claim's JSON is memoised, so a compaction encodes only the claims that
-        changed since the last one."""
-        fragments: dict[str, tuple[ClaimRecord, Extras, bytes]] = {}
-        parts = []
-        for uid in sorted(content.claims):
-            record = content.claims[uid]
-            if record.uid != uid:
-                raise ValueError(f"checkpoint: claim {record.uid} stored under the key {uid}")
-            extras = content.extras.get(uid, NO_EXTRAS)
-            cached = self._fragments.get(uid)
-            if cached is not None and cached[1] is extras and (cached[0] is record or cached[0] == record):
-                fragment = cached[2]
-            else:
-                fragment = json.dumps(encode_claim(record, extras), separators=(",", ":")).encode()
-            fragments[uid] = (record, extras, fragment)
-            parts.append(json.dumps(uid).encode() + b":" + fragment)
-        self._fragments = fragments
-        head = json.dumps(
-            {"version": content.version, "bootId": content.boot_id, **content.top}, separators=(",", ":")
-        ).encode()  # never empty: "version" is always there
-        return head[:-1] + b',"claims":{' + b",".join(parts) + b"}}\n"
-
-
-def _pread_all(fd: int, size: int, offset: int) -> bytes:
-    chunks = []
-    while size > 0:
-        chunk = os.pread(fd, size, offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size -= len(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

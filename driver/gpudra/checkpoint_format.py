@@ -342,3 +342,30 @@ def load_document(data: bytes) -> dict[str, Any]:
     """A checkpoint file as one version-2 snapshot document (changes applied): for tools and tests."""
     content, _ = decode_log(data, SCHEMA_VERSION, MIGRATIONS)
     return _encode_content(content)
+
+
+#: Each claim's JSON fragment in the last snapshot, with the record and extras it encodes.
+Fragments = dict[str, tuple[ClaimRecord, Extras, bytes]]
+
+
+def encode_snapshot(content: Content, memo: Fragments) -> tuple[bytes, Fragments]:
+    """The snapshot line for ``content``, and the fragments to pass next time: a claim that has not changed
+    since ``memo`` is not encoded again, so a compaction costs the claims that changed."""
+    fragments: Fragments = {}
+    parts = []
+    for uid in sorted(content.claims):
+        record = content.claims[uid]
+        if record.uid != uid:
+            raise ValueError(f"checkpoint: claim {record.uid} stored under the key {uid}")
+        extras = content.extras.get(uid, NO_EXTRAS)
+        cached = memo.get(uid)
+        if cached is not None and cached[1] is extras and (cached[0] is record or cached[0] == record):
+            fragment = cached[2]
+        else:
+            fragment = json.dumps(encode_claim(record, extras), separators=(",", ":")).encode()
+        fragments[uid] = (record, extras, fragment)
+        parts.append(json.dumps(uid).encode() + b":" + fragment)
+    head = json.dumps(
+        {"version": content.version, "bootId": content.boot_id, **content.top}, separators=(",", ":")
+    ).encode()  # never empty: "version" is always there
+    return head[:-1] + b',"claims":{' + b",".join(parts) + b"}}\n", fragments

@@ -87,3 +87,23 @@ def rename_durably(source: Path, target: Path) -> None:
     """Rename within one directory and make the rename durable."""
     os.rename(source, target)
     fsync_dir(target.parent)
+
+
+def pread_all(fd: int, size: int, offset: int) -> bytes:
+    """``size`` bytes of ``fd`` from ``offset`` (fewer at end of file), however many reads it takes."""
+    chunks = []
+    while size > 0:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` to ``fd`` (a write may take less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
