@@ -109,3 +109,21 @@ def test_a_rival_for_the_device_in_the_gap_is_refused(tmp_path: Path, inventory:
     cdi.during_write.append(lambda: seen.update(preparer.prepare([rival])))
     assert preparer.prepare([ref])[ref.uid].error is None
     assert seen[rival.uid].error_kind == "device_in_use"  # the PrepareStarted record already holds it
+
+
+def test_a_failed_file_write_leaves_no_record_and_no_file(tmp_path: Path, inventory: Inventory) -> None:
+    preparer, claims, cdi, store = _setup(tmp_path, inventory)
+    ref, other = _ref(claims, "c0"), _ref(claims, "c1")
+
+    def disk_full() -> None:
+        raise OSError(28, "No space left on device")
+
+    cdi.during_write.append(disk_full)
+    results = preparer.prepare([ref, other])
+    failed = next(r for r in results.values() if r.error is not None)
+    assert failed.error_kind == "io"
+    assert "No space left on device" in (failed.error or "")
+    [ok_uid] = [uid for uid, r in results.items() if r.error is None]  # the neighbour is not affected
+    assert set(store.snapshot()) == {ok_uid}
+    failed_uid = next(uid for uid, r in results.items() if r.error is not None)
+    assert not [p for p in tmp_path.rglob("*") if failed_uid in p.name]
