@@ -65,8 +65,9 @@ def test_mig_devices_prepare_by_published_name_and_parents_are_refused(tmp_path:
 
     assert results[ok.uid].error is None
     assert [d.device for d in results[ok.uid].devices] == [mig_name]
-    assert results[stale.uid].error is not None
-    assert "not on this node" in results[stale.uid].error
+    stale_error = results[stale.uid].error
+    assert stale_error is not None
+    assert "not on this node" in stale_error
     spec = json.loads(CdiWriter(cdi_root).path_for(ok.uid).read_text())
     env = spec["devices"][0]["containerEdits"]["env"]
     key = "GPUDRA_" + mig_name.upper().replace("-", "_") + "_UUID"
