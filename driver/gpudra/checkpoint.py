@@ -355,11 +355,8 @@ class CheckpointStore:
             os.ftruncate(opened.fd, opened.consumed)  # cut a torn last line before appending after it
         write_all(opened.fd, data)
         content = replace(content, changes=base.changes + len(lines))
-        opened.content, opened.consumed, opened.size = (
-            content,
-            opened.consumed + len(data),
-            opened.consumed + len(data),
-        )
+        end = opened.consumed + len(data)
+        opened.content, opened.consumed, opened.size = content, end, end
         self._unsynced = True
         return content
 

@@ -91,7 +91,7 @@ def test_only_changed_claims_are_written(paths: tuple[Path, Path]) -> None:
     assert [line.get("put") for line in _lines(paths[0])[1:]] == ["c"]
 
 
-def test_another_instance_reads_only_the_new_lines(paths: tuple[Path, Path]) -> None:
+def test_another_instance_follows_the_appends_and_appends_after_them(paths: tuple[Path, Path]) -> None:
     writer, reader = _store(paths), _store(paths)
     with writer.transaction() as txn:
         txn.put(_claim("a"))
@@ -109,6 +109,25 @@ def test_another_instance_reads_only_the_new_lines(paths: tuple[Path, Path]) -> 
         txn.put(_claim("d"))
         txn.commit()
     assert set(writer.snapshot()) == {"b", "c", "d"}
+
+
+def test_an_instance_reads_only_the_lines_it_has_not_seen(paths: tuple[Path, Path]) -> None:
+    """Garble bytes a reader has already read (same inode, same size), then append a change: the reader
+    follows with the new line alone, while reading the whole file again would fail."""
+    writer, reader = _store(paths), _store(paths)
+    with writer.transaction() as txn:
+        txn.put(_claim("a"))
+        txn.commit()
+    assert set(reader.snapshot()) == {"a"}
+    data = bytearray(paths[0].read_bytes())
+    data[1:9] = b"GARBLED!"
+    with paths[0].open("r+b") as f:
+        f.write(bytes(data))
+    with paths[0].open("ab") as f:
+        f.write(encode_put(_claim("b")))
+    assert set(reader.snapshot()) == {"a", "b"}
+    with pytest.raises(CheckpointFormatError):
+        decode_log(paths[0].read_bytes(), SCHEMA_VERSION, MIGRATIONS)
 
 
 def test_a_torn_last_line_is_not_read_and_is_cut_by_the_next_writer(paths: tuple[Path, Path]) -> None:
