@@ -2,25 +2,20 @@
 
 Mock devices are handled here; real hardware per vendor in :mod:`gpudra.edits_nvidia` and
 :mod:`gpudra.edits_amd`, behind :func:`hardware_edits`. Pure, except for reading the host's device nodes
-(existence, major/minor) and the description file written by :func:`write_claim_description`.
+(existence, major/minor).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
-from gpudra import names
 from gpudra.cdi import ContainerEdits, Mount
-from gpudra.fsutil import atomic_write
 from gpudra.inventory import Device, Vendor
 
-#: Where a mock claim's description file appears inside the container: ``<dir>/<claimUID>.json``.
-CLAIM_DESCRIPTION_DIR: Final = "/var/run/gpudra/claims"
 ENV_PREFIX: Final = "GPUDRA_"
 _NOT_ENV = re.compile(r"[^A-Z0-9_]")
 
@@ -81,6 +76,21 @@ def hardware_edits(device: Device, roots: HostRoots) -> DeviceEdits:
 
 
 # ---- mock -----------------------------------------------------------------------------------------------
+#
+# What a container sees of a mock device. Everything is per CDI device (per claim and device), never
+# claim-wide: the runtime applies a spec's claim-wide edits to every container given ANY device of that
+# claim, so a container that names one request of a claim would see the others' devices too. And CDI env is
+# last-writer-wins across specs, so no variable may list several devices: a container holding two claims
+# would see one claim's list. The view that composes across requests and claims is therefore:
+#
+# - per device, ``GPUDRA_<DEVICE>_UUID``, ``_PRODUCT`` and ``_MEMORY`` (when known): the device's own facts,
+#   the same whichever claim gives it, so two claims sharing a device never disagree;
+# - per claim and device, a read-only file ``/var/run/gpudra/devices/<claimUID>-<device>.json`` naming the
+#   claim, the request (``req/sub`` as allocated) and the device: listing that directory shows exactly the
+#   devices the container was given, across all of its claims.
+
+#: Where a mock device's description file appears inside the container: ``<dir>/<claimUID>-<device>.json``.
+DEVICE_DESCRIPTION_DIR: Final = "/var/run/gpudra/devices"
 
 
 def env_key(device_name: str, field: str) -> str:
@@ -88,80 +98,43 @@ def env_key(device_name: str, field: str) -> str:
     return ENV_PREFIX + _NOT_ENV.sub("_", f"{device_name}_{field}".upper())
 
 
-def description_container_path(claim_uid: str) -> str:
-    return f"{CLAIM_DESCRIPTION_DIR}/{claim_uid}.json"
+def description_file_name(claim_uid: str, device_name: str) -> str:
+    """``<claimUID>-<device>.json``: the CDI device's name, so it is unique per claim and device."""
+    return f"{claim_uid}-{device_name}.json"
 
 
-def _description_mount(claim_uid: str, description_path: Path) -> Mount:
-    return Mount(
-        host_path=str(description_path),
-        container_path=description_container_path(claim_uid),
-        options=("ro", "nosuid", "nodev", "bind"),
-    )
+def description_container_path(claim_uid: str, device_name: str) -> str:
+    return f"{DEVICE_DESCRIPTION_DIR}/{description_file_name(claim_uid, device_name)}"
 
 
-def mock_edits(
-    device: Device, claim_uid: str, description_path: Path, *, device_name: str | None = None
-) -> ContainerEdits:
-    """Edits for one mock device: environment variables only, no device nodes.
-
-    Keys carry the device name (``GPUDRA_<NAME>_UUID``, ``_PRODUCT``, ``_MEMORY`` when known, ``_CLAIM``,
-    ``_DESCRIPTION``) so two devices in one container never overwrite each other. ``device_name`` defaults to
-    the full-GPU name derived from the UUID; pass the allocated name for MIG slices and partitions. The
-    claim's description file is bind-mounted read-only, so each device's edits are complete on their own
-    (the runtime collapses the identical mount from the claim-wide edits).
-    """
-    name = device_name if device_name is not None else names.gpu_device_name(device.uuid)
+def mock_edits(device: Device, claim_uid: str, device_name: str, description_path: Path) -> ContainerEdits:
+    """Edits for one mock device of one claim: environment variables and the device's description file,
+    read-only; no device nodes. ``device_name`` is the allocated (published) name."""
     env = [
-        f"{env_key(name, 'UUID')}={device.uuid}",
-        f"{env_key(name, 'PRODUCT')}={device.product_name}",
-        f"{env_key(name, 'CLAIM')}={claim_uid}",
-        f"{env_key(name, 'DESCRIPTION')}={description_container_path(claim_uid)}",
+        f"{env_key(device_name, 'UUID')}={device.uuid}",
+        f"{env_key(device_name, 'PRODUCT')}={device.product_name}",
     ]
     if device.memory_bytes is not None:
-        env.append(f"{env_key(name, 'MEMORY')}={device.memory_bytes}")
-    return ContainerEdits(env=tuple(env), mounts=(_description_mount(claim_uid, description_path),))
-
-
-def mock_claim_edits(claim_uid: str, device_uuids: Sequence[str], description_path: Path) -> ContainerEdits:
-    """Claim-wide edits of a mock claim: ``GPUDRA_VISIBLE_DEVICES`` and the read-only description file at
-    ``/var/run/gpudra/claims/<claimUID>.json``.
-
-    When one pod has two gpudra claims, ``GPUDRA_VISIBLE_DEVICES`` comes from whichever spec the runtime
-    applies last, so it names only that claim's devices; the per-device variables of :func:`mock_edits` are
-    exact.
-    """
-    return ContainerEdits(
-        env=(f"{ENV_PREFIX}VISIBLE_DEVICES={','.join(device_uuids)}",),
-        mounts=(_description_mount(claim_uid, description_path),),
+        env.append(f"{env_key(device_name, 'MEMORY')}={device.memory_bytes}")
+    mount = Mount(
+        host_path=str(description_path),
+        container_path=description_container_path(claim_uid, device_name),
+        options=("ro", "nosuid", "nodev", "bind"),
     )
+    return ContainerEdits(env=tuple(env), mounts=(mount,))
 
 
-def claim_description(
-    claim: ClaimIdentity, devices: Sequence[Device], device_names: Sequence[str] | None = None
-) -> dict[str, object]:
-    """The JSON document describing a claim's devices to the workload (pure)."""
-    if device_names is not None and len(device_names) != len(devices):
-        raise ValueError("device_names and devices differ in length")
-    dev_names = device_names or [names.gpu_device_name(d.uuid) for d in devices]
-    return {
+def device_description(claim: ClaimIdentity, request: str, device_name: str, device: Device) -> bytes:
+    """The JSON document describing one device of a claim to the workload (pure). Values the hardware did
+    not report are left out."""
+    facts: dict[str, object] = {"name": device_name, "uuid": device.uuid, "productName": device.product_name}
+    if device.memory_bytes is not None:
+        facts["memory"] = device.memory_bytes
+    if device.pci is not None:
+        facts["pciBusID"] = device.pci.bus_id
+    doc = {
         "claim": {"namespace": claim.namespace, "name": claim.name, "uid": claim.uid},
-        "devices": [
-            {
-                "name": name,
-                "uuid": d.uuid,
-                "productName": d.product_name,
-                "memory": d.memory_bytes,
-                "pciBusID": d.pci.bus_id if d.pci is not None else None,
-            }
-            for name, d in zip(dev_names, devices, strict=True)
-        ],
+        "request": request,
+        "device": facts,
     }
-
-
-def write_claim_description(
-    path: Path, claim: ClaimIdentity, devices: Sequence[Device], device_names: Sequence[str] | None = None
-) -> None:
-    """Write :func:`claim_description` to ``path`` atomically (mode 0644; the parent is created)."""
-    data = json.dumps(claim_description(claim, devices, device_names)) + "\n"
-    atomic_write(path, data.encode(), mode=0o644, durable=False)
+    return (json.dumps(doc) + "\n").encode()

@@ -65,8 +65,8 @@ class _Built:
     spec: dict[str, object]
     spec_path: str  # where the CDI spec goes (recorded in the checkpoint)
     prepared: tuple[PreparedDevice, ...]
-    description: Path | None = None  # mock: the claim's description file to write
-    metadata: tuple[tuple[Path, bytes], ...] = ()  # KEP-5304 device metadata files to write
+    #: Files containers mount, written before the spec: KEP-5304 device metadata, mock device descriptions.
+    files: tuple[tuple[Path, bytes], ...] = ()
 
 
 #: A claim read and planned, with its CDI spec computed (or why it cannot be): ready for the locked part.
@@ -210,7 +210,7 @@ class Preparer:
         try:
             self._write(p, built)
         except OSError as e:
-            self._remove_files(p.ref.uid, [path for path, _ in built.metadata])
+            self._remove_files(p.ref.uid, [path for path, _ in built.files])
             log.warning("prepare %s: %s", p.ref, e)
             return f"cannot prepare devices: {e}"
         return None
@@ -220,7 +220,7 @@ class Preparer:
         while its files were written (then those files go again)."""
         uid = p.ref.uid
         if txn.get(uid) is None:
-            self._remove_files(uid, [path for path, _ in built.metadata])
+            self._remove_files(uid, [path for path, _ in built.files])
             msg = f"claim {uid} was unprepared while it was being prepared"
             log.warning("prepare %s: %s", p.ref, msg)
             return ClaimResult(error=msg, error_kind="unprepared")
@@ -239,19 +239,24 @@ class Preparer:
         record = txn.get(claim_uid)
         if record is not None:
             tops = {devicemeta.top_request(d.request) for d in record.devices}
-            metadata = [self._metadata_path(claim_uid, top) for top in tops]
+            files = [self._metadata_path(claim_uid, top) for top in tops]
+            if self._settings.edits_mode == "mock":
+                files += [self._description_path(claim_uid, d.device) for d in record.devices]
         else:  # an orphan: whatever files carry its UID
-            metadata = list(self._metadata_root.glob(f"{claim_uid}_*.json"))
-        self._remove_files(claim_uid, metadata)
-        # A claim prepared by a build before the flat layout has a directory of metadata instead.
+            files = [
+                *self._metadata_root.glob(f"{claim_uid}_*.json"),
+                *self._claims_root.glob(f"{claim_uid}-*.json"),
+            ]
+        # A claim prepared by an older build: one description file per claim, a directory of metadata.
+        files.append(self._claims_root / f"{claim_uid}.json")
+        self._remove_files(claim_uid, files)
         shutil.rmtree(self._settings.state_dir / "metadata" / claim_uid, ignore_errors=True)
         txn.remove(claim_uid)
 
-    def _remove_files(self, claim_uid: str, metadata: Iterable[Path]) -> None:
-        """The claim's CDI spec, description and ``metadata`` files."""
+    def _remove_files(self, claim_uid: str, files: Iterable[Path]) -> None:
+        """The claim's CDI spec and the ``files`` its containers mount."""
         self._cdi.remove(claim_uid)
-        self._description_path(claim_uid).unlink(missing_ok=True)
-        for path in metadata:
+        for path in files:
             path.unlink(missing_ok=True)
 
     def _build(self, p: ClaimPlan) -> _Built:
@@ -268,7 +273,7 @@ class Preparer:
             devs.append(cdi.CdiDevice(cdi.cdi_device_name(uid, d.name), device_edits))
             prepared.append(_prepared_device(uid, d, hw.extra_cdi_ids))
         spec = cdi.build_spec(uid, devs, cdi.ContainerEdits())
-        return _Built(spec, str(self._cdi.path_for(uid)), tuple(prepared), metadata=files)
+        return _Built(spec, str(self._cdi.path_for(uid)), tuple(prepared), files)
 
     def _metadata(self, p: ClaimPlan) -> tuple[dict[str, cdi.Mount], tuple[tuple[Path, bytes], ...]]:
         """KEP-5304: per top-level request, the metadata file and its read-only mount (see devicemeta)."""
@@ -299,33 +304,31 @@ class Preparer:
     def _build_mock(
         self, p: ClaimPlan, mounts: Mapping[str, cdi.Mount], files: tuple[tuple[Path, bytes], ...]
     ) -> _Built:
+        """Mock devices: every edit is the device's own (see :mod:`gpudra.edits`), the spec has no
+        claim-wide edits, so a container sees exactly the devices of the requests it names."""
         uid = p.ref.uid
-        desc = self._description_path(uid)
-        devs = [
-            cdi.CdiDevice(
-                cdi.cdi_device_name(uid, d.name),
-                edits.mock_edits(d.device, uid, desc, device_name=d.name).merge(
-                    cdi.ContainerEdits(mounts=(mounts[d.request],))
-                ),
+        devs, descriptions = [], []
+        for d in p.devices:
+            desc = self._description_path(uid, d.name)
+            descriptions.append((desc, edits.device_description(p.ref, d.request, d.name, d.device)))
+            device_edits = edits.mock_edits(d.device, uid, d.name, desc)
+            devs.append(
+                cdi.CdiDevice(
+                    cdi.cdi_device_name(uid, d.name),
+                    device_edits.merge(cdi.ContainerEdits(mounts=(mounts[d.request],))),
+                )
             )
-            for d in p.devices
-        ]
-        common = edits.mock_claim_edits(uid, [d.device.uuid for d in p.devices], desc)
         prepared = tuple(_prepared_device(uid, d) for d in p.devices)
-        spec = cdi.build_spec(uid, devs, common)
-        return _Built(spec, str(self._cdi.path_for(uid)), prepared, desc, files)
+        spec = cdi.build_spec(uid, devs, cdi.ContainerEdits())
+        return _Built(spec, str(self._cdi.path_for(uid)), prepared, (*files, *descriptions))
 
     def _write(self, p: ClaimPlan, built: _Built) -> None:
-        for path, data in built.metadata:
+        for path, data in built.files:
             atomic_write(path, data, mode=0o644, durable=False)
-        if built.description is not None:
-            edits.write_claim_description(
-                built.description, p.ref, [d.device for d in p.devices], [d.name for d in p.devices]
-            )
         self._cdi.write(p.ref.uid, built.spec)
 
-    def _description_path(self, claim_uid: str) -> Path:
-        return self._claims_root / f"{claim_uid}.json"
+    def _description_path(self, claim_uid: str, device_name: str) -> Path:
+        return self._claims_root / edits.description_file_name(claim_uid, device_name)
 
     # ---- unprepare ----------------------------------------------------------------------------------
 

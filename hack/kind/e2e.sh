@@ -2,7 +2,7 @@
 # End-to-end test on the cluster of hack/kind/up.sh. Every example in deviceclasses/examples/ (except those
 # hack/kind/e2e-skip.txt lists, with its reason) is applied into a namespace of its own; each of its pods must
 # become Ready and see the GPUDRA_<DEVICE>_UUID variables of exactly the devices allocated to its claims, and
-# each claim's description file read-only. The namespace is then deleted. At the end no CDI spec of gpudra
+# each device's description file read-only. The namespace is then deleted. At the end no CDI spec of gpudra
 # may be left on any node. Env: CLUSTER (default gpudra), TIMEOUT (default 180s), CLEANUP_WAIT (seconds to
 # wait for the CDI specs to go, default 120).
 set -euo pipefail
@@ -25,8 +25,7 @@ check_pod() {
     echo "  $pod: expected variables [$(echo "$want" | xargs)], found [$(echo "$got" | xargs)]"
     return 1
   fi
-  for uid in $(printf '%s\n' "$mine" | cut -d'|' -f1); do
-    file="/var/run/gpudra/claims/${uid}.json"
+  for file in $(printf '%s\n' "$mine" | description_files); do
     if ! kc exec -n "$ns" "$pod" -- sh -c "test -r $file && ! (echo >> $file) 2>/dev/null"; then
       echo "  $pod: $file is missing or writable"
       return 1

@@ -24,6 +24,15 @@ device_keys() {
   done | LC_ALL=C sort -u
 }
 
+# description_files: reads "uid|devices" lines (pod_claims' output); prints the description file of each device
+# as the container sees it, /var/run/gpudra/devices/<uid>-<device>.json (DEVICE_DESCRIPTION_DIR in edits.py).
+description_files() {
+  local uid devs dev
+  while IFS='|' read -r uid devs; do
+    for dev in $devs; do printf '/var/run/gpudra/devices/%s-%s.json\n' "$uid" "$dev"; done
+  done
+}
+
 # uuid_keys: reads `env` output; prints the sorted names of the GPUDRA_*_UUID variables.
 uuid_keys() {
   LC_ALL=C sed -n 's/^\(GPUDRA_[A-Z0-9_]*_UUID\)=.*/\1/p' | LC_ALL=C sort -u

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gpudra import slices
+from gpudra import cdiinject, slices
 from gpudra.backends.select import open_backend
 from gpudra.cdi import CdiWriter, cdi_device_id
 from gpudra.checkpoint import CheckpointStore
@@ -127,6 +127,21 @@ def test_full_gpu_and_mig_device_with_the_toolkit_spec(tmp_path: Path, inventory
         assert meta["containerPath"] == f"{CONTAINER_ROOT}/resourceclaims/mixed/gpu/gpudra.io-metadata.json"
         assert dev["hooks"] == common["hooks"]
     assert node.store.snapshot()[claim.uid].state == "PrepareCompleted"
+
+
+def test_a_container_given_one_device_sees_only_its_nodes(tmp_path: Path, inventory: Inventory) -> None:
+    """What the runtime gives a container holding one of the claim's devices (one request of two)."""
+    node = _node(tmp_path, toolkit=True)
+    gpu, mig = _gpu(inventory, 5), _mig(inventory, 3)
+    claim = node.claims.add("two", [gpu, mig])
+    result = node.preparer(inventory).prepare([claim])[claim.uid]
+    assert result.error is None
+    dirs = [*node.roots.cdi_dirs, node.cdi.root]
+    for device, minor in ((result.devices[0], 5), (result.devices[1], 0)):
+        view = cdiinject.inject(device.cdi_device_ids, dirs)
+        gpu_nodes = {p for p in view.device_nodes if p.startswith("/dev/nvidia") and p[11:].isdigit()}
+        assert gpu_nodes == {f"/dev/nvidia{minor}"}
+        assert view.env["NVIDIA_VISIBLE_DEVICES"] == "void"
 
 
 @pytest.mark.parametrize("hook", [False, True])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -13,13 +12,7 @@ from hypothesis import strategies as st
 
 from gpudra.cdi import CdiDevice, ContainerEdits, DeviceNode, Mount, build_spec, cdi_device_name
 from gpudra.checkpoint import ClaimRecord
-from gpudra.edits import (
-    EditsError,
-    env_key,
-    mock_claim_edits,
-    mock_edits,
-    write_claim_description,
-)
+from gpudra.edits import EditsError, device_description, env_key, mock_edits
 from gpudra.edits_nvidia import nvidia_edits
 from gpudra.inventory import Device, DeviceKind, PciPlacement, Vendor
 from gpudra.names import gpu_device_name
@@ -104,44 +97,50 @@ def test_nvidia_edits_refuses(dev_root: Path, device: Device, message: str) -> N
 
 
 def test_mock_edits(tmp_path: Path) -> None:
-    desc = tmp_path / "claims" / f"{UID}.json"
-    edits = mock_edits(GPU, UID, desc)
+    name = gpu_device_name(GPU.uuid)
+    desc = tmp_path / "claims" / f"{UID}-{name}.json"
+    edits = mock_edits(GPU, UID, name, desc)
     assert edits.device_nodes == ()
-    prefix = "GPUDRA_" + gpu_device_name(GPU.uuid).upper().replace("-", "_")
+    prefix = "GPUDRA_" + name.upper().replace("-", "_")
     assert dict(e.split("=", 1) for e in edits.env) == {
         f"{prefix}_UUID": GPU.uuid,
         f"{prefix}_PRODUCT": "NVIDIA H100 80GB HBM3",
         f"{prefix}_MEMORY": "85520809984",
-        f"{prefix}_CLAIM": UID,
-        f"{prefix}_DESCRIPTION": f"/var/run/gpudra/claims/{UID}.json",
     }
-    assert edits.mounts == (Mount(str(desc), f"/var/run/gpudra/claims/{UID}.json", RO),)
-    assert not any("MEMORY" in e for e in mock_edits(GPU2, UID, desc).env)
-    named = mock_edits(GPU, UID, desc, device_name="gpu-0-mig-1g-10gb-0")
+    assert edits.mounts == (Mount(str(desc), f"/var/run/gpudra/devices/{UID}-{name}.json", RO),)
+    assert not any("MEMORY" in e for e in mock_edits(GPU2, UID, "gpu-2", desc).env)
+    named = mock_edits(GPU, UID, "gpu-0-mig-1g-10gb-0", desc)
     assert any(e.startswith("GPUDRA_GPU_0_MIG_1G_10GB_0_UUID=") for e in named.env)
 
 
-def test_mock_claim_edits_and_full_spec(tmp_path: Path) -> None:
-    desc = tmp_path / f"{UID}.json"
-    common = mock_claim_edits(UID, [GPU.uuid, GPU2.uuid], desc)
-    assert common.env == (f"GPUDRA_VISIBLE_DEVICES={GPU.uuid},{GPU2.uuid}",)
-    assert common.mounts == (Mount(str(desc), f"/var/run/gpudra/claims/{UID}.json", RO),)
-    devices = [CdiDevice(cdi_device_name(UID, gpu_device_name(d.uuid)), mock_edits(d, UID, desc))
-               for d in (GPU, GPU2)]
-    spec = build_spec(UID, devices, common)
+def test_mock_spec_has_no_claim_wide_edits_and_devices_never_conflict(tmp_path: Path) -> None:
+    devices = [
+        CdiDevice(cdi_device_name(UID, n), mock_edits(d, UID, n, tmp_path / f"{n}.json"))
+        for n, d in (("gpu-a", GPU), ("gpu-b", GPU2))
+    ]
+    spec = build_spec(UID, devices, ContainerEdits())
     assert spec["cdiVersion"] == "0.3.0"
-    # all edits of one container together never conflict: per-device keys are distinct, the mount identical
-    everything = common
+    assert "containerEdits" not in spec
+    everything = ContainerEdits()
     for d in devices:
-        everything = everything.merge(d.edits)
-    assert len(everything.env) == 1 + 5 + 4
-    assert len(everything.mounts) == 1
+        everything = everything.merge(d.edits)  # would raise on a key or mount given two values
+    assert len(everything.env) == 3 + 2
+    assert len(everything.mounts) == 2
+
+
+def test_the_same_device_in_two_claims_sets_the_same_values(tmp_path: Path) -> None:
+    """A container holding two claims that share a device (adminAccess, share IDs) gets both files and
+    variables that agree, whichever spec the runtime applies last."""
+    one = mock_edits(GPU, UID, "gpu-a", tmp_path / "1.json")
+    two = mock_edits(GPU, "d0000000-0000-4000-8000-000000000000", "gpu-a", tmp_path / "2.json")
+    assert one.env == two.env
+    assert len(one.merge(two).mounts) == 2
 
 
 @given(st.lists(st.uuids().map(lambda u: f"GPU-{u}"), min_size=2, max_size=5, unique=True))
 def test_two_devices_never_share_an_env_key(uuids: list[str]) -> None:
-    keys = [{e.partition("=")[0] for e in mock_edits(replace(GPU, uuid=u), UID, Path("/d.json")).env}
-            for u in uuids]
+    edits = [mock_edits(replace(GPU, uuid=u), UID, gpu_device_name(u), Path("/d")) for u in uuids]
+    keys = [{e.partition("=")[0] for e in x.env} for x in edits]
     for i, a in enumerate(keys):
         for b in keys[i + 1 :]:
             assert not a & b
@@ -163,25 +162,14 @@ class _Ref:
 
 @pytest.mark.parametrize("claim", [_Ref("team-a", "two-gpus", UID),
                                    ClaimRecord(UID, "team-a", "two-gpus", "PrepareStarted", (), None)])
-def test_write_claim_description(tmp_path: Path, claim: _Ref | ClaimRecord) -> None:
-    path = tmp_path / "state" / "claims" / f"{UID}.json"  # parents created
-    write_claim_description(path, claim, [GPU, GPU2])
-    assert json.loads(path.read_text()) == {
+def test_device_description(claim: _Ref | ClaimRecord) -> None:
+    assert json.loads(device_description(claim, "gpu/h100", "gpu-0", GPU)) == {
         "claim": {"namespace": "team-a", "name": "two-gpus", "uid": UID},
-        "devices": [
-            {"name": gpu_device_name(GPU.uuid), "uuid": GPU.uuid, "productName": GPU.product_name,
-             "memory": 85520809984, "pciBusID": "0000:1b:00.0"},
-            {"name": gpu_device_name(GPU2.uuid), "uuid": GPU2.uuid, "productName": GPU2.product_name,
-             "memory": None, "pciBusID": None},
-        ],
+        "request": "gpu/h100",
+        "device": {"name": "gpu-0", "uuid": GPU.uuid, "productName": GPU.product_name,
+                   "memory": 85520809984, "pciBusID": "0000:1b:00.0"},
     }
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
-    assert [p.name for p in path.parent.iterdir()] == [path.name]
-
-
-def test_write_claim_description_with_names(tmp_path: Path) -> None:
-    path = tmp_path / "d.json"
-    write_claim_description(path, _Ref("n", "c", UID), [GPU], ["gpu-0"])
-    assert json.loads(path.read_text())["devices"][0]["name"] == "gpu-0"
-    with pytest.raises(ValueError, match="length"):
-        write_claim_description(path, _Ref("n", "c", UID), [GPU], [])
+    # values the hardware did not report are left out, never null or guessed
+    assert json.loads(device_description(claim, "gpu", "gpu-1", GPU2))["device"] == {
+        "name": "gpu-1", "uuid": GPU2.uuid, "productName": GPU2.product_name,
+    }

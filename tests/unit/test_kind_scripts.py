@@ -98,6 +98,14 @@ def test_pod_claims_and_device_keys() -> None:
     assert keys == sorted(edits.env_key(d, "UUID") for d in ("gpu-1", "gpu-2", "gpu-3"))
 
 
+def test_description_files_name_one_file_per_device_of_each_claim() -> None:
+    files = _bash("pod_claims pod-b | description_files", stdin=CLAIMS).splitlines()
+    assert files == [
+        f"{edits.DEVICE_DESCRIPTION_DIR}/{edits.description_file_name(uid, dev)}"
+        for uid, dev in (("u-1", "gpu-1"), ("u-2", "gpu-2"), ("u-2", "gpu-3"))
+    ]
+
+
 def test_uuid_keys_reads_only_per_device_uuid_variables() -> None:
     env = "PATH=/bin\nGPUDRA_VISIBLE_DEVICES=GPU-1\nGPUDRA_GPU_2_UUID=GPU-2\nGPUDRA_GPU_1_UUID=GPU-1\n"
     env += "X_UUID=1\n"
@@ -300,6 +308,10 @@ def test_e2e_passes_when_every_pod_sees_exactly_its_devices(tmp_path: Path) -> N
     assert sorted(re.findall(r"^SKIP (\S+):", done.stdout, re.MULTILINE)) == sorted(_skips())
     deleted = [c[5] for c in _calls(tmp_path) if c[3:5] == ["delete", "namespace"]]
     assert deleted == [f"gpudra-e2e-{s}" for s in runnable]
+    checked = [c[-1] for c in _calls(tmp_path) if c[3] == "exec" and c[-2] == "-c"]
+    assert checked  # every pod's device files were looked at, read-only
+    pattern = rf"test -r {edits.DEVICE_DESCRIPTION_DIR}/uid-\S+-gpu-\S+\.json && !"
+    assert all(re.match(pattern, c) for c in checked)
     assert done.stdout.rstrip().endswith("e2e passed")
 
 

@@ -73,5 +73,5 @@ def test_mig_devices_prepare_by_published_name_and_parents_are_refused(tmp_path:
     key = "GPUDRA_" + mig_name.upper().replace("-", "_") + "_UUID"
     assert f"{key}={migs[0].uuid}" in env
     assert migs[0].uuid.startswith("MIG-")
-    description = json.loads((tmp_path / "claims" / f"{ok.uid}.json").read_text())
-    assert [d["name"] for d in description["devices"]] == [mig_name]
+    description = json.loads((tmp_path / "claims" / f"{ok.uid}-{mig_name}.json").read_text())
+    assert (description["device"]["name"], description["device"]["uuid"]) == (mig_name, migs[0].uuid)

@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from gpudra._proto import dra_v1_pb2, dra_v1_pb2_grpc, dra_v1beta1_pb2, dra_v1beta1_pb2_grpc
+from gpudra.devicemeta import top_request
 from gpudra.metrics import Metrics, NullMetrics
 from gpudra.plan import ClaimRef
 from gpudra.prepare import ClaimResult
@@ -80,7 +81,10 @@ class _Servicer:
             for d in result.devices:
                 entry.devices.append(
                     pb.Device(
-                        request_names=[d.request],
+                        # The kubelet hands a device to the containers whose resources.claims[].request
+                        # equals one of these names, exactly; containers name the top-level request, never
+                        # the "req/sub" a prioritized list is allocated as.
+                        request_names=[top_request(d.request)],
                         pool_name=d.pool,
                         device_name=d.device,
                         cdi_device_ids=list(d.cdi_device_ids),
