@@ -15,8 +15,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gpudra import __version__, logs
-from gpudra.backends.base import HardwareBackend
+from gpudra import __version__
+from gpudra.runtime import logs
+from gpudra.vendors.base import HardwareBackend
 
 BACKENDS = ("auto", "nvml", "amd", "mock")
 
@@ -172,14 +173,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logs.setup(args.verbose, args.log_format)
-    from gpudra.backends.base import DiscoveryError
+    from gpudra.vendors.base import DiscoveryError
 
     try:
         if args.command == "discover":
             return _discover(args)
         if args.command == "run":
             return _run(args)
-        from gpudra import demo
+        from gpudra.devtools import demo
 
         return demo.run(args.profile)
     except DiscoveryError as e:
@@ -188,14 +189,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _open_backend(args: argparse.Namespace) -> HardwareBackend:
-    from gpudra.backends.select import open_backend
+    from gpudra.vendors.select import open_backend
 
     return open_backend(args.backend, args.profile, args.sysfs_root)
 
 
 def _discover(args: argparse.Namespace) -> int:
-    from gpudra import slices
-    from gpudra.tables import inventory_table
+    from gpudra.planning import slices
+    from gpudra.runtime.tables import inventory_table
 
     backend = _open_backend(args)
     try:
@@ -218,7 +219,7 @@ def _discover(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gpudra.app import EditsMode, Plugin, RunConfig, serve
+    from gpudra.runtime.app import EditsMode, Plugin, RunConfig, serve
 
     if not args.node_name:
         print("gpudra: --node-name (or NODE_NAME) is required", file=sys.stderr)

@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 
 from benchlib.procs import Http
-from gpudra import kubeletsim, names
+from gpudra.devtools import kubeletsim
+from gpudra.model import names
 
 NAMESPACE = "bench"
 CLAIMS = f"/apis/resource.k8s.io/v1/namespaces/{NAMESPACE}/resourceclaims"

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from benchlib.stats import latency_ms
-from gpudra.backends.profile import ProfileError, load_profile
-from gpudra.backends.select import open_backend
-from gpudra.inventory import Device, DeviceKind, Inventory
+from gpudra.model.inventory import Device, DeviceKind, Inventory
+from gpudra.vendors.mock.profile import ProfileError, load_profile
+from gpudra.vendors.select import open_backend
 
 #: The built-in profile the MIG row measures unless ``--mig-profile`` names another.
 DEFAULT_MIG_PROFILE: Final = "dgx-h100-mig-all"

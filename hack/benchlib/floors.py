@@ -13,8 +13,9 @@ import grpc
 
 from benchlib.procs import BenchError, Http, child_env
 from benchlib.stats import latency_ms
-from gpudra import fsutil, kubeletsim
-from gpudra.kube import KubeClient, load_config
+from gpudra import fsutil
+from gpudra.devtools import kubeletsim
+from gpudra.kube.client import KubeClient, load_config
 
 
 def trivial_grpc(root: Path, n: int) -> dict[str, Any]:
@@ -67,7 +68,7 @@ def bare_get(api: Http, path: str, n: int) -> dict[str, Any]:
 
 
 def client_get(kubeconfig: Path, namespace: str, name: str, n: int) -> dict[str, Any]:
-    """The same GET through gpudra's own client (gpudra.kube.KubeClient over lightkube/httpx2)."""
+    """The same GET through gpudra's own client (gpudra.kube.client.KubeClient over lightkube/httpx2)."""
     client = KubeClient(load_config(kubeconfig))
     try:
         for _ in range(20):

@@ -14,7 +14,7 @@ from typing import Any
 
 from benchlib import claims as bc
 from benchlib.stats import latency_ms, throughput, trend_ms
-from gpudra import kubeletsim
+from gpudra.devtools import kubeletsim
 
 Answers = dict[str, Any]
 Call = Callable[[Sequence[bc.BenchClaim]], tuple[Answers, float]]

@@ -1,6 +1,6 @@
 """The two processes under test: the stand-in API server and ``gpudra run``, plus a small HTTP client.
 
-Both are separate processes, as in a cluster: the stand-in is ``python -m gpudra.fakeapi`` (with
+Both are separate processes, as in a cluster: the stand-in is ``python -m gpudra.devtools.fakeapi`` (with
 ``--request-log`` so its request log can be read from here), the plugin is the real ``gpudra run``.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from gpudra import names
+from gpudra.model import names
 
 SLICES = "/apis/resource.k8s.io/v1/resourceslices"
 
@@ -55,7 +55,7 @@ class Http:
 
 @dataclass
 class StandIn:
-    """``python -m gpudra.fakeapi`` in its own process, logging every request to ``request_log``."""
+    """``python -m gpudra.devtools.fakeapi`` in its own process, logging every request to ``request_log``."""
 
     root: Path
     proc: subprocess.Popen[bytes] | None = None
@@ -74,7 +74,7 @@ class StandIn:
         cmd = [
             sys.executable,
             "-m",
-            "gpudra.fakeapi",
+            "gpudra.devtools.fakeapi",
             "--kubeconfig",
             str(self.kubeconfig),
             "--request-log",

@@ -115,7 +115,7 @@ def _discovery_rows(r: R) -> list[R]:
 _FLOORS = (
     ("do-nothing Python gRPC server, same client", ("grpc_noop",), "0.45 ms", "floor_grpc"),
     ("ResourceClaim GET, bare http.client + json", ("get_bare",), "0.99 ms", "floor_get"),
-    ("ResourceClaim GET via gpudra.kube (lightkube)", ("get_client",), "-", "floor_get_client"),
+    ("ResourceClaim GET via gpudra.kube.client (lightkube)", ("get_client",), "-", "floor_get_client"),
     ("1 KiB write+fsync in the state dir", ("disk", "write_fsync_1k"), "0.21 ms", "floor_fsync"),
     (
         "1 KiB atomic replace (tmp, fsync, rename, fsync dir)",

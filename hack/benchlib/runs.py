@@ -29,7 +29,7 @@ from benchlib.procs import (
     open_slice_watch,
 )
 from benchlib.stats import latency_ms
-from gpudra import kubeletsim
+from gpudra.devtools import kubeletsim
 
 SHAPES = (Shape("sequential", 1, 1), Shape("batch16", 16, 1), Shape("inflight8", 1, 8))
 

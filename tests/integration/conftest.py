@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from gpudra import kubeletsim, names
-from gpudra.fakeapi import FakeApiServer
+from gpudra.devtools import kubeletsim
+from gpudra.devtools.fakeapi import FakeApiServer
+from gpudra.model import names
 
 NODE = "node-a"
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from gpudra import names
-from gpudra.cdiinject import ContainerView
-from gpudra.devicemeta import CONTAINER_ROOT
-from gpudra.edits import DEVICE_DESCRIPTION_DIR, env_key
-from gpudra.fakeapi import FakeApiServer
-from gpudra.kubeletsim import Claim, Container, ContainerClaim, Kubelet, KubeletError, Pod, PodClaim
+from gpudra.devtools.cdiinject import ContainerView
+from gpudra.devtools.fakeapi import FakeApiServer
+from gpudra.devtools.kubeletsim import Claim, Container, ContainerClaim, Kubelet, KubeletError, Pod, PodClaim
+from gpudra.model import names
+from gpudra.planning.devicemeta import CONTAINER_ROOT
+from gpudra.vendors.edits import DEVICE_DESCRIPTION_DIR, env_key
 from tests.integration.conftest import NODE, PluginProcess, cdi_spec_path, device_names
 
 pytestmark = pytest.mark.integration

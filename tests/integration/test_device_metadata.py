@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from gpudra import names
-from gpudra.devicemeta import CONTAINER_ROOT, POD_CLAIM_NAME_ANNOTATION
-from gpudra.fakeapi import FakeApiServer
+from gpudra.devtools.fakeapi import FakeApiServer
+from gpudra.model import names
+from gpudra.planning.devicemeta import CONTAINER_ROOT, POD_CLAIM_NAME_ANNOTATION
 from tests.integration.conftest import NODE, PluginProcess, cdi_spec_path, device_names, make_claim
 
 pytestmark = pytest.mark.integration

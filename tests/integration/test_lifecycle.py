@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gpudra import names
-from gpudra.fakeapi import FakeApiServer
+from gpudra.devtools.fakeapi import FakeApiServer
+from gpudra.model import names
 from tests.integration.conftest import (
     NODE,
     PluginProcess,

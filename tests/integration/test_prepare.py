@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from gpudra import names
-from gpudra.checkpoint import load_document
-from gpudra.fakeapi import FakeApiServer
+from gpudra.devtools.fakeapi import FakeApiServer
+from gpudra.model import names
+from gpudra.state.checkpoint import load_document
 from tests.integration.conftest import (
     NODE,
     PluginProcess,

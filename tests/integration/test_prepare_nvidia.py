@@ -11,15 +11,16 @@ from typing import Any
 
 import pytest
 
-from gpudra import cdiinject, slices
-from gpudra.backends.select import open_backend
-from gpudra.cdi import CdiWriter, cdi_device_id
-from gpudra.checkpoint import CheckpointStore
-from gpudra.devicemeta import CONTAINER_ROOT
-from gpudra.edits import HostRoots
-from gpudra.inventory import Device, DeviceKind, Inventory
-from gpudra.plan import ClaimRef
-from gpudra.prepare import Preparer, PrepareSettings
+from gpudra.devtools import cdiinject
+from gpudra.model.cdi import CdiWriter, cdi_device_id
+from gpudra.model.inventory import Device, DeviceKind, Inventory
+from gpudra.planning import slices
+from gpudra.planning.devicemeta import CONTAINER_ROOT
+from gpudra.planning.plan import ClaimRef
+from gpudra.state.checkpoint import CheckpointStore
+from gpudra.state.prepare import Preparer, PrepareSettings
+from gpudra.vendors.edits import HostRoots
+from gpudra.vendors.select import open_backend
 from tests.unit import nvidia_fake_host as fake
 
 RO = ["ro", "nosuid", "nodev", "bind"]

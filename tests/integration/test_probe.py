@@ -12,15 +12,15 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gpudra import kubeletsim
 from gpudra._proto import registration_v1_pb2, registration_v1_pb2_grpc
-from gpudra.fakeapi import FakeApiServer
-from gpudra.plan import ClaimRef
-from gpudra.prepare import ClaimResult
-from gpudra.server import dra
-from gpudra.server.probe import READINESS, PluginChecker, ProbeServer
-from gpudra.server.registration import Registrar
-from gpudra.server.sockets import UnixServer
+from gpudra.devtools import kubeletsim
+from gpudra.devtools.fakeapi import FakeApiServer
+from gpudra.kubelet import dra
+from gpudra.kubelet.probe import READINESS, PluginChecker, ProbeServer
+from gpudra.kubelet.registration import Registrar
+from gpudra.kubelet.sockets import UnixServer
+from gpudra.planning.plan import ClaimRef
+from gpudra.state.prepare import ClaimResult
 from tests.integration.conftest import PluginProcess, device_names
 
 pytestmark = pytest.mark.integration

@@ -21,9 +21,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gpudra import kubeletsim, names
-from gpudra.checkpoint import load_document
-from gpudra.fakeapi import FakeApiServer
+from gpudra.devtools import kubeletsim
+from gpudra.devtools.fakeapi import FakeApiServer
+from gpudra.model import names
+from gpudra.state.checkpoint import load_document
 from tests.integration.conftest import PluginProcess, cdi_spec_path, device_names, make_claim
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from gpudra._proto import dra_v1_pb2, registration_v1_pb2
-from gpudra.fakeapi import FakeApiServer
+from gpudra.devtools.fakeapi import FakeApiServer
 from tests.integration.conftest import PluginProcess, device_names, make_claim
 
 pytestmark = pytest.mark.integration

@@ -1,6 +1,6 @@
 """The ValidatingAdmissionPolicy of daemonset/base: the plugin may write only its own node's ResourceSlices.
 
-Its CEL expressions are evaluated with celpy (the library under gpudra.cel's emulation) on the
+Its CEL expressions are evaluated with celpy (the library under gpudra.devtools.cel's emulation) on the
 AdmissionRequest shapes the apiserver hands them: ``request`` (operation, userInfo with the node-name extra of
 a node-bound service-account token), ``object`` (null on DELETE), ``oldObject`` (null on CREATE) and the
 policy's own ``variables``. As with selectors, this is an emulation of the apiserver, not the apiserver.
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("gpudra.cel", reason="the CEL emulation (gpudra.cel, celpy) is not installed")
+pytest.importorskip("gpudra.devtools.cel", reason="the CEL emulation (celpy) is not installed")
 celpy = pytest.importorskip("celpy")
 from celpy import celtypes  # noqa: E402
 from celpy.adapter import json_to_cel  # noqa: E402

@@ -12,7 +12,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpudra.cdi import (
+from gpudra.model.cdi import (
     CdiDevice,
     CdiSpecError,
     CdiWriter,

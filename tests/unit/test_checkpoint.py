@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpudra.checkpoint import (
+from gpudra.state.checkpoint import (
     PREPARE_COMPLETED,
     PREPARE_STARTED,
     CheckpointFormatError,
@@ -266,7 +266,7 @@ def test_concurrent_read_modify_write_loses_no_update(paths: tuple[Path, Path]) 
 def test_new_boot_starts_clean(paths: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
     _save(_store(paths, boot="boot-1"), _claim("a"))
     after = _store(paths, boot="boot-2")
-    with caplog.at_level(logging.WARNING, logger="gpudra.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="gpudra.state.checkpoint"):
         assert after.snapshot() == {}
     assert "rebooted" in caplog.text
     with after.transaction() as txn:
@@ -306,7 +306,7 @@ def test_corrupt_file_is_moved_aside(
     paths[0].write_bytes(content)
     seen: list[tuple[Path, str]] = []
     store = _store(paths, on_corrupt=lambda p, why: seen.append((p, why)))
-    with caplog.at_level(logging.ERROR, logger="gpudra.checkpoint"):
+    with caplog.at_level(logging.ERROR, logger="gpudra.state.checkpoint"):
         assert store.snapshot() == {}
     aside = list(paths[0].parent.glob("checkpoint.json.corrupt-*"))
     assert len(aside) == 1

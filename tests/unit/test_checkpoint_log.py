@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpudra.checkpoint import (
+from gpudra.state.checkpoint import (
     PREPARE_COMPLETED,
     PREPARE_STARTED,
     CheckpointStore,
@@ -21,7 +21,7 @@ from gpudra.checkpoint import (
     PreparedDevice,
     load_document,
 )
-from gpudra.checkpoint_format import (
+from gpudra.state.checkpoint_format import (
     COMPACTION_SLACK,
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -241,7 +241,7 @@ def test_a_newer_versions_unknown_change_is_skipped(
 ) -> None:
     head = {"version": SCHEMA_VERSION + 1, "bootId": BOOT, "claims": {}}
     paths[0].write_bytes(json.dumps(head).encode() + b"\n" + b'{"pin": "a"}\n' + encode_put(_claim("b")))
-    with caplog.at_level(logging.WARNING, logger="gpudra.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="gpudra.state.checkpoint"):
         assert set(_store(paths).snapshot()) == {"b"}
     assert "unknown to this version" in caplog.text
 

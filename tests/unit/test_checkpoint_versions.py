@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gpudra.checkpoint import PREPARE_COMPLETED, PREPARE_STARTED, ClaimRecord, PreparedDevice
+from gpudra.state.checkpoint import PREPARE_COMPLETED, PREPARE_STARTED, ClaimRecord, PreparedDevice
 from tests.unit.test_checkpoint import BOOT, _claim, _on_disk, _save, _store
 
 

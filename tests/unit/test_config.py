@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpudra import config, names
-from gpudra.k8stypes import DeviceAllocationConfiguration
+from gpudra.model import names
+from gpudra.model.k8stypes import DeviceAllocationConfiguration
+from gpudra.planning import config
 
 API = "gpudra.io/v1alpha1"
 Source = Literal["FromClass", "FromClaim"]

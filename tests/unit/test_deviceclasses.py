@@ -1,7 +1,7 @@
 """The shipped DeviceClasses: valid ``resource.k8s.io/v1`` objects whose selectors pick the right devices.
 
 Devices are published exactly as the driver does (mock backend -> discover -> ``slices.plan_slices``) and
-the selectors run on gpudra's CEL emulation (:mod:`gpudra.cel`), not on the scheduler.
+the selectors run on gpudra's CEL emulation (:mod:`gpudra.devtools.cel`), not on the scheduler.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
-from gpudra import cel, k8stypes, names
-from gpudra.backends.base import DiscoveryError
-from gpudra.backends.select import list_profiles, open_backend
-from gpudra.slices import plan_slices
+from gpudra.devtools import cel
+from gpudra.model import k8stypes, names
+from gpudra.planning.slices import plan_slices
+from gpudra.vendors.base import DiscoveryError
+from gpudra.vendors.select import list_profiles, open_backend
 
 REPO = Path(__file__).resolve().parents[2]
 CLASS_DIR = REPO / "deviceclasses"

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 
-from gpudra.devicemeta import API_VERSIONS, MetadataDevice, container_path, metadata_stream, top_request
+from gpudra.planning.devicemeta import (
+    API_VERSIONS,
+    MetadataDevice,
+    container_path,
+    metadata_stream,
+    top_request,
+)
 
 
 def test_stream_has_one_object_per_version_with_the_same_body() -> None:

@@ -12,16 +12,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpudra.cdi import CdiDevice, ContainerEdits, DeviceNode, build_spec, cdi_device_name
-from gpudra.edits import EditsError, HostRoots, hardware_edits
-from gpudra.edits_amd import (
+from gpudra.model.cdi import CdiDevice, ContainerEdits, DeviceNode, build_spec, cdi_device_name
+from gpudra.model.inventory import Device, DeviceKind, PartitionInfo, Vendor
+from gpudra.vendors.amd.edits import (
     amd_edits,
     edits_for_nodes,
     group_ids,
     host_node,
     render_node,
 )
-from gpudra.inventory import Device, DeviceKind, PartitionInfo, Vendor
+from gpudra.vendors.edits import EditsError, HostRoots, hardware_edits
 
 UID = "c70e2b4a-5d6f-4a1b-9c8d-0e1f2a3b4c5d"  # starts with a letter: cdiVersion 0.3.0 possible
 CHR = stat.S_IFCHR | 0o660

@@ -8,11 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from gpudra.cdi import CdiDevice, ContainerEdits, DeviceNode, Hook, Mount, build_spec, cdi_device_name
-from gpudra.edits import EditsError, HostRoots, hardware_edits
-from gpudra.edits_nvidia import mig_cap_nodes, mig_edits, nvidia_device_edits, overlay, user_space_edits
-from gpudra.inventory import Device, DeviceKind, MigInfo, Vendor
-from gpudra.nvidia_host import parse_mig_minors
+from gpudra.model.cdi import CdiDevice, ContainerEdits, DeviceNode, Hook, Mount, build_spec, cdi_device_name
+from gpudra.model.inventory import Device, DeviceKind, MigInfo, Vendor
+from gpudra.vendors.edits import EditsError, HostRoots, hardware_edits
+from gpudra.vendors.nvidia.edits import (
+    mig_cap_nodes,
+    mig_edits,
+    nvidia_device_edits,
+    overlay,
+    user_space_edits,
+)
+from gpudra.vendors.nvidia.host import parse_mig_minors
 from tests.unit import nvidia_fake_host as fake
 
 UID = "c70e2b4a-5d6f-4a1b-9c8d-0e1f2a3b4c5d"

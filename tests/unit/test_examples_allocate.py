@@ -1,7 +1,8 @@
 """Every example claim in deviceclasses/examples/ can really be allocated on a matching mock node.
 
 A small emulation of the scheduler's device choice: the request's DeviceClass selectors and its own
-selectors (evaluated with gpudra.cel, as the scheduler would, including missing-key errors), its count, and
+selectors (evaluated with gpudra.devtools.cel, as the scheduler would, including missing-key errors), its
+count, and
 ``matchAttribute`` constraints. It proves each example is satisfiable on the profile its README targets and
 that the selectors never hit a CEL runtime error on that node's devices.
 """
@@ -16,9 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
-from gpudra import k8stypes, slices
-from gpudra.backends.select import open_backend
-from gpudra.cel import evaluate_selector
+from gpudra.devtools.cel import evaluate_selector
+from gpudra.model import k8stypes
+from gpudra.planning import slices
+from gpudra.vendors.select import open_backend
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "deviceclasses" / "examples"

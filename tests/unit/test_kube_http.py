@@ -1,4 +1,4 @@
-"""``KubeClient.get_claim`` over the keep-alive stdlib transport (:mod:`gpudra.kube_http`), on real sockets.
+"""``KubeClient.get_claim`` over the keep-alive stdlib transport (:mod:`gpudra.kube.http`), on real sockets.
 
 The stand-in API server covers the happy path, its errors and concurrency; a small scripted HTTP(S) server
 in this file covers what the stand-in cannot: connections, tokens, 401, a server that drops keep-alive
@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from gpudra.fakeapi import FakeApiServer
-from gpudra.kube import KubeClient, KubeError, load_config
-from gpudra.kube_http import BearerToken
+from gpudra.devtools.fakeapi import FakeApiServer
+from gpudra.kube.client import KubeClient, KubeError, load_config
+from gpudra.kube.http import BearerToken
 
 CLAIMS = "/apis/resource.k8s.io/v1/namespaces"
 Answer = tuple[int, Any, bool]  # status, JSON body (or raw bytes), close the connection after answering

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gpudra.kube import KubeError
+from gpudra.kube.client import KubeError
 from tests.unit.test_kube_http import client, scripted, write_kubeconfig
 
 # ---- TLS ------------------------------------------------------------------------------------------------

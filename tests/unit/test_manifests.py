@@ -18,7 +18,8 @@ import kubernetes.client
 import pytest
 import yaml
 
-from gpudra import cli, names
+from gpudra import cli
+from gpudra.model import names
 from tests.unit.kustomize_subset import containers, identity, load_documents, render
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,5 +1,6 @@
 """The example claims in deviceclasses/examples/: one folder per scenario, consistent with the driver's public
-vocabulary (DeviceClass, attribute and capacity names in gpudra.names) and with themselves (every pod claim
+vocabulary (DeviceClass, attribute and capacity names in gpudra.model.names) and with themselves (every pod
+claim
 names a claim or template of its folder, every container claim a pod claim). That the objects deserialise into
 the official models is checked with the other manifests in test_manifests.py."""
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gpudra import names
+from gpudra.model import names
 from tests.unit.kustomize_subset import load_documents
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,7 +147,7 @@ def _selectors() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize(("scenario", "expression"), _selectors())
 def test_selectors_compile_under_the_cel_emulation(scenario: str, expression: str) -> None:
-    cel = pytest.importorskip("gpudra.cel", reason="the CEL emulation (gpudra.cel, celpy) is not installed")
+    cel = pytest.importorskip("gpudra.devtools.cel", reason="the CEL emulation (celpy) is not installed")
     assert cel.compile_selector(expression).expression == expression, scenario
 
 

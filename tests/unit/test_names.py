@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpudra import names
+from gpudra.model import names
 
 PINNED = {
     "DRIVER_NAME": "gpudra.io",

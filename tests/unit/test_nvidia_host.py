@@ -12,16 +12,16 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpudra.cdi import CdiSpecError, ContainerEdits, DeviceNode, Hook, Mount
-from gpudra.edits import EditsError
-from gpudra.nvidia_driver_root import (
+from gpudra.model.cdi import CdiSpecError, ContainerEdits, DeviceNode, Hook, Mount
+from gpudra.vendors.edits import EditsError
+from gpudra.vendors.nvidia.driver_root import (
     driver_files_edits,
     driver_root_files,
     library_candidates,
     pick_version,
     scan_driver_root,
 )
-from gpudra.nvidia_host import (
+from gpudra.vendors.nvidia.host import (
     ToolkitSpec,
     container_edits_from_cdi,
     driver_version_of,

@@ -11,10 +11,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpudra import config, names
-from gpudra.inventory import Device, DeviceKind, Vendor
-from gpudra.k8stypes import DeviceAllocationConfiguration, DeviceRequestAllocationResult, ResourceClaim
-from gpudra.plan import ClaimPlan, ClaimRef, DeviceToPrepare, DeviceUse, PlanError, find_conflict, plan_claim
+from gpudra.model import names
+from gpudra.model.inventory import Device, DeviceKind, Vendor
+from gpudra.model.k8stypes import DeviceAllocationConfiguration, DeviceRequestAllocationResult, ResourceClaim
+from gpudra.planning import config
+from gpudra.planning.plan import (
+    ClaimPlan,
+    ClaimRef,
+    DeviceToPrepare,
+    DeviceUse,
+    PlanError,
+    find_conflict,
+    plan_claim,
+)
 
 POOL = "node-a"
 UID = "1111-aaaa"

@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gpudra import slices
-from gpudra.backends.select import open_backend
-from gpudra.cdi import CdiWriter
-from gpudra.checkpoint import CheckpointStore
-from gpudra.edits import HostRoots
-from gpudra.inventory import DeviceKind
-from gpudra.plan import ClaimRef
-from gpudra.prepare import Preparer, PrepareSettings
+from gpudra.model.cdi import CdiWriter
+from gpudra.model.inventory import DeviceKind
+from gpudra.planning import slices
+from gpudra.planning.plan import ClaimRef
+from gpudra.state.checkpoint import CheckpointStore
+from gpudra.state.prepare import Preparer, PrepareSettings
+from gpudra.vendors.edits import HostRoots
+from gpudra.vendors.select import open_backend
 
 
 class Claims:

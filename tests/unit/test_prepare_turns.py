@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from gpudra.backends.select import open_backend
-from gpudra.cdi import CdiWriter
-from gpudra.checkpoint import PREPARE_STARTED, CheckpointStore, load_document
-from gpudra.edits import HostRoots
-from gpudra.inventory import Inventory
-from gpudra.plan import ClaimRef
-from gpudra.prepare import Preparer, PrepareSettings
+from gpudra.model.cdi import CdiWriter
+from gpudra.model.inventory import Inventory
+from gpudra.planning.plan import ClaimRef
+from gpudra.state.checkpoint import PREPARE_STARTED, CheckpointStore, load_document
+from gpudra.state.prepare import Preparer, PrepareSettings
+from gpudra.vendors.edits import HostRoots
+from gpudra.vendors.select import open_backend
 from tests.unit.test_prepare_mig import Claims
 
 
@@ -45,7 +45,7 @@ class InterleavingCdi(CdiWriter):
 
 
 def _setup(tmp_path: Path, inventory: Inventory) -> tuple[Preparer, Claims, InterleavingCdi, CheckpointStore]:
-    from gpudra import slices
+    from gpudra.planning import slices
 
     claims = Claims()
     for i, dev in enumerate(inventory.devices[:3]):
@@ -100,7 +100,7 @@ def test_a_concurrent_prepare_of_the_same_claim_gives_the_same_answer(
 
 
 def test_a_rival_for_the_device_in_the_gap_is_refused(tmp_path: Path, inventory: Inventory) -> None:
-    from gpudra import slices
+    from gpudra.planning import slices
 
     preparer, claims, cdi, _ = _setup(tmp_path, inventory)
     ref = _ref(claims, "c0")

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from gpudra.fakeapi import FakeApiServer
-from gpudra.inventory import Device, DeviceKind, Inventory, PciPlacement, Semver, Vendor
-from gpudra.kube import KubeClient, load_config
-from gpudra.publisher import Backoff, Publisher
+from gpudra.devtools.fakeapi import FakeApiServer
+from gpudra.kube.client import KubeClient, load_config
+from gpudra.kube.publisher import Backoff, Publisher
+from gpudra.model.inventory import Device, DeviceKind, Inventory, PciPlacement, Semver, Vendor
 
 NODE = "node-p"
 SLICES = "/apis/resource.k8s.io/v1/resourceslices"
@@ -149,7 +149,7 @@ def test_other_nodes_and_drivers_are_left_alone(api: FakeApiServer, kube: KubeCl
 
 
 def _with_taint(inv: Inventory, node: str, node_uid: str | None, generation: int) -> list[Any]:
-    from gpudra import slices
+    from gpudra.planning import slices
 
     planned = slices.plan_slices(inv, node, node_uid, generation)
     planned[0]["spec"]["devices"][0]["taints"] = [{"key": "gpudra.io/maintenance", "effect": "NoSchedule"}]  # type: ignore[typeddict-unknown-key]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpudra.quantity import (
+from gpudra.model.quantity import (
     QuantityFormat,
     canonical_quantity,
     parse_quantity,

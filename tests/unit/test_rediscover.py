@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from gpudra.inventory import Device, DeviceKind, Inventory, Vendor
-from gpudra.rediscover import Rediscovery
+from gpudra.model.inventory import Device, DeviceKind, Inventory, Vendor
+from gpudra.state.rediscovery import Rediscovery
 
 GPU = Device(kind=DeviceKind.GPU, vendor=Vendor.NVIDIA, uuid="GPU-1", product_name="GB200", index=0)
 

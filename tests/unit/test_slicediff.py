@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpudra import slices
-from gpudra.inventory import Inventory
-from gpudra.quantity import canonical_quantity
-from gpudra.slicediff import slice_content_equal
+from gpudra.model.inventory import Inventory
+from gpudra.model.quantity import canonical_quantity
+from gpudra.planning import slices
+from gpudra.planning.slicediff import slice_content_equal
 from tests.unit.test_slices import H100, NV_INV, inventories
 
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpudra import apirules, names, slices
-from gpudra.inventory import (
+from gpudra.model import names
+from gpudra.model.inventory import (
     Device,
     DeviceKind,
     EngineCounts,
@@ -24,6 +24,7 @@ from gpudra.inventory import (
     Semver,
     Vendor,
 )
+from gpudra.planning import apirules, slices
 
 H100_UUID = "GPU-bb61b538-f5d8-b0ab-2cb5-fef794dece63"
 H100 = Device(

@@ -10,8 +10,8 @@ import dataclasses
 
 import pytest
 
-from gpudra import k8stypes, names, slices
-from gpudra.inventory import (
+from gpudra.model import k8stypes, names
+from gpudra.model.inventory import (
     Device,
     DeviceKind,
     EngineCounts,
@@ -21,7 +21,8 @@ from gpudra.inventory import (
     Semver,
     Vendor,
 )
-from gpudra.tables import inventory_table
+from gpudra.planning import slices
+from gpudra.runtime.tables import inventory_table
 
 PARENT_UUID = "GPU-0d100000-0000-0000-0000-000000000000"
 PARENT = Device(

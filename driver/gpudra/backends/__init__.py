@@ -1,1 +1,0 @@
-"""Hardware backends: the only code that talks to NVML, amdsmi or sysfs."""

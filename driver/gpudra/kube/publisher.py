@@ -1,0 +1,267 @@
+"""Keeps this node's ResourceSlices in the API equal to what discovery found.
+
+One background thread: list our slices, reconcile, then watch them. A slice someone deletes or edits is put
+back; a changed inventory gets a new pool generation. Nothing is requested while nothing changes (the watch
+stays open). When the API is unreachable it retries with capped exponential backoff. Slices are left in place
+on shutdown: the kubelet removes them if the plugin stays away, and a restart finds them current.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from gpudra.kube.client import KubeError, WatchEvent
+from gpudra.model.inventory import Inventory
+from gpudra.model.k8stypes import ResourceSlice
+from gpudra.planning import slicediff, slices
+
+log = logging.getLogger(__name__)
+
+
+Planner = Callable[[Inventory, str, str | None, int], list[ResourceSlice]]
+
+
+class SliceApi(Protocol):
+    """The API calls the publisher needs (implemented by :class:`gpudra.kube.client.KubeClient`)."""
+
+    def get_node_uid(self, node_name: str) -> str: ...
+    def list_slices(self, node_name: str) -> tuple[list[ResourceSlice], str]: ...
+    def watch_slices(self, node_name: str, resource_version: str) -> Iterator[WatchEvent]: ...
+    def create_slice(self, obj: ResourceSlice) -> ResourceSlice: ...
+    def replace_slice(self, obj: ResourceSlice) -> ResourceSlice: ...
+    def delete_slice(self, name: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    initial_s: float = 0.2
+    max_s: float = 30.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.initial_s
+        while True:
+            yield delay * random.uniform(0.8, 1.2)
+            delay = min(delay * 2, self.max_s)
+
+
+def _name(obj: ResourceSlice) -> str:
+    return obj.get("metadata", {}).get("name", "")
+
+
+def _generation(obj: ResourceSlice) -> int:
+    return obj.get("spec", {}).get("pool", {}).get("generation", 0)
+
+
+def _rv(obj: ResourceSlice) -> int | None:
+    rv = obj.get("metadata", {}).get("resourceVersion", "")
+    return int(rv) if rv.isdigit() else None
+
+
+def _same_plan(a: list[ResourceSlice], b: list[ResourceSlice]) -> bool:
+    if [_name(s) for s in a] != [_name(s) for s in b]:
+        return False
+    return all(slicediff.slice_content_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+class Publisher:
+    def __init__(
+        self,
+        api: SliceApi,
+        node_name: str,
+        inventory: Inventory,
+        *,
+        backoff: Backoff | None = None,
+        on_published: Callable[[int], None] | None = None,
+        planner: Planner = slices.plan_slices,
+    ) -> None:
+        self._api = api
+        self._node = node_name
+        self._inventory = inventory
+        self._backoff = backoff or Backoff()
+        self._on_published = on_published
+        self._planner = planner
+        # per slice: (what we sent, what the server kept) when the server dropped some of it
+        self._accepted: dict[str, tuple[ResourceSlice, ResourceSlice]] = {}
+        self.dropped_fields: list[str] = []  # fields the API server silently dropped (feature gates off)
+        self._node_uid: str | None = None
+        self._generation = 0
+        self._actual: dict[str, ResourceSlice] = {}
+        self._written_rv: dict[str, int] = {}  # per slice: version our last write or delete left it at
+        self._published: list[ResourceSlice] | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # guards _inventory
+        self._rlock = threading.RLock()  # one reconcile at a time (watch thread vs update_inventory)
+        self._thread: threading.Thread | None = None
+        self.synced = threading.Event()  # set after the first successful reconcile
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="slice-publisher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop reconciling; slices stay in the API. The watch thread is a daemon and is not joined."""
+        self._stop.set()
+
+    def update_inventory(self, inventory: Inventory) -> None:
+        """Publish a changed inventory now (from the caller's thread); raises KubeError on API failure."""
+        with self._lock:
+            self._inventory = inventory
+        if self.synced.is_set():
+            self._reconcile()
+
+    # ---- the loop -----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        delays = self._backoff.delays()
+        while not self._stop.is_set():
+            try:
+                self._session()
+                delays = self._backoff.delays()
+            except KubeError as e:
+                if self._stop.is_set():
+                    return
+                delay = next(delays)
+                log.warning("ResourceSlice publishing: %s; retrying in %.1fs", e, delay)
+                self._stop.wait(delay)
+            except Exception:
+                delay = next(delays)
+                log.exception("ResourceSlice publishing failed unexpectedly; retrying in %.1fs", delay)
+                self._stop.wait(delay)
+
+    def _session(self) -> None:
+        """List, reconcile, then follow the watch until it ends or something needs reconciling again."""
+        if self._node_uid is None:
+            self._node_uid = self._api.get_node_uid(self._node)
+        items, rv = self._api.list_slices(self._node)
+        with self._rlock:
+            self._actual = {_name(s): s for s in items}
+            self._written_rv.clear()
+        self._reconcile()
+        self.synced.set()
+        for event in self._api.watch_slices(self._node, rv):
+            if self._stop.is_set():
+                return
+            if event.type not in ("ADDED", "MODIFIED", "DELETED"):
+                continue
+            with self._rlock:
+                self._observe(event)
+            self._reconcile()
+
+    def _observe(self, event: WatchEvent) -> None:
+        name = _name(event.object)
+        # The watch trails our own writes: an event at or below the version our last write/delete of this
+        # object returned is an echo of something already known (client-go's mutation cache does the same).
+        # Where versions are not integers, no event is skipped; a stale one then costs a 409 and a relist.
+        known, seen = self._written_rv.get(name), _rv(event.object)
+        if known is not None and seen is not None and seen <= known:
+            return
+        self._written_rv.pop(name, None)
+        if event.type == "DELETED":
+            self._actual.pop(name, None)
+        else:
+            self._actual[name] = event.object
+
+    def _desired(self, generation: int) -> list[ResourceSlice]:
+        with self._lock:
+            inv = self._inventory
+        return self._planner(inv, self._node, self._node_uid, generation)
+
+    def _reconcile(self) -> None:
+        """Make the API match the plan with as few writes as possible."""
+        with self._rlock:
+            gen = max([self._generation, *(_generation(s) for s in self._actual.values())])
+            desired = self._desired(gen)
+            if gen > 0 and self._matches(desired):
+                self._generation, self._published = gen, desired
+                return
+            # Our plan changed (or this is the first publish): a new generation tells the scheduler to
+            # drop the old view. A slice someone else deleted or edited is restored at the same generation.
+            if self._published is None or not _same_plan(desired, self._published):
+                gen += 1
+                desired = self._desired(gen)
+            self._write(desired)
+            self._generation, self._published = gen, desired
+        if self._on_published is not None:
+            self._on_published(gen)
+
+    def _matches(self, desired: list[ResourceSlice]) -> bool:
+        if {_name(s) for s in desired} != set(self._actual):
+            return False
+        return all(self._in_sync(d, self._actual[_name(d)]) for d in desired)
+
+    def _in_sync(self, desired: ResourceSlice, actual: ResourceSlice) -> bool:
+        """Equal to the plan — or to what the server kept of this very plan when it dropped fields."""
+        if slicediff.slice_content_equal(desired, actual):
+            return True
+        accepted = self._accepted.get(_name(desired))
+        return (
+            accepted is not None
+            and slicediff.slice_content_equal(accepted[0], desired)
+            and slicediff.slice_content_equal(accepted[1], actual)
+        )
+
+    def _write(self, desired: list[ResourceSlice]) -> None:
+        wanted = {_name(s) for s in desired}
+        for obj in desired:
+            name = _name(obj)
+            have = self._actual.get(name)
+            if have is not None and self._in_sync(obj, have):
+                continue
+            written = self._create(obj) if have is None else self._replace(obj, have)
+            self._actual[name] = written
+            self._remember(name, written)
+            self._check_dropped(obj, written)
+        for name in sorted(set(self._actual) - wanted):
+            try:
+                self._api.delete_slice(name)
+            except KubeError as e:
+                if not e.not_found:
+                    raise
+            self._remember(name, self._actual.pop(name))
+        log.info("published %d ResourceSlice(s) for node %s", len(desired), self._node)
+
+    def _check_dropped(self, sent: ResourceSlice, kept: ResourceSlice) -> None:
+        """Read back what the server stored: a feature gate that is off makes it drop fields silently."""
+        name = _name(sent)
+        if slicediff.slice_content_equal(sent, kept):
+            self._accepted.pop(name, None)
+            return
+        self._accepted[name] = (sent, kept)
+        dropped = slicediff.dropped_fields(sent, kept)
+        self.dropped_fields = sorted(set(self.dropped_fields) | set(dropped))
+        log.error(
+            "the API server dropped fields of ResourceSlice %s (a feature gate is probably off): %s",
+            name, ", ".join(dropped) or "(values changed)",
+        )
+
+    def _remember(self, name: str, obj: ResourceSlice) -> None:
+        rv = _rv(obj)
+        if rv is not None:
+            self._written_rv[name] = rv
+
+    def _create(self, obj: ResourceSlice) -> ResourceSlice:
+        try:
+            return self._api.create_slice(obj)
+        except KubeError as e:
+            if not e.conflict:
+                raise
+            raise KubeError(f"ResourceSlice {_name(obj)} appeared meanwhile; relisting", e.code) from e
+
+    def _replace(self, obj: ResourceSlice, have: ResourceSlice) -> ResourceSlice:
+        body: ResourceSlice = {**obj, "metadata": {**obj.get("metadata", {})}}
+        rv = have.get("metadata", {}).get("resourceVersion")
+        if rv:
+            body["metadata"]["resourceVersion"] = rv
+        try:
+            return self._api.replace_slice(body)
+        except KubeError as e:
+            if e.not_found:
+                return self._api.create_slice(obj)
+            raise

@@ -1,0 +1,54 @@
+"""gRPC servers on unix sockets: bind (replacing a stale socket file), stop, and clean up."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+
+from gpudra.kubelet.paths import MAX_SOCKET_PATH, fit_socket_path, socket_name
+
+__all__ = ["MAX_SOCKET_PATH", "Registrar", "UnixServer", "fit_socket_path", "socket_name"]
+
+log = logging.getLogger(__name__)
+
+Registrar = Callable[[grpc.Server], None]
+
+
+class UnixServer:
+    """One grpc.Server listening on one unix socket path."""
+
+    def __init__(self, path: Path, registrars: list[Registrar], max_workers: int = 8) -> None:
+        self.path = path
+        self._registrars = registrars
+        self._max_workers = max_workers
+        self._server: grpc.Server | None = None
+
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.unlink(missing_ok=True)  # a stale socket from a previous run blocks bind()
+        server = grpc.server(ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="grpc"))
+        for register in self._registrars:
+            register(server)
+        if server.add_insecure_port(f"unix://{self.path}") == 0:
+            raise OSError(f"cannot listen on {self.path}")
+        server.start()
+        self._server = server
+        log.debug("serving on %s", self.path)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls; with ``grace``, let calls in flight finish for up to that long (no call in
+        flight: returns at once). The socket file is removed first, so no new client can connect."""
+        server, self._server = self._server, None
+        self.path.unlink(missing_ok=True)
+        if server is not None:
+            done = server.stop(grace)
+            if grace:
+                done.wait(grace)
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None

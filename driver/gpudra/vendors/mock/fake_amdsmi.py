@@ -1,0 +1,215 @@
+"""A fake ``amdsmi`` module served from an :class:`~gpudra.vendors.mock.amd_profile.AmdProfile`, and the AMD
+mock.
+
+:class:`FakeAmdSmi` has the functions :class:`~gpudra.vendors.amd.smi.AmdSmi` calls, with the Python
+wrapper's shapes (ROCm/amdsmi ``py-interface/amdsmi_interface.py``): ``amdsmi_init(flag)``, a list of
+processor handles (one per partition, amdsmi's bus id ``0000:05:00.<partition>``), ``dict`` answers whose
+ids are hex strings and whose unknowns are ``"N/A"``, VRAM in MiB, partition modes as strings, and failures as
+``AmdSmiLibraryException(status)``. Every partition handle of a GPU reports the GPU's UUID, built the way
+``amdsmi_uuid_gen`` does (asic serial = the GPU's ``unique_id``, device id, function byte 0xff). Functions in
+the profile's ``missing_functions`` do not exist (an older library); it never loads ``libamd_smi.so``.
+
+:class:`AmdMockBackend` is ``--backend mock`` for an AMD profile: the real
+:class:`~gpudra.vendors.amd.discovery.AmdBackend` over a tree written into a private temp dir and this fake
+(or no
+amdsmi at all when the profile says ``"amdsmi": null``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from gpudra.model.inventory import Inventory
+from gpudra.vendors.amd.discovery import AmdBackend
+from gpudra.vendors.amd.smi import STATUS_CODES
+from gpudra.vendors.amd.sysfs import gfx_name
+from gpudra.vendors.mock.amd_profile import AmdProfile, AmdSmiAnswers
+from gpudra.vendors.mock.fake_amd_sysfs import FakeDrmDevice, amd_layout, write_amd_sysfs
+
+_NOT_SUPPORTED: Final = STATUS_CODES["AMDSMI_STATUS_NOT_SUPPORTED"]
+_NOT_INIT: Final = STATUS_CODES["AMDSMI_STATUS_NOT_INIT"]
+_NA: Final = "N/A"
+_T = TypeVar("_T")
+
+
+def amdsmi_uuid(asic_serial: int, device_id: int) -> str:
+    """The UUID amdsmi derives from a GPU's asic serial and device id (function byte fixed at 0xff)."""
+    time_low = ((asic_serial >> 56) & 0xFF) << 24 | 0xFF << 16 | (device_id & 0xFFFF)
+    clock_low, node_hi = (asic_serial >> 48) & 0xFF, (asic_serial >> 32) & 0xFFFF
+    return f"{time_low:08x}-0000-1000-80{clock_low:02x}-{node_hi:04x}{asic_serial & 0xFFFFFFFF:08x}"
+
+
+class AmdSmiException(Exception):
+    """Base of the fake's errors, like ``amdsmi.AmdSmiException``."""
+
+
+class AmdSmiLibraryException(AmdSmiException):
+    """A non-success ``amdsmi_status_t``; ``err_code`` is the status value."""
+
+    def __init__(self, err_code: int) -> None:
+        code = abs(err_code)
+        super().__init__(code)
+        self.err_code = code
+        self.err_info = next((n for n, v in STATUS_CODES.items() if v == code), "AMDSMI_STATUS_UNKNOWN_ERROR")
+
+    def get_error_code(self) -> int:
+        return self.err_code
+
+    def get_error_info(self) -> str:
+        return self.err_info
+
+    def __str__(self) -> str:
+        return f"Error code:\n\t{self.err_code} | {self.err_info}"
+
+
+class AmdSmiParameterException(AmdSmiException):
+    """A handle or flag of the wrong type."""
+
+
+class AmdSmiInitFlags(IntEnum):
+    INIT_ALL_PROCESSORS = 0xFFFFFFFF
+    INIT_AMD_CPUS = 1
+    INIT_AMD_GPUS = 2
+    INIT_AMD_APUS = 3
+    INIT_NON_AMD_CPUS = 4
+    INIT_NON_AMD_GPUS = 8
+
+
+class FakeProcessorHandle:
+    """Opaque, like the wrapper's ``amdsmi_processor_handle``; only this fake can read it."""
+
+    __slots__ = ("_device", "_owner")
+
+    def __init__(self, owner: FakeAmdSmi, device: FakeDrmDevice) -> None:
+        self._owner = owner
+        self._device = device
+
+
+class FakeAmdSmi:
+    """Module-like stand-in for ``amdsmi``; one instance is one simulated node and library."""
+
+    AmdSmiException = AmdSmiException
+    AmdSmiLibraryException = AmdSmiLibraryException
+    AmdSmiParameterException = AmdSmiParameterException
+    AmdSmiInitFlags = AmdSmiInitFlags
+
+    def __init__(self, profile: AmdProfile) -> None:
+        self.profile = profile
+        self.answers = profile.amdsmi or AmdSmiAnswers()
+        self.init_count = 0
+        self.calls: list[str] = []
+        layout = amd_layout(profile)
+        self._handles = [FakeProcessorHandle(self, d) for d in layout if d.kfd_node is not None]
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("amdsmi_") and name in object.__getattribute__(self, "answers").missing_functions:
+            raise AttributeError(f"module 'amdsmi' has no attribute {name!r}")
+        return object.__getattribute__(self, name)
+
+    def amdsmi_init(self, flag: object = AmdSmiInitFlags.INIT_AMD_GPUS) -> None:
+        if not isinstance(flag, AmdSmiInitFlags):
+            raise AmdSmiParameterException(f"expected AmdSmiInitFlags, got {type(flag).__name__}")
+        self._enter("amdsmi_init", initialised=False)
+        self.init_count += 1
+
+    def amdsmi_shut_down(self) -> None:
+        self._enter("amdsmi_shut_down")
+        self.init_count -= 1
+
+    def amdsmi_get_processor_handles(self) -> list[FakeProcessorHandle]:
+        self._enter("amdsmi_get_processor_handles")
+        return list(self._handles)
+
+    def amdsmi_get_gpu_device_bdf(self, handle: object) -> str:
+        return self._device("amdsmi_get_gpu_device_bdf", handle).bus_id
+
+    def amdsmi_get_gpu_device_uuid(self, handle: object) -> str:
+        device = self._device("amdsmi_get_gpu_device_uuid", handle)
+        return amdsmi_uuid(device.gpu.unique_id or 0, self.profile.model.device_id)
+
+    def amdsmi_get_gpu_asic_info(self, handle: object) -> dict[str, Any]:
+        device = self._device("amdsmi_get_gpu_asic_info", handle)
+        model, props = self.profile.model, dict(self.profile.model.kfd_gpu_properties)
+        simd, per_cu = props.get("simd_count"), props.get("simd_per_cu")
+        target = props.get("gfx_target_version")
+        unique = device.gpu.unique_id
+        return {
+            "market_name": self.answers.market_name or _NA,
+            "vendor_id": hex(model.vendor_id),
+            "vendor_name": _NA,
+            "subvendor_id": hex(model.subsystem_vendor_id) if model.subsystem_vendor_id else _NA,
+            "device_id": hex(model.device_id),
+            "rev_id": _NA,
+            "asic_serial": f"0x{unique:016X}" if unique else _NA,
+            "oam_id": _NA,
+            "num_compute_units": simd // per_cu if simd and per_cu else _NA,
+            "target_graphics_version": (target and gfx_name(target)) or _NA,
+        }
+
+    def amdsmi_get_gpu_vram_info(self, handle: object) -> dict[str, Any]:
+        self._device("amdsmi_get_gpu_vram_info", handle)
+        size = _present(self.answers.vram_size_mib)
+        vram_type = self.answers.vram_type if self.answers.vram_type is not None else 0
+        return {"vram_type": vram_type, "vram_vendor": _NA, "vram_size": size, "vram_bit_width": _NA}
+
+    def amdsmi_get_gpu_driver_info(self, handle: object) -> dict[str, Any]:
+        self._device("amdsmi_get_gpu_driver_info", handle)
+        version = _present(self.answers.driver_version)
+        return {"driver_name": "amdgpu", "driver_version": version, "driver_date": _NA}
+
+    def amdsmi_get_gpu_compute_partition(self, handle: object) -> str:
+        gpu = self._device("amdsmi_get_gpu_compute_partition", handle).gpu
+        return _present(None if gpu.bdf in self.profile.faults.no_partition_files else gpu.compute_partition)
+
+    def amdsmi_get_gpu_memory_partition(self, handle: object) -> str:
+        gpu = self._device("amdsmi_get_gpu_memory_partition", handle).gpu
+        return _present(None if gpu.bdf in self.profile.faults.no_partition_files else gpu.memory_partition)
+
+    def _enter(self, call: str, *, initialised: bool = True) -> None:
+        self.calls.append(call)
+        code = self.answers.errors.get(call)
+        if code is not None:
+            raise AmdSmiLibraryException(code)
+        if initialised and self.init_count <= 0:
+            raise AmdSmiLibraryException(_NOT_INIT)
+
+    def _device(self, call: str, handle: object) -> FakeDrmDevice:
+        if not isinstance(handle, FakeProcessorHandle) or handle._owner is not self:
+            raise AmdSmiParameterException(f"{call}: not a processor handle of this library")
+        self._enter(call)
+        return handle._device
+
+
+def _present(value: _T | None) -> _T:
+    """A profile value, or NOT_SUPPORTED when the profile leaves it unknown (null)."""
+    if value is None:
+        raise AmdSmiLibraryException(_NOT_SUPPORTED)
+    return value
+
+
+class AmdMockBackend:
+    """``--backend mock`` for AMD profiles: the real AMD backend over a private tree and a fake amdsmi."""
+
+    name = "mock"
+
+    def __init__(self, profile: AmdProfile) -> None:
+        self.profile = profile
+        self._tmp = tempfile.TemporaryDirectory(prefix="gpudra-mock-amd-")
+        self.sysfs_root = Path(self._tmp.name)
+        try:
+            write_amd_sysfs(self.sysfs_root, profile)
+            self.amdsmi = FakeAmdSmi(profile) if profile.amdsmi is not None else None
+            self._backend = AmdBackend(self.sysfs_root, self.amdsmi)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
+
+    def discover(self) -> Inventory:
+        return self._backend.discover()
+
+    def close(self) -> None:
+        self._backend.close()
+        self._tmp.cleanup()

@@ -1,0 +1,172 @@
+"""A fake ``pynvml`` module served from a :class:`~gpudra.vendors.mock.profile.Profile`, and the mock backend.
+
+:class:`FakeNvml` has the pynvml functions the NVML backend calls (the MIG ones from
+:mod:`~gpudra.vendors.mock.fake_nvml_mig`, the NVLink ones from :mod:`~gpudra.vendors.mock.fake_nvml_links`),
+with
+pynvml's signatures and return types (``str`` for names and versions, ``int`` for enums,
+``pynvml.c_nvmlDevice_t`` handles, ``pynvml.nvmlPciInfo_t`` and ``pynvml.c_nvmlMemory_t`` structures, whose
+``char[]`` fields such as ``busId`` read back as ``str`` because pynvml's ``_PrintableStructure`` decodes
+them). Failures
+raise the real ``pynvml.NVMLError_*`` classes, and the real constants and error classes are reachable as
+attributes, so code written against pynvml runs unchanged. It never loads libnvidia-ml.
+
+:class:`MockBackend` is what ``--backend mock`` runs: the real
+:class:`~gpudra.vendors.nvidia.discovery.NvmlBackend`
+over a :class:`FakeNvml` and a sysfs tree written from the same profile into a private temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pynvml
+
+from gpudra.model.inventory import Inventory
+from gpudra.vendors.mock.fake_nvml_base import fail, present
+from gpudra.vendors.mock.fake_nvml_links import FakeLinkCalls
+from gpudra.vendors.mock.fake_nvml_mig import FakeMigCalls
+from gpudra.vendors.mock.profile import Profile
+from gpudra.vendors.nvidia.discovery import NvmlBackend
+from gpudra.vendors.sysfs import normalize_pci_bus_id, pci_device_link
+
+
+class FakeNvml(FakeMigCalls, FakeLinkCalls):
+    """Module-like stand-in for ``pynvml``; one instance is one simulated node (and one NVML library)."""
+
+    # -- system -------------------------------------------------------------------------------------------
+    def nvmlInitWithFlags(self, flags: int) -> None:
+        self.init("nvmlInitWithFlags")
+
+    def nvmlInit(self) -> None:
+        self.init("nvmlInit")
+
+    def nvmlShutdown(self) -> None:
+        self.enter("nvmlShutdown")
+        self.init_count -= 1
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        self.enter("nvmlSystemGetDriverVersion")
+        return present(self.profile.driver_version)
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:
+        self.enter("nvmlSystemGetCudaDriverVersion")
+        return present(self.profile.cuda_driver_version)
+
+    def nvmlSystemGetCudaDriverVersion_v2(self) -> int:
+        self.enter("nvmlSystemGetCudaDriverVersion_v2")
+        return present(self.profile.cuda_driver_version)
+
+    def nvmlDeviceGetCount(self) -> int:
+        self.enter("nvmlDeviceGetCount")
+        return len(self.profile.devices)
+
+    # -- devices ------------------------------------------------------------------------------------------
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> Any:
+        self.enter("nvmlDeviceGetHandleByIndex")
+        if not 0 <= index < len(self.profile.devices):
+            raise fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        self.device_errors("nvmlDeviceGetHandleByIndex", self.profile.devices[index])
+        return self.handle(("gpu", index))
+
+    def nvmlDeviceGetUUID(self, handle: Any) -> str:
+        gpu, mig = self.gpu_or_mig("nvmlDeviceGetUUID", handle)
+        return present(mig.uuid if mig is not None else gpu.uuid)
+
+    def nvmlDeviceGetName(self, handle: Any) -> str:
+        return present(self.gpu("nvmlDeviceGetName", handle).name)
+
+    def nvmlDeviceGetMinorNumber(self, handle: Any) -> int:
+        return present(self.gpu("nvmlDeviceGetMinorNumber", handle).minor)
+
+    def nvmlDeviceGetBrand(self, handle: Any) -> int:
+        return present(self.gpu("nvmlDeviceGetBrand", handle).brand)
+
+    def nvmlDeviceGetArchitecture(self, device: Any) -> int:
+        return present(self.gpu("nvmlDeviceGetArchitecture", device).architecture)
+
+    def nvmlDeviceGetNumGpuCores(self, device: Any) -> int:
+        return present(self.gpu("nvmlDeviceGetNumGpuCores", device).num_gpu_cores)
+
+    def nvmlDeviceGetNumaNodeId(self, handle: Any) -> int:
+        return present(self.gpu("nvmlDeviceGetNumaNodeId", handle).numa_node)
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle: Any) -> tuple[int, int]:
+        return present(self.gpu("nvmlDeviceGetCudaComputeCapability", handle).cuda_compute_capability)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> Any:
+        gpu, mig = self.gpu_or_mig("nvmlDeviceGetMemoryInfo", handle)
+        if mig is not None:
+            total = present(mig.memory_bytes)
+            return pynvml.c_nvmlMemory_t(total=total, free=total, used=0)
+        memory = present(gpu.memory)
+        if version:  # the _v2 struct carries "reserved", which profiles do not describe
+            raise fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return pynvml.c_nvmlMemory_t(total=memory.total, free=memory.free, used=memory.used)
+
+    def nvmlDeviceGetPciInfo_v3(self, handle: Any) -> Any:
+        return self._pci_info("nvmlDeviceGetPciInfo_v3", handle)
+
+    def nvmlDeviceGetPciInfo(self, handle: Any) -> Any:
+        return self._pci_info("nvmlDeviceGetPciInfo", handle)
+
+    def _pci_info(self, call: str, handle: Any) -> Any:
+        pci = present(self.gpu(call, handle).pci)
+        return pynvml.nvmlPciInfo_t(
+            busIdLegacy=pci.bus_id_legacy.encode(),
+            domain=pci.domain,
+            bus=pci.bus,
+            device=pci.device,
+            pciDeviceId=pci.pci_device_id,
+            pciSubSystemId=pci.pci_subsystem_id,
+            busId=pci.bus_id.encode(),
+        )
+
+
+def write_sysfs_tree(root: Path, profile: Profile) -> None:
+    """Write the sysfs entries a profile implies under ``root`` (``bus/pci/devices/<bdf>``, ``devices/…``).
+
+    With a ``pcie_root`` the bus entry is a relative symlink into ``devices/<pcie_root>/<bdf>`` (as on a real
+    node); without one it is a plain directory, so no root complex can be read from it.
+    """
+    for device in profile.devices:
+        bus_id = normalize_pci_bus_id(device.pci.bus_id) if device.pci is not None else None
+        if bus_id is None:
+            continue
+        link = pci_device_link(root, bus_id)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if device.sysfs.pcie_root is not None:
+            target = root / "devices" / device.sysfs.pcie_root / bus_id
+            target.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(target, link.parent))
+        else:
+            link.mkdir(exist_ok=True)
+        if device.sysfs.numa_node is not None:
+            (link / "numa_node").write_text(f"{device.sysfs.numa_node}\n", encoding="ascii")
+
+
+class MockBackend:
+    """``--backend mock``: the real NVML backend over :class:`FakeNvml` and a private sysfs tree."""
+
+    name = "mock"
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self._tmp = tempfile.TemporaryDirectory(prefix="gpudra-mock-sysfs-")
+        self.sysfs_root = Path(self._tmp.name)
+        try:
+            write_sysfs_tree(self.sysfs_root, profile)
+            self.nvml = FakeNvml(profile)
+            self._backend = NvmlBackend(self.nvml, sysfs_root=self.sysfs_root)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
+
+    def discover(self) -> Inventory:
+        return self._backend.discover()
+
+    def close(self) -> None:
+        self._backend.close()
+        self._tmp.cleanup()
