@@ -1,4 +1,5 @@
-"""Command line: ``gpudra discover``, ``gpudra run``, ``gpudra demo``.
+"""Command line: ``gpudra discover``, ``gpudra run``. (``gpudra-dev demo`` and the other development tools
+live in :mod:`gpudra.devtools`.)
 
 Every ``run`` flag has an environment twin (``NODE_NAME``, ``KUBECONFIG``, ``GPUDRA_*``) so a DaemonSet can
 configure it from the downward API; a flag given on the command line wins over its twin.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from gpudra import __version__
 from gpudra.runtime import logs
-from gpudra.vendors.base import HardwareBackend
+from gpudra.vendors.base import HostRoots, VendorDriver
 
 BACKENDS = ("auto", "nvml", "amd", "mock")
 
@@ -158,15 +159,18 @@ def _parser() -> argparse.ArgumentParser:
         help="serve grpc.health.v1 for kubelet gRPC probes on this port; 0 disables [env GPUDRA_PROBE_PORT]",
     )
     r.add_argument(
+        "--rediscover-interval",
+        type=float,
+        default=float(_env("GPUDRA_REDISCOVER_INTERVAL", "60") or 60),
+        help="seconds between re-discovery passes, which republish changed hardware (a lost GPU, a new MIG "
+        "layout); 0 turns them off (SIGHUP still triggers one) [env GPUDRA_REDISCOVER_INTERVAL]",
+    )
+    r.add_argument(
         "--grpc-workers",
         type=int,
         default=int(_env("GPUDRA_GRPC_WORKERS", "4") or 4),
         help="kubelet calls served at once (default 4; see docs/benchmarks.md) [env GPUDRA_GRPC_WORKERS]",
     )
-
-    m = sub.add_parser("demo", help="run the whole path on mock GPUs with an in-process API server")
-    _add_common_flags(m)
-    m.add_argument("--profile", default="dgx-h100", help="mock profile (default: dgx-h100)")
     return parser
 
 
@@ -178,37 +182,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "discover":
             return _discover(args)
-        if args.command == "run":
-            return _run(args)
-        from gpudra.devtools import demo
-
-        return demo.run(args.profile)
+        return _run(args)
     except DiscoveryError as e:
         print(f"gpudra: {e}", file=sys.stderr)
         return 2
 
 
-def _open_backend(args: argparse.Namespace) -> HardwareBackend:
-    from gpudra.vendors.select import open_backend
+def _open_driver(
+    args: argparse.Namespace, roots: HostRoots | None = None, files_dir: Path | None = None
+) -> VendorDriver:
+    from gpudra.vendors.select import open_driver
 
-    return open_backend(args.backend, args.profile, args.sysfs_root)
+    return open_driver(args.backend, args.profile, args.sysfs_root, roots, files_dir)
 
 
 def _discover(args: argparse.Namespace) -> int:
     from gpudra.planning import slices
+    from gpudra.planning.offer import plan_offer
     from gpudra.runtime.tables import inventory_table
 
-    backend = _open_backend(args)
+    driver = _open_driver(args)
     try:
-        inv = backend.discover()
+        inv = driver.discover()
     finally:
-        backend.close()
+        driver.close()
     if args.output == "table":
         print(inventory_table(inv))
         for warning in inv.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         return 0
-    objs = slices.plan_slices(inv, args.node_name, None, 1)
+    objs = slices.plan_slices(plan_offer(inv), args.node_name, None, 1)
     if args.output == "json":
         print(json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}, indent=2))
     else:
@@ -219,7 +222,8 @@ def _discover(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gpudra.runtime.app import EditsMode, Plugin, RunConfig, serve
+    from gpudra.runtime.app import Plugin, serve
+    from gpudra.runtime.config import RunConfig
 
     if not args.node_name:
         print("gpudra: --node-name (or NODE_NAME) is required", file=sys.stderr)
@@ -242,10 +246,10 @@ def _run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         grpc_workers=max(1, args.grpc_workers),
         probe_port=args.probe_port,
+        rediscover_interval_s=max(0.0, args.rediscover_interval),
     )
-    backend = _open_backend(args)
-    mode: EditsMode = "mock" if args.backend == "mock" else "hardware"
-    code = serve(Plugin(cfg, backend, mode))
+    driver = _open_driver(args, cfg.host_roots, cfg.effective_run_dir / "claims")
+    code = serve(Plugin(cfg, driver))
     # Everything that matters is on disk (atomic writes) and the sockets are gone. Skip the interpreter's
     # teardown of gRPC and its threads, which costs ~100 ms: the DaemonSet budget for SIGTERM is 25 ms.
     logging.shutdown()

@@ -17,7 +17,7 @@ from typing import Any, Final
 from benchlib.stats import latency_ms
 from gpudra.model.inventory import Device, DeviceKind, Inventory
 from gpudra.vendors.mock.profile import ProfileError, load_profile
-from gpudra.vendors.select import open_backend
+from gpudra.vendors.select import open_driver
 
 #: The built-in profile the MIG row measures unless ``--mig-profile`` names another.
 DEFAULT_MIG_PROFILE: Final = "dgx-h100-mig-all"
@@ -30,7 +30,7 @@ def _timed(profile: str, runs: int) -> tuple[dict[str, Any], Inventory]:
     samples: list[float] = []
     inv = None
     for _ in range(runs):
-        backend = open_backend("mock", profile, Path("/sys"))
+        backend = open_driver("mock", profile, Path("/sys"))
         try:
             t0 = time.perf_counter()
             inv = backend.discover()

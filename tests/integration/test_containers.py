@@ -17,7 +17,7 @@ from gpudra.devtools.fakeapi import FakeApiServer
 from gpudra.devtools.kubeletsim import Claim, Container, ContainerClaim, Kubelet, KubeletError, Pod, PodClaim
 from gpudra.model import names
 from gpudra.planning.devicemeta import CONTAINER_ROOT
-from gpudra.vendors.edits import DEVICE_DESCRIPTION_DIR, env_key
+from gpudra.vendors.mock.edits import DEVICE_DESCRIPTION_DIR, env_key
 from tests.integration.conftest import NODE, PluginProcess, cdi_spec_path, device_names
 
 pytestmark = pytest.mark.integration

@@ -8,29 +8,36 @@ from __future__ import annotations
 import json
 import os
 import stat
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gpudra.model.cdi import CdiWriter, cdi_device_id
+from gpudra.model.cdi import cdi_device_id
 from gpudra.model.inventory import Device, DeviceKind, Inventory
-from gpudra.planning import slices
 from gpudra.planning.devicemeta import CONTAINER_ROOT
+from gpudra.planning.devices import device_name
+from gpudra.planning.offer import plan_offer
 from gpudra.planning.plan import ClaimRef
+from gpudra.state.cdi import CdiWriter
 from gpudra.state.checkpoint import CheckpointStore
+from gpudra.state.node import NodeStateStore
 from gpudra.state.prepare import Preparer, PrepareSettings
-from gpudra.vendors.edits import HostRoots
-from gpudra.vendors.select import open_backend
+from gpudra.vendors.base import HostRoots, VendorDriver
+from gpudra.vendors.mock.amd_profile import load_amd_profile
+from gpudra.vendors.mock.driver import open_fake_hardware
+from gpudra.vendors.select import open_driver
 
+PROFILE = "mi300x-8-cpx-nps4"
 KFD_MAJOR, DRM_MAJOR = 235, 226
 VIDEO_GID, RENDER_GID = 44, 109
 
 
 @pytest.fixture(scope="module")
 def inventory() -> Inventory:
-    backend = open_backend("mock", "mi300x-8-cpx-nps4", Path("/sys"))
+    backend = open_driver("mock", PROFILE, Path("/sys"))
     try:
         return backend.discover()
     finally:
@@ -55,7 +62,7 @@ class Claims:
     def add(self, name: str, devices: list[Device]) -> ClaimRef:
         uid = f"a0000000-0000-4000-8000-{len(self.by_name):012d}"
         results = [
-            {"request": "gpu", "driver": "gpudra.io", "pool": "node", "device": slices.device_name(d)}
+            {"request": "gpu", "driver": "gpudra.io", "pool": "node", "device": device_name(d)}
             for d in devices
         ]
         self.by_name[name] = {
@@ -76,10 +83,17 @@ class Node:
     cdi: CdiWriter
     dev: Path
 
+    drivers: list[VendorDriver] = field(default_factory=list)
+
     def preparer(self, inventory: Inventory, *, additional_gids: bool = True) -> Preparer:
+        """The real AMD driver over the same fake hardware ``inventory`` came from, with host roots here."""
         roots = HostRoots(dev=self.dev, additional_gids=additional_gids)
-        settings = PrepareSettings("node", self.root / "state", roots, "hardware")
-        return Preparer(self.claims, inventory, self.store, self.cdi, settings)
+        driver = open_fake_hardware(load_amd_profile(PROFILE), self.root / f"hw{len(self.drivers)}", roots)
+        self.drivers.append(driver)
+        node = NodeStateStore(plan_offer(driver.discover()))
+        assert node.current.offer.inventory.devices == inventory.devices
+        settings = PrepareSettings("node", self.root / "state")
+        return Preparer(self.claims, node, self.store, self.cdi, driver=driver, settings=settings)
 
     def spec(self, claim: ClaimRef) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.cdi.path_for(claim.uid).read_text())
@@ -103,9 +117,12 @@ class Node:
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Node:
+def node(tmp_path: Path) -> Iterator[Node]:
     store = CheckpointStore(tmp_path / "cp.json", tmp_path / "cp.lock", "boot")
-    return Node(tmp_path, Claims(), store, CdiWriter(tmp_path / "cdi"), tmp_path / "dev")
+    n = Node(tmp_path, Claims(), store, CdiWriter(tmp_path / "cdi"), tmp_path / "dev")
+    yield n
+    for driver in n.drivers:
+        driver.close()
 
 
 def _edits(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -133,7 +150,7 @@ def test_partitions_get_kfd_their_own_render_node_and_the_render_group(
     result = node.preparer(inventory).prepare([claim])[claim.uid]
 
     assert result.error is None
-    names = [slices.device_name(a), slices.device_name(b)]
+    names = [device_name(a), device_name(b)]
     assert [d.cdi_device_ids for d in result.devices] == [(cdi_device_id(claim.uid, n),) for n in names]
     spec = node.spec(claim)
     assert spec["cdiVersion"] == "0.7.0"
@@ -195,6 +212,6 @@ def test_missing_render_node_does_not_fail_a_neighbour(node: Node, inventory: In
     results = node.preparer(inventory).prepare([good, bad])
 
     assert results[good.uid].error is None
-    assert _edits(node.spec(good))[f"{good.uid}-{slices.device_name(ok)}"]["additionalGids"] == [RENDER_GID]
+    assert _edits(node.spec(good))[f"{good.uid}-{device_name(ok)}"]["additionalGids"] == [RENDER_GID]
     assert f"{node.dev / 'dri' / f'renderD{lost.minor}'} does not exist" in str(results[bad.uid].error)
     assert set(node.store.snapshot()) == {good.uid}

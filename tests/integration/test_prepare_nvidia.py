@@ -5,30 +5,36 @@ spec directory), through the real Preparer, checkpoint and CDI writer."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gpudra.devtools import cdiinject
-from gpudra.model.cdi import CdiWriter, cdi_device_id
+from gpudra.model.cdi import cdi_device_id
 from gpudra.model.inventory import Device, DeviceKind, Inventory
-from gpudra.planning import slices
 from gpudra.planning.devicemeta import CONTAINER_ROOT
+from gpudra.planning.devices import device_name
+from gpudra.planning.offer import plan_offer
 from gpudra.planning.plan import ClaimRef
+from gpudra.state.cdi import CdiWriter
 from gpudra.state.checkpoint import CheckpointStore
+from gpudra.state.node import NodeStateStore
 from gpudra.state.prepare import Preparer, PrepareSettings
-from gpudra.vendors.edits import HostRoots
-from gpudra.vendors.select import open_backend
+from gpudra.vendors.base import HostRoots, VendorDriver
+from gpudra.vendors.mock.driver import open_fake_hardware
+from gpudra.vendors.mock.profile import load_profile
+from gpudra.vendors.select import open_driver
 from tests.unit import nvidia_fake_host as fake
 
+PROFILE = "h100-mig-mixed"
 RO = ["ro", "nosuid", "nodev", "bind"]
 
 
 @pytest.fixture(scope="module")
 def inventory() -> Inventory:
-    backend = open_backend("mock", "h100-mig-mixed", Path("/sys"))
+    backend = open_driver("mock", PROFILE, Path("/sys"))
     try:
         return backend.discover()
     finally:
@@ -52,7 +58,7 @@ class Claims:
     def add(self, name: str, devices: list[Device]) -> ClaimRef:
         uid = f"b0000000-0000-4000-8000-{len(self.by_name):012d}"
         results = [
-            {"request": "gpu", "driver": "gpudra.io", "pool": "node", "device": slices.device_name(d)}
+            {"request": "gpu", "driver": "gpudra.io", "pool": "node", "device": device_name(d)}
             for d in devices
         ]
         self.by_name[name] = {
@@ -73,9 +79,16 @@ class Node:
     store: CheckpointStore
     cdi: CdiWriter
 
+    drivers: list[VendorDriver] = field(default_factory=list)
+
     def preparer(self, inventory: Inventory) -> Preparer:
-        settings = PrepareSettings("node", self.root / "state", self.roots, "hardware")
-        return Preparer(self.claims, inventory, self.store, self.cdi, settings)
+        """The real NVIDIA driver over the same fake hardware ``inventory`` came from, host roots here."""
+        driver = open_fake_hardware(load_profile(PROFILE), self.root / f"hw{len(self.drivers)}", self.roots)
+        self.drivers.append(driver)
+        node = NodeStateStore(plan_offer(driver.discover()))
+        assert node.current.offer.inventory.devices == inventory.devices
+        settings = PrepareSettings("node", self.root / "state")
+        return Preparer(self.claims, node, self.store, self.cdi, driver=driver, settings=settings)
 
     def edits(self, claim: ClaimRef) -> dict[str, dict[str, Any]]:
         spec = json.loads(self.cdi.path_for(claim.uid).read_text())
@@ -111,7 +124,7 @@ def test_full_gpu_and_mig_device_with_the_toolkit_spec(tmp_path: Path, inventory
     result = node.preparer(inventory).prepare([claim])[claim.uid]
 
     assert result.error is None
-    names = [slices.device_name(gpu), slices.device_name(mig)]
+    names = [device_name(gpu), device_name(mig)]
     assert [d.cdi_device_ids for d in result.devices] == [(cdi_device_id(claim.uid, n),) for n in names]
     edits = node.edits(claim)
     gpu_edits, mig_edits = edits[f"{claim.uid}-{names[0]}"], edits[f"{claim.uid}-{names[1]}"]

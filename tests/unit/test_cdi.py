@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from gpudra.model.cdi import (
     CdiDevice,
     CdiSpecError,
-    CdiWriter,
     ContainerEdits,
     DeviceNode,
     Hook,
@@ -25,6 +24,7 @@ from gpudra.model.cdi import (
     cdi_device_name,
     min_cdi_version,
 )
+from gpudra.state.cdi import CdiWriter
 
 UID = "a3b5c7d9-1111-4222-8333-944455556666"  # starts with a letter
 DIGIT_UID = "0f9e8d7c-1111-4222-8333-944455556666"

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from gpudra.state.checkpoint import (
     PREPARE_COMPLETED,
     PREPARE_STARTED,
+    SCHEMA_VERSION,
     CheckpointFormatError,
     CheckpointStore,
     ClaimRecord,
@@ -90,7 +91,7 @@ _records = st.builds(
 def test_encode_decode_round_trip(records: list[ClaimRecord], boot: str | None) -> None:
     claims = {r.uid: r for r in records}
     document = json.loads(json.dumps(encode(claims, boot)))
-    assert document["version"] == 2
+    assert document["version"] == SCHEMA_VERSION
     assert document["bootId"] == boot
     assert decode(document) == claims
 
@@ -273,7 +274,7 @@ def test_new_boot_starts_clean(paths: tuple[Path, Path], caplog: pytest.LogCaptu
         assert txn.rebooted
         assert txn.claims == {}
         assert txn.commit()  # the reset itself is a change worth writing
-    assert _on_disk(paths[0]) == {"version": 2, "bootId": "boot-2", "claims": {}}
+    assert _on_disk(paths[0]) == {"version": SCHEMA_VERSION, "bootId": "boot-2", "claims": {}}
     with after.transaction() as txn:
         assert not txn.rebooted
 

@@ -183,7 +183,7 @@ def test_the_log_is_compacted_into_a_new_snapshot(paths: tuple[Path, Path]) -> N
     assert _store(paths).snapshot() == expected
 
 
-def test_a_version_1_file_is_read_then_rewritten_as_version_2(paths: tuple[Path, Path]) -> None:
+def test_a_version_1_file_is_read_then_rewritten_as_the_current_version(paths: tuple[Path, Path]) -> None:
     v1 = {
         "version": 1,
         "bootId": BOOT,
@@ -214,7 +214,7 @@ def test_a_version_1_file_is_read_then_rewritten_as_version_2(paths: tuple[Path,
         txn.commit()
     lines = _lines(paths[0])
     assert len(lines) == 1
-    assert lines[0]["version"] == 2
+    assert lines[0]["version"] == SCHEMA_VERSION == 3
     assert set(lines[0]["claims"]) == {"a", "b"}
 
 

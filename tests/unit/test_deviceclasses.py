@@ -16,9 +16,10 @@ import yaml
 
 from gpudra.devtools import cel
 from gpudra.model import k8stypes, names
+from gpudra.planning.offer import plan_offer
 from gpudra.planning.slices import plan_slices
 from gpudra.vendors.base import DiscoveryError
-from gpudra.vendors.select import list_profiles, open_backend
+from gpudra.vendors.select import list_profiles, open_driver
 
 REPO = Path(__file__).resolve().parents[2]
 CLASS_DIR = REPO / "deviceclasses"
@@ -48,12 +49,12 @@ def discoverable_profiles() -> list[str]:
 @functools.cache
 def published(profile: str) -> tuple[k8stypes.Device, ...]:
     """The devices gpudra publishes for a built-in mock profile."""
-    backend = open_backend("mock", profile, Path("/sys"))
+    backend = open_driver("mock", profile, Path("/sys"))
     try:
         inventory = backend.discover()
     finally:
         backend.close()
-    slices = plan_slices(inventory, "node-1", None, 1)
+    slices = plan_slices(plan_offer(inventory), "node-1", None, 1)
     return tuple(device for s in slices for device in s["spec"].get("devices", []))
 
 

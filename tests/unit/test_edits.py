@@ -14,7 +14,8 @@ from gpudra.model.cdi import CdiDevice, ContainerEdits, DeviceNode, Mount, build
 from gpudra.model.inventory import Device, DeviceKind, PciPlacement, Vendor
 from gpudra.model.names import gpu_device_name
 from gpudra.state.checkpoint import ClaimRecord
-from gpudra.vendors.edits import EditsError, device_description, env_key, mock_edits
+from gpudra.vendors.base import EditsError
+from gpudra.vendors.mock.edits import device_description, env_key, mock_edits
 from gpudra.vendors.nvidia.edits import nvidia_edits
 
 UID = "c70e2b4a-5d6f-4a1b-9c8d-0e1f2a3b4c5d"  # starts with a letter: cdiVersion 0.3.0 possible

@@ -15,13 +15,14 @@ from hypothesis import strategies as st
 from gpudra.model.cdi import CdiDevice, ContainerEdits, DeviceNode, build_spec, cdi_device_name
 from gpudra.model.inventory import Device, DeviceKind, PartitionInfo, Vendor
 from gpudra.vendors.amd.edits import (
+    amd_device_edits,
     amd_edits,
     edits_for_nodes,
     group_ids,
     host_node,
     render_node,
 )
-from gpudra.vendors.edits import EditsError, HostRoots, hardware_edits
+from gpudra.vendors.base import EditsError, HostRoots
 
 UID = "c70e2b4a-5d6f-4a1b-9c8d-0e1f2a3b4c5d"  # starts with a letter: cdiVersion 0.3.0 possible
 CHR = stat.S_IFCHR | 0o660
@@ -164,8 +165,8 @@ def test_card_node_added_only_when_known_and_present(dev: Path) -> None:
     assert edits.additional_gids == (VIDEO_GID, RENDER_GID)
 
 
-def test_hardware_edits_dispatches_amd_devices(dev: Path) -> None:
-    got = hardware_edits(PARTITION, HostRoots(dev=dev))
+def test_amd_device_edits_of_a_partition(dev: Path) -> None:
+    got = amd_device_edits(PARTITION, HostRoots(dev=dev))
     assert got.extra_cdi_ids == ()
     assert got.edits == amd_edits(PARTITION, HostRoots(dev=dev))
 

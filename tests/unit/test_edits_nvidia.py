@@ -10,7 +10,7 @@ import pytest
 
 from gpudra.model.cdi import CdiDevice, ContainerEdits, DeviceNode, Hook, Mount, build_spec, cdi_device_name
 from gpudra.model.inventory import Device, DeviceKind, MigInfo, Vendor
-from gpudra.vendors.edits import EditsError, HostRoots, hardware_edits
+from gpudra.vendors.base import EditsError, HostRoots
 from gpudra.vendors.nvidia.edits import (
     mig_cap_nodes,
     mig_edits,
@@ -75,16 +75,16 @@ def test_mig_edits_use_the_parent_node_and_caps_missing_on_the_host(roots: HostR
 def test_mig_missing_host_node_names_the_path(roots: HostRoots, missing: str) -> None:
     (roots.dev / missing).unlink()
     with pytest.raises(EditsError, match=str(roots.dev / missing)):
-        hardware_edits(MIG, roots)
+        nvidia_device_edits(MIG, roots)
 
 
 def test_mig_without_caps_in_proc(roots: HostRoots) -> None:
     (roots.proc / "driver/nvidia-caps/mig-minors").unlink()
     with pytest.raises(EditsError, match="mig-minors"):
-        hardware_edits(MIG, roots)
+        nvidia_device_edits(MIG, roots)
     fake.make_proc(roots.proc.parent / "other", devices="Character devices:\n195 nvidia\n")
     with pytest.raises(EditsError, match="no nvidia-caps"):
-        hardware_edits(MIG, replace(roots, proc=roots.proc.parent / "other" / "proc"))
+        nvidia_device_edits(MIG, replace(roots, proc=roots.proc.parent / "other" / "proc"))
 
 
 # ---- the user-space driver --------------------------------------------------------------------------

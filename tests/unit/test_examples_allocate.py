@@ -20,7 +20,8 @@ import yaml
 from gpudra.devtools.cel import evaluate_selector
 from gpudra.model import k8stypes
 from gpudra.planning import slices
-from gpudra.vendors.select import open_backend
+from gpudra.planning.offer import plan_offer
+from gpudra.vendors.select import open_driver
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "deviceclasses" / "examples"
@@ -38,12 +39,13 @@ PROFILES: dict[str, tuple[str, ...]] = {
 
 
 def _devices(profile: str) -> list[k8stypes.Device]:
-    backend = open_backend("mock", profile, Path("/sys"))
+    backend = open_driver("mock", profile, Path("/sys"))
     try:
         inv = backend.discover()
     finally:
         backend.close()
-    return [d for s in slices.plan_slices(inv, "node", None, 1) for d in s["spec"].get("devices", [])]
+    planned = slices.plan_slices(plan_offer(inv), "node", None, 1)
+    return [d for s in planned for d in s["spec"].get("devices", [])]
 
 
 def _classes() -> dict[str, list[str]]:

@@ -18,7 +18,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpudra.vendors import edits
+from gpudra.vendors.mock import edits
 from tests.unit.kustomize_subset import load_documents, render
 
 ROOT = Path(__file__).resolve().parents[2]

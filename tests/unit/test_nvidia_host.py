@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpudra.model.cdi import CdiSpecError, ContainerEdits, DeviceNode, Hook, Mount
-from gpudra.vendors.edits import EditsError
+from gpudra.vendors.base import EditsError
 from gpudra.vendors.nvidia.driver_root import (
     driver_files_edits,
     driver_root_files,

@@ -4,63 +4,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-from gpudra.model.cdi import CdiWriter
 from gpudra.model.inventory import DeviceKind
-from gpudra.planning import slices
-from gpudra.planning.plan import ClaimRef
-from gpudra.state.checkpoint import CheckpointStore
-from gpudra.state.prepare import Preparer, PrepareSettings
-from gpudra.vendors.edits import HostRoots
-from gpudra.vendors.select import open_backend
-
-
-class Claims:
-    def __init__(self) -> None:
-        self.by_name: dict[str, Any] = {}
-
-    def add(self, name: str, device: str) -> ClaimRef:
-        uid = f"00000000-0000-4000-8000-{len(self.by_name):012d}"
-        self.by_name[name] = {
-            "metadata": {"name": name, "namespace": "ns", "uid": uid},
-            "status": {
-                "allocation": {
-                    "devices": {
-                        "results": [{"request": "r", "driver": "gpudra.io", "pool": "node", "device": device}]
-                    }
-                }
-            },
-        }
-        return ClaimRef("ns", name, uid)
-
-    def get_claim(self, namespace: str, name: str) -> Any:
-        return self.by_name[name]
+from gpudra.planning.devices import device_name
+from gpudra.state.cdi import CdiWriter
+from tests.unit.preparer_rig import Rig, mock_rig
 
 
 def test_mig_devices_prepare_by_published_name_and_parents_are_refused(tmp_path: Path) -> None:
-    backend = open_backend("mock", "h100-mig-mixed", Path("/sys"))
-    try:
-        inv = backend.discover()
-    finally:
-        backend.close()
+    with mock_rig(tmp_path, "h100-mig-mixed") as rig:
+        _check_mig_claims(tmp_path, rig)
+
+
+def _check_mig_claims(tmp_path: Path, rig: Rig) -> None:
+    inv = rig.node.current.offer.inventory
     migs = [d for d in inv.devices if d.kind is DeviceKind.MIG]
     parent = next(d for d in inv.devices if d.kind is DeviceKind.GPU and d.mig_enabled)
     assert len(migs) == 3
-    claims = Claims()
-    store = CheckpointStore(tmp_path / "cp.json", tmp_path / "cp.lock", "boot")
-    cdi_root = tmp_path / "cdi"
-    preparer = Preparer(
-        claims,
-        inv,
-        store,
-        CdiWriter(cdi_root),
-        PrepareSettings("node", tmp_path, HostRoots(dev=tmp_path), "mock"),
-    )
+    claims, preparer, cdi_root = rig.claims, rig.preparer, rig.cdi.root
 
-    mig_name = slices.device_name(migs[0])
+    mig_name = device_name(migs[0])
     ok = claims.add("mig", mig_name)
-    stale = claims.add("parent", slices.device_name(parent))
+    stale = claims.add("parent", device_name(parent))
     results = preparer.prepare([ok, stale])
 
     assert results[ok.uid].error is None

@@ -3,29 +3,17 @@ files in between without it. What another call does in that gap is decided on th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gpudra.model.cdi import CdiWriter
-from gpudra.model.inventory import Inventory
 from gpudra.planning.plan import ClaimRef
+from gpudra.state.cdi import CdiWriter
 from gpudra.state.checkpoint import PREPARE_STARTED, CheckpointStore, load_document
-from gpudra.state.prepare import Preparer, PrepareSettings
-from gpudra.vendors.edits import HostRoots
-from gpudra.vendors.select import open_backend
-from tests.unit.test_prepare_mig import Claims
-
-
-@pytest.fixture(scope="module")
-def inventory() -> Inventory:
-    backend = open_backend("mock", "dgx-h100", Path("/sys"))
-    try:
-        return backend.discover()
-    finally:
-        backend.close()
+from gpudra.state.prepare import Preparer
+from tests.unit.preparer_rig import Claims, Rig, mock_rig
 
 
 class InterleavingCdi(CdiWriter):
@@ -44,16 +32,17 @@ class InterleavingCdi(CdiWriter):
         return path
 
 
-def _setup(tmp_path: Path, inventory: Inventory) -> tuple[Preparer, Claims, InterleavingCdi, CheckpointStore]:
-    from gpudra.planning import slices
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    with mock_rig(tmp_path, cdi=InterleavingCdi(tmp_path / "cdi")) as r:
+        for i, dev in enumerate(list(r.node.current.offer.devices)[:3]):
+            r.claims.add(f"c{i}", dev)
+        yield r
 
-    claims = Claims()
-    for i, dev in enumerate(inventory.devices[:3]):
-        claims.add(f"c{i}", slices.device_name(dev))
-    store = CheckpointStore(tmp_path / "cp.json", tmp_path / "cp.lock", "boot")
-    cdi = InterleavingCdi(tmp_path / "cdi")
-    settings = PrepareSettings("node", tmp_path, HostRoots(dev=tmp_path), "mock")
-    return Preparer(claims, inventory, store, cdi, settings), claims, cdi, store
+
+def _setup(rig: Rig) -> tuple[Preparer, Claims, InterleavingCdi, CheckpointStore]:
+    assert isinstance(rig.cdi, InterleavingCdi)
+    return rig.preparer, rig.claims, rig.cdi, rig.store
 
 
 def _ref(claims: Claims, name: str) -> ClaimRef:
@@ -61,8 +50,8 @@ def _ref(claims: Claims, name: str) -> ClaimRef:
     return ClaimRef(meta["namespace"], meta["name"], meta["uid"])
 
 
-def test_files_are_written_between_started_and_completed(tmp_path: Path, inventory: Inventory) -> None:
-    preparer, claims, cdi, store = _setup(tmp_path, inventory)
+def test_files_are_written_between_started_and_completed(tmp_path: Path, rig: Rig) -> None:
+    preparer, claims, cdi, store = _setup(rig)
     ref = _ref(claims, "c0")
     cdi.during_write.append(lambda: cdi.states_seen.append(store.snapshot()[ref.uid].state))
     result = preparer.prepare([ref])[ref.uid]
@@ -71,8 +60,8 @@ def test_files_are_written_between_started_and_completed(tmp_path: Path, invento
     assert store.snapshot()[ref.uid].state == "PrepareCompleted"
 
 
-def test_an_unprepare_in_the_gap_wins_and_leaves_no_file(tmp_path: Path, inventory: Inventory) -> None:
-    preparer, claims, cdi, store = _setup(tmp_path, inventory)
+def test_an_unprepare_in_the_gap_wins_and_leaves_no_file(tmp_path: Path, rig: Rig) -> None:
+    preparer, claims, cdi, store = _setup(rig)
     ref = _ref(claims, "c0")
     cdi.during_write.append(lambda: preparer.unprepare([ref]))
     result = preparer.prepare([ref])[ref.uid]
@@ -84,9 +73,9 @@ def test_an_unprepare_in_the_gap_wins_and_leaves_no_file(tmp_path: Path, invento
 
 
 def test_a_concurrent_prepare_of_the_same_claim_gives_the_same_answer(
-    tmp_path: Path, inventory: Inventory
+    tmp_path: Path, rig: Rig
 ) -> None:
-    preparer, claims, cdi, _ = _setup(tmp_path, inventory)
+    preparer, claims, cdi, _ = _setup(rig)
     ref = _ref(claims, "c1")
     inner: dict[str, Any] = {}
     cdi.during_write.append(lambda: inner.update(preparer.prepare([ref])))
@@ -99,20 +88,19 @@ def test_a_concurrent_prepare_of_the_same_claim_gives_the_same_answer(
     assert document["claims"][ref.uid]["state"] == "PrepareCompleted"
 
 
-def test_a_rival_for_the_device_in_the_gap_is_refused(tmp_path: Path, inventory: Inventory) -> None:
-    from gpudra.planning import slices
+def test_a_rival_for_the_device_in_the_gap_is_refused(tmp_path: Path, rig: Rig) -> None:
 
-    preparer, claims, cdi, _ = _setup(tmp_path, inventory)
+    preparer, claims, cdi, _ = _setup(rig)
     ref = _ref(claims, "c0")
-    rival = claims.add("rival", slices.device_name(inventory.devices[0]))
+    rival = claims.add("rival", next(iter(rig.node.current.offer.devices)))
     seen: dict[str, Any] = {}
     cdi.during_write.append(lambda: seen.update(preparer.prepare([rival])))
     assert preparer.prepare([ref])[ref.uid].error is None
     assert seen[rival.uid].error_kind == "device_in_use"  # the PrepareStarted record already holds it
 
 
-def test_a_failed_file_write_leaves_no_record_and_no_file(tmp_path: Path, inventory: Inventory) -> None:
-    preparer, claims, cdi, store = _setup(tmp_path, inventory)
+def test_a_failed_file_write_leaves_no_record_and_no_file(tmp_path: Path, rig: Rig) -> None:
+    preparer, claims, cdi, store = _setup(rig)
     ref, other = _ref(claims, "c0"), _ref(claims, "c1")
 
     def disk_full() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,8 @@ from gpudra.devtools.fakeapi import FakeApiServer
 from gpudra.kube.client import KubeClient, load_config
 from gpudra.kube.publisher import Backoff, Publisher
 from gpudra.model.inventory import Device, DeviceKind, Inventory, PciPlacement, Semver, Vendor
+from gpudra.planning.offer import Offer, plan_offer
+from gpudra.state.node import NodeStateStore
 
 NODE = "node-p"
 SLICES = "/apis/resource.k8s.io/v1/resourceslices"
@@ -53,10 +55,19 @@ def kube(api: FakeApiServer, tmp_path: Path) -> Iterator[KubeClient]:
 
 
 def start(kube: KubeClient, inv: Inventory) -> Publisher:
-    p = Publisher(kube, NODE, inv, backoff=Backoff(initial_s=0.05, max_s=0.2))
+    p = Publisher(kube, NODE, NodeStateStore(plan_offer(inv)), backoff=Backoff(initial_s=0.05, max_s=0.2))
     p.start()
     assert p.synced.wait(10)
     return p
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def pool(api: FakeApiServer) -> list[dict[str, Any]]:
@@ -85,14 +96,16 @@ def test_inventory_change_bumps_generation_and_drops_obsolete_slices(
 ) -> None:
     p = start(kube, gpus(200))
     try:
-        p.update_inventory(gpus(3))
+        assert p.node.offer(plan_offer(gpus(3))) is not None  # a new version: the follower publishes it
+        assert wait_for(lambda: len(pool(api)) == 1)
         slices = pool(api)
         assert len(slices) == 1
         assert slices[0]["spec"]["pool"] == {"name": NODE, "generation": 2, "resourceSliceCount": 1}
         assert len(slices[0]["spec"]["devices"]) == 3
         api.clear_requests()
-        p.update_inventory(gpus(3))  # same content: nothing to write
+        assert p.node.offer(plan_offer(gpus(3))) is None  # same content: no new version, nothing to write
         assert writes(api) == 0
+        assert p.alive
     finally:
         p.stop()
 
@@ -148,10 +161,10 @@ def test_other_nodes_and_drivers_are_left_alone(api: FakeApiServer, kube: KubeCl
         p.stop()
 
 
-def _with_taint(inv: Inventory, node: str, node_uid: str | None, generation: int) -> list[Any]:
+def _with_taint(offer: Offer, node: str, node_uid: str | None, generation: int) -> list[Any]:
     from gpudra.planning import slices
 
-    planned = slices.plan_slices(inv, node, node_uid, generation)
+    planned = slices.plan_slices(offer, node, node_uid, generation)
     planned[0]["spec"]["devices"][0]["taints"] = [{"key": "gpudra.io/maintenance", "effect": "NoSchedule"}]  # type: ignore[typeddict-unknown-key]
     return planned
 
@@ -163,7 +176,8 @@ def test_fields_dropped_by_a_disabled_gate_are_reported_not_rewritten(
     server = FakeApiServer(feature_gates={"DRADeviceTaints": gate_on}).start()
     server.put_object({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
     client = KubeClient(load_config(server.write_kubeconfig(tmp_path / "kubeconfig")))
-    p = Publisher(client, NODE, gpus(2), backoff=Backoff(initial_s=0.05, max_s=0.2), planner=_with_taint)
+    node = NodeStateStore(plan_offer(gpus(2)))
+    p = Publisher(client, NODE, node, backoff=Backoff(initial_s=0.05, max_s=0.2), planner=_with_taint)
     p.start()
     try:
         assert p.synced.wait(10)
@@ -173,9 +187,13 @@ def test_fields_dropped_by_a_disabled_gate_are_reported_not_rewritten(
         name = stored["spec"]["devices"][0]["name"]
         assert p.dropped_fields == ([] if gate_on else [f"spec.devices[{name}].taints"])
         server.clear_requests()
-        p.update_inventory(gpus(2))  # same plan: the dropped field must not cause a rewrite
-        time.sleep(0.3)  # give a would-be rewrite loop time to show itself
+        # A new version with the same plan: reconciling it must not rewrite because of the dropped field.
+        assert node.offer(plan_offer(gpus(2, memory=80 * 2**30 + 1))) is not None
+        assert wait_for(lambda: writes(server) > 0)  # the changed memory is published once ...
+        server.clear_requests()
+        time.sleep(0.3)  # ... and a would-be rewrite loop would show itself here
         assert writes(server) == 0
+        assert p.alive
     finally:
         p.stop()
         client.close()

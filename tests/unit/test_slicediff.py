@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from gpudra.model.inventory import Inventory
 from gpudra.model.quantity import canonical_quantity
 from gpudra.planning import slices
+from gpudra.planning.offer import plan_offer
 from gpudra.planning.slicediff import slice_content_equal
 from tests.unit.test_slices import H100, NV_INV, inventories
 
@@ -38,14 +39,14 @@ def server_copy(desired: Any) -> Any:
 
 def test_canonical_quantities_compare_equal() -> None:
     gpu = dataclasses.replace(H100, memory_bytes=1048576000)
-    desired = slices.plan_slices(dataclasses.replace(NV_INV, devices=(gpu,)), "n", "u", 1)[0]
+    desired = slices.plan_slices(plan_offer(dataclasses.replace(NV_INV, devices=(gpu,))), "n", "u", 1)[0]
     actual = server_copy(desired)
     assert actual["spec"]["devices"][0]["capacity"]["memory"]["value"] == "1048576k"
     assert slice_content_equal(desired, actual)
 
 
 def test_empty_pool_compares_equal_when_the_server_omits_devices() -> None:
-    desired = slices.plan_slices(Inventory(), "n", None, 1)[0]
+    desired = slices.plan_slices(plan_offer(Inventory()), "n", None, 1)[0]
     assert slice_content_equal(desired, server_copy(desired))
 
 
@@ -101,7 +102,8 @@ MUTATIONS: dict[str, Mutation] = {
 
 def two_gpu_slice() -> Any:
     other = dataclasses.replace(H100, uuid="GPU-ffff0000-0000-0000-0000-000000000000", index=1)
-    return slices.plan_slices(dataclasses.replace(NV_INV, devices=(H100, other)), "node-a", "uid-1", 1)[0]
+    offer = plan_offer(dataclasses.replace(NV_INV, devices=(H100, other)))
+    return slices.plan_slices(offer, "node-a", "uid-1", 1)[0]
 
 
 @pytest.mark.parametrize("mutation", sorted(MUTATIONS))
@@ -125,7 +127,7 @@ def test_fields_we_do_not_set_are_ignored() -> None:
 @settings(max_examples=40, deadline=None)
 @given(inventories(max_size=6), st.sampled_from(sorted(MUTATIONS)))
 def test_server_copy_is_equal_and_mutated_copy_is_not(inv: Inventory, mutation: str) -> None:
-    desired = slices.plan_slices(inv, "node-a", "uid-1", 3)[0]
+    desired = slices.plan_slices(plan_offer(inv), "node-a", "uid-1", 3)[0]
     actual = server_copy(desired)
     assert slice_content_equal(desired, actual)
     before = copy.deepcopy(actual)

@@ -25,6 +25,8 @@ from gpudra.model.inventory import (
     Vendor,
 )
 from gpudra.planning import apirules, slices
+from gpudra.planning.devices import build_device, device_entry, device_name
+from gpudra.planning.offer import plan_offer
 
 H100_UUID = "GPU-bb61b538-f5d8-b0ab-2cb5-fef794dece63"
 H100 = Device(
@@ -42,18 +44,18 @@ def minimal(uuid: str = "GPU-1", vendor: Vendor = Vendor.NVIDIA, index: int = 0)
 
 
 def attrs(dev: Device, inv: Inventory = NV_INV) -> dict[str, Any]:
-    return dict(slices.device_entry(dev, inv).get("attributes", {}))
+    return dict(device_entry(dev, inv).get("attributes", {}))
 
 
 def warnings_of(dev: Device, inv: Inventory = NV_INV) -> tuple[str, ...]:
-    return slices.build_device(dev, inv).warnings
+    return build_device(dev, inv).warnings
 
 
 # ---- one device ----------------------------------------------------------------------------------------
 
 
 def test_h100_exact_shape() -> None:
-    assert slices.device_entry(H100, NV_INV) == {
+    assert device_entry(H100, NV_INV) == {
         "name": "gpu-bb61b538-f5d8-b0ab-2cb5-fef794dece63",
         "attributes": {
             "architecture": {"string": "Hopper"},
@@ -73,11 +75,11 @@ def test_h100_exact_shape() -> None:
         },
         "capacity": {"memory": {"value": "85520809984"}, "multiprocessors": {"value": "132"}},
     }
-    assert slices.build_device(H100, NV_INV).warnings == ()
+    assert build_device(H100, NV_INV).warnings == ()
 
 
 def test_minimal_device_publishes_only_what_is_known() -> None:
-    entry = slices.device_entry(minimal(), Inventory())
+    entry = device_entry(minimal(), Inventory())
     assert entry == {
         "name": "gpu-1",
         "attributes": {
@@ -100,11 +102,11 @@ def test_minimal_device_publishes_only_what_is_known() -> None:
     ],
 )
 def test_each_unknown_device_value_leaves_exactly_its_entries_out(field: str, gone: list[str]) -> None:
-    full = slices.device_entry(H100, NV_INV)
-    entry = slices.device_entry(dataclasses.replace(H100, **{field: None}), NV_INV)
+    full = device_entry(H100, NV_INV)
+    entry = device_entry(dataclasses.replace(H100, **{field: None}), NV_INV)
     keys = {*entry.get("attributes", {}), *entry.get("capacity", {})}
     assert keys == {*full.get("attributes", {}), *full.get("capacity", {})} - set(gone)
-    assert slices.build_device(dataclasses.replace(H100, **{field: None}), NV_INV).warnings == ()
+    assert build_device(dataclasses.replace(H100, **{field: None}), NV_INV).warnings == ()
 
 
 @pytest.mark.parametrize(
@@ -187,18 +189,18 @@ def test_ints_outside_int64_are_omitted_with_a_warning() -> None:
 
 def test_negative_capacity_is_omitted_with_a_warning() -> None:
     dev = dataclasses.replace(H100, memory_bytes=-1)
-    assert names.CAP_MEMORY not in slices.device_entry(dev, NV_INV).get("capacity", {})
+    assert names.CAP_MEMORY not in device_entry(dev, NV_INV).get("capacity", {})
     assert any(names.CAP_MEMORY in w for w in warnings_of(dev))
 
 
 def test_mig_devices_without_placement_are_refused_clearly() -> None:
     with pytest.raises(ValueError, match="no parent or placement"):  # MIG devices: see test_slices_mig.py
-        slices.device_entry(dataclasses.replace(H100, kind=DeviceKind.MIG), NV_INV)
+        device_entry(dataclasses.replace(H100, kind=DeviceKind.MIG), NV_INV)
 
 
 def test_device_without_uuid_is_refused() -> None:
     with pytest.raises(ValueError, match="no UUID"):
-        slices.device_entry(minimal(uuid=""), NV_INV)
+        device_entry(minimal(uuid=""), NV_INV)
 
 
 def test_check_device_enforces_name_and_attribute_rules() -> None:
@@ -233,7 +235,7 @@ def device_names(plan: list[Any]) -> list[str]:
 
 @pytest.mark.parametrize("n", [0, 1, 127, 128, 129, 256, 257])
 def test_split_into_slices_of_at_most_128(n: int) -> None:
-    plan = slices.plan_slices(inventory_of(n), "node-a", "uid-1", 7)
+    plan = slices.plan_slices(plan_offer(inventory_of(n)), "node-a", "uid-1", 7)
     count = max(1, math.ceil(n / 128))
     assert len(plan) == count
     assert [s["metadata"]["name"] for s in plan] == [f"node-a-gpudra.io-{i}" for i in range(count)]
@@ -248,7 +250,7 @@ def test_split_into_slices_of_at_most_128(n: int) -> None:
 
 
 def test_empty_inventory_yields_one_empty_slice() -> None:
-    plan = slices.plan_slices(Inventory(), "node-a", None, 0)
+    plan = slices.plan_slices(plan_offer(Inventory()), "node-a", None, 0)
     assert plan == [{
         "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
         "metadata": {"name": "node-a-gpudra.io-0", "labels": {"gpudra.io/node": "node-a"}},
@@ -258,16 +260,16 @@ def test_empty_inventory_yields_one_empty_slice() -> None:
 
 
 def test_smaller_chunks_on_request_and_bad_sizes_refused() -> None:
-    plan = slices.plan_slices(inventory_of(25), "n", None, 1, 10)
+    plan = slices.plan_slices(plan_offer(inventory_of(25)), "n", None, 1, 10)
     assert [len(s["spec"]["devices"]) for s in plan] == [10, 10, 5]
     for size in (0, 129):
         with pytest.raises(ValueError, match="max_devices_per_slice"):
-            slices.plan_slices(inventory_of(1), "n", None, 1, size)
+            slices.plan_slices(plan_offer(inventory_of(1)), "n", None, 1, size)
 
 
 @pytest.mark.parametrize("field", ["taints", "consumesCounters"])
 def test_64_per_slice_when_a_device_uses_taints_or_counters(field: str) -> None:
-    devices: list[Any] = [slices.device_entry(d, Inventory()) for d in inventory_of(129).devices]
+    devices: list[Any] = [device_entry(d, Inventory()) for d in inventory_of(129).devices]
     devices[5][field] = [{"key": "example.com/x", "effect": "NoSchedule"}]
     plan = slices.pool_slices(devices, "node-a", None, 1)
     assert [len(s["spec"]["devices"]) for s in plan] == [64, 64, 1]
@@ -277,15 +279,17 @@ def test_64_per_slice_when_a_device_uses_taints_or_counters(field: str) -> None:
 def test_device_order_in_the_inventory_does_not_matter() -> None:
     inv = inventory_of(300)
     shuffled = dataclasses.replace(inv, devices=tuple(reversed(inv.devices)))
-    assert slices.plan_slices(inv, "n", "u", 1) == slices.plan_slices(shuffled, "n", "u", 1)
+    forward = slices.plan_slices(plan_offer(inv), "n", "u", 1)
+    assert forward == slices.plan_slices(plan_offer(shuffled), "n", "u", 1)
 
 
 def test_owner_reference_only_with_a_node_uid() -> None:
-    with_uid = slices.plan_slices(inventory_of(1), "node-a", "6a1f-uid", 1)[0]["metadata"]
+    with_uid = slices.plan_slices(plan_offer(inventory_of(1)), "node-a", "6a1f-uid", 1)[0]["metadata"]
     assert with_uid["ownerReferences"] == [
         {"apiVersion": "v1", "kind": "Node", "name": "node-a", "uid": "6a1f-uid", "controller": True}
     ]
-    assert "ownerReferences" not in slices.plan_slices(inventory_of(1), "node-a", None, 1)[0]["metadata"]
+    unowned = slices.plan_slices(plan_offer(inventory_of(1)), "node-a", None, 1)[0]
+    assert "ownerReferences" not in unowned["metadata"]
 
 
 @pytest.mark.parametrize(
@@ -294,7 +298,7 @@ def test_owner_reference_only_with_a_node_uid() -> None:
 )
 def test_bad_pool_arguments_are_refused(node: str, uid: str | None, generation: int) -> None:
     with pytest.raises(ValueError, match=r"node name|node_uid|generation"):
-        slices.plan_slices(inventory_of(1), node, uid, generation)
+        slices.plan_slices(plan_offer(inventory_of(1)), node, uid, generation)
 
 
 def test_unpublishable_devices_are_left_out_of_the_pool_with_warnings() -> None:
@@ -302,14 +306,14 @@ def test_unpublishable_devices_are_left_out_of_the_pool_with_warnings() -> None:
         minimal("GPU-ok"), dataclasses.replace(minimal("MIG-1"), kind=DeviceKind.MIG), minimal(""),
         minimal("GPU-abc"), minimal("gpu-ABC"),
     ))
-    plan = slices.plan_pool(inv, "n", None, 1)
+    plan = slices.plan_pool(plan_offer(inv), "n", None, 1)
     assert device_names(list(plan.slices)) == ["gpu-ok"]
     assert len(plan.warnings) == 3
     assert "gpu-abc" in plan.warnings[-1]
 
 
 def test_pool_slices_refuses_duplicate_names() -> None:
-    dev = slices.device_entry(minimal(), Inventory())
+    dev = device_entry(minimal(), Inventory())
     with pytest.raises(ValueError, match="duplicate"):
         slices.pool_slices([dev, dev], "n", None, 1)
 
@@ -319,7 +323,7 @@ LONG_NODES = ["a" * 253, "a" * 240 + ".b", "x" * 63 + "." + "y" * 63 + "." + "z"
 
 @pytest.mark.parametrize("node", LONG_NODES)
 def test_long_node_names_fold_into_valid_object_names_and_labels(node: str) -> None:
-    plan = slices.plan_slices(inventory_of(200), node, None, 1)
+    plan = slices.plan_slices(plan_offer(inventory_of(200)), node, None, 1)
     for index, s in enumerate(plan):
         assert is_subdomain(s["metadata"]["name"])
         assert s["metadata"]["name"].endswith(f"-gpudra.io-{index}")
@@ -487,15 +491,15 @@ SLOW = settings(max_examples=40, deadline=None,
 @SLOW
 @given(inventories(), NODES, opt(st.uuids().map(str)), st.integers(0, 2**63 - 1))
 def test_planned_slices_satisfy_the_api_limits(inv: Inventory, node: str, uid: str | None, gen: int) -> None:
-    plan = slices.plan_pool(inv, node, uid, gen)
+    plan = slices.plan_pool(plan_offer(inv), node, uid, gen)
     check_pool(list(plan.slices))
-    wanted = Counter(slices.device_name(d) for d in inv.devices if published(d))
+    wanted = Counter(device_name(d) for d in inv.devices if published(d))
     clashes = {name for name, count in wanted.items() if count > 1}  # e.g. two MIG devices, one placement
     assert sorted(device_names(list(plan.slices))) == sorted(set(wanted) - clashes)
     assert all(any(name in w for w in plan.warnings) for name in clashes)
     for dev in filter(published, inv.devices):
         fits = 0 < len(dev.product_name.encode()) <= 64
-        entry = slices.device_entry(dev, inv)
+        entry = device_entry(dev, inv)
         assert ("productName" in entry["attributes"]) == fits
         if len(dev.product_name.encode()) > 64:
             assert any(entry["name"] in w and "productName" in w for w in plan.warnings)

@@ -22,6 +22,8 @@ from gpudra.model.inventory import (
     Vendor,
 )
 from gpudra.planning import slices
+from gpudra.planning.devices import build_device, device_entry, device_name
+from gpudra.planning.offer import plan_offer
 from gpudra.runtime.tables import inventory_table
 
 PARENT_UUID = "GPU-0d100000-0000-0000-0000-000000000000"
@@ -53,7 +55,7 @@ def _count(device: k8stypes.Device) -> int:
 
 
 def test_mig_device_exact_shape() -> None:
-    entry = slices.build_device(MIG_3G, INV)
+    entry = build_device(MIG_3G, INV)
     assert entry.device == {
         "name": "gpu-0d100000-0000-0000-0000-000000000000-mig-3g40gb-9-4",
         "attributes": {
@@ -90,7 +92,7 @@ def test_mig_device_exact_shape() -> None:
 
 
 def test_full_gpu_carries_mig_mode_and_topology() -> None:
-    attributes = slices.device_entry(FULL, INV)["attributes"]
+    attributes = device_entry(FULL, INV)["attributes"]
     assert {
         k: attributes[k]
         for k in ("migCapable", "migEnabled", "addressingMode", "fabricDomain", "nvlinkCount")
@@ -102,7 +104,7 @@ def test_full_gpu_carries_mig_mode_and_topology() -> None:
         "nvlinkCount": {"int": 18},
     }
     assert attributes["resource.kubernetes.io/pciBusID"] == {"string": "0000:64:00.0"}
-    assert _count(slices.device_entry(FULL, INV)) == 21
+    assert _count(device_entry(FULL, INV)) == 21
 
 
 def test_every_field_at_once_stays_within_32() -> None:
@@ -110,12 +112,12 @@ def test_every_field_at_once_stays_within_32() -> None:
         MIG_3G, kind=DeviceKind.GPU, mig_capable=True, mig_enabled=False, fabric_domain="d", nvlink_links=4
     )
     assert (
-        _count(slices.device_entry(everything, INV)) == 28
+        _count(device_entry(everything, INV)) == 28
     )  # 21 attributes + 7 capacities, the most possible
 
 
 def test_a_mig_enabled_gpu_is_published_as_its_mig_devices() -> None:
-    plan = slices.plan_pool(INV, "node-a", None, 1)
+    plan = slices.plan_pool(plan_offer(INV), "node-a", None, 1)
     published = [d["name"] for d in plan.slices[0]["spec"]["devices"]]
     assert published == [
         "gpu-0d100000-0000-0000-0000-000000000000-mig-3g40gb-9-4",
@@ -141,20 +143,21 @@ def test_device_name_names_the_compute_instance_only_when_needed(
         MIG_3G.mig, ci_spans_gpu_instance=spans, ci_profile_id=ci_profile, ci_placement_start=ci_start
     )
     assert (
-        slices.device_name(dataclasses.replace(MIG_3G, mig=mig))
+        device_name(dataclasses.replace(MIG_3G, mig=mig))
         == "gpu-0d100000-0000-0000-0000-000000000000" + suffix
     )
 
 
 def test_device_name_of_full_gpus_is_unchanged() -> None:
-    assert slices.device_name(FULL) == names.gpu_device_name(FULL.uuid)
-    assert slices.device_name(dataclasses.replace(MIG_3G, mig=None)) == names.gpu_device_name(MIG_3G.uuid)
+    assert device_name(FULL) == names.gpu_device_name(FULL.uuid)
+    assert device_name(dataclasses.replace(MIG_3G, mig=None)) == names.gpu_device_name(MIG_3G.uuid)
 
 
 def test_mig_devices_without_a_name_or_sharing_one_are_left_out() -> None:
     twin = dataclasses.replace(MIG_3G, uuid="MIG-twin")
     lost = dataclasses.replace(MIG_3G, uuid="MIG-lost", parent_uuid=None)
-    plan = slices.plan_pool(dataclasses.replace(INV, devices=(MIG_3G, twin, lost, FULL)), "node-a", None, 1)
+    offer = plan_offer(dataclasses.replace(INV, devices=(MIG_3G, twin, lost, FULL)))
+    plan = slices.plan_pool(offer, "node-a", None, 1)
     assert [d["name"] for d in plan.slices[0]["spec"]["devices"]] == [
         "gpu-0d100000-0000-0000-0000-000000000001"
     ]

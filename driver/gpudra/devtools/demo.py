@@ -1,4 +1,4 @@
-"""``gpudra demo``: the whole path on mock GPUs, no cluster needed.
+"""``gpudra-dev demo``: the whole path on mock GPUs, no cluster needed.
 
 A stand-in API server runs in-process. The real plugin discovers a mock DGX H100 and publishes its
 ResourceSlices. A kubelet stand-in then registers the plugin over the real registration socket, prepares
@@ -18,8 +18,9 @@ from typing import Any
 from gpudra.devtools import kubeletsim
 from gpudra.devtools.fakeapi import FakeApiServer
 from gpudra.model import names
-from gpudra.runtime.app import Plugin, RunConfig
-from gpudra.vendors.select import open_backend
+from gpudra.runtime.app import Plugin
+from gpudra.runtime.config import RunConfig
+from gpudra.vendors.select import open_driver
 
 NODE = "demo-node"
 
@@ -101,7 +102,8 @@ def run(profile: str = "dgx-h100") -> int:
         )
         _say(f"stand-in API server at {api.url}; mock profile {profile}; work dir {root}")
         t0 = time.perf_counter()
-        plugin = Plugin(cfg, open_backend("mock", profile, Path("/sys")), "mock")
+        driver = open_driver("mock", profile, Path("/sys"), cfg.host_roots, cfg.effective_run_dir / "claims")
+        plugin = Plugin(cfg, driver)
         plugin.start()
         if not api.wait_for(lambda: _node_slices(api), timeout=10):
             raise DemoError("no ResourceSlice was published within 10 s")

@@ -1,9 +1,11 @@
-"""Keeps this node's ResourceSlices in the API equal to what discovery found.
+"""Keeps this node's ResourceSlices in the API equal to what the node state offers.
 
-One background thread: list our slices, reconcile, then watch them. A slice someone deletes or edits is put
-back; a changed inventory gets a new pool generation. Nothing is requested while nothing changes (the watch
-stays open). When the API is unreachable it retries with capped exponential backoff. Slices are left in place
-on shutdown: the kubelet removes them if the plugin stays away, and a restart finds them current.
+Two background threads. The watcher lists our slices, reconciles, then watches them: a slice someone deletes
+or edits is put back. The follower waits for a new version of the node state (re-discovery found changed
+hardware) and reconciles it: a changed offer gets a new pool generation. Nothing is requested while nothing
+changes (the watch stays open). When the API is unreachable both retry with capped exponential backoff.
+Slices are left in place on shutdown: the kubelet removes them if the plugin stays away, and a restart
+finds them current.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gpudra.kube.client import KubeError, WatchEvent
-from gpudra.model.inventory import Inventory
 from gpudra.model.k8stypes import ResourceSlice
 from gpudra.planning import slicediff, slices
+from gpudra.planning.offer import Offer
+from gpudra.state.node import NodeStateStore
 
 log = logging.getLogger(__name__)
 
 
-Planner = Callable[[Inventory, str, str | None, int], list[ResourceSlice]]
+Planner = Callable[[Offer, str, str | None, int], list[ResourceSlice]]
 
 
 class SliceApi(Protocol):
@@ -73,7 +76,7 @@ class Publisher:
         self,
         api: SliceApi,
         node_name: str,
-        inventory: Inventory,
+        node: NodeStateStore,
         *,
         backoff: Backoff | None = None,
         on_published: Callable[[int], None] | None = None,
@@ -81,7 +84,7 @@ class Publisher:
     ) -> None:
         self._api = api
         self._node = node_name
-        self._inventory = inventory
+        self._state = node
         self._backoff = backoff or Backoff()
         self._on_published = on_published
         self._planner = planner
@@ -94,8 +97,7 @@ class Publisher:
         self._written_rv: dict[str, int] = {}  # per slice: version our last write or delete left it at
         self._published: list[ResourceSlice] | None = None
         self._stop = threading.Event()
-        self._lock = threading.Lock()  # guards _inventory
-        self._rlock = threading.RLock()  # one reconcile at a time (watch thread vs update_inventory)
+        self._rlock = threading.RLock()  # one reconcile at a time (watcher vs follower)
         self._thread: threading.Thread | None = None
         self.synced = threading.Event()  # set after the first successful reconcile
 
@@ -104,17 +106,41 @@ class Publisher:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="slice-publisher", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._follow, name="slice-follower", daemon=True).start()
+
+    @property
+    def node(self) -> NodeStateStore:
+        return self._state
+
+    @property
+    def alive(self) -> bool:
+        """The watcher thread runs (it retries every API failure; only a stop ends it)."""
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
 
     def stop(self) -> None:
-        """Stop reconciling; slices stay in the API. The watch thread is a daemon and is not joined."""
+        """Stop reconciling; slices stay in the API. The threads are daemons and are not joined."""
         self._stop.set()
+        self._state.wake()
 
-    def update_inventory(self, inventory: Inventory) -> None:
-        """Publish a changed inventory now (from the caller's thread); raises KubeError on API failure."""
-        with self._lock:
-            self._inventory = inventory
-        if self.synced.is_set():
-            self._reconcile()
+    def _follow(self) -> None:
+        """Reconcile every new version of the node state (once the first list has been reconciled)."""
+        version = self._state.current.version
+        delays = self._backoff.delays()
+        while not self._stop.is_set():
+            if self._state.wait_newer(version, stop=self._stop) is None:
+                continue
+            while not self.synced.wait(0.5):  # the watcher's first reconcile publishes it anyway
+                if self._stop.is_set():
+                    return
+            seen = self._state.current.version
+            try:
+                self._reconcile()
+            except Exception as e:  # the watcher relists on its own errors; this thread retries its change
+                delay = next(delays)
+                log.warning("publishing the changed devices failed: %s; retrying in %.1fs", e, delay)
+                self._stop.wait(delay)
+                continue
+            version, delays = seen, self._backoff.delays()
 
     # ---- the loop -----------------------------------------------------------------------------------
 
@@ -169,9 +195,7 @@ class Publisher:
             self._actual[name] = event.object
 
     def _desired(self, generation: int) -> list[ResourceSlice]:
-        with self._lock:
-            inv = self._inventory
-        return self._planner(inv, self._node, self._node_uid, generation)
+        return self._planner(self._state.current.offer, self._node, self._node_uid, generation)
 
     def _reconcile(self) -> None:
         """Make the API match the plan with as few writes as possible."""

@@ -18,12 +18,32 @@ import grpc
 from gpudra._proto import dra_v1_pb2, dra_v1_pb2_grpc, dra_v1beta1_pb2, dra_v1beta1_pb2_grpc
 from gpudra.planning.devicemeta import top_request
 from gpudra.planning.plan import ClaimRef
-from gpudra.runtime.metrics import Metrics, NullMetrics
 from gpudra.state.prepare import ClaimResult
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+
+
+class Metrics(Protocol):
+    """What the DRA service reports (:class:`gpudra.runtime.metrics.Metrics` is one)."""
+
+    def call(self, method: str, seconds: float, ok: bool) -> None: ...
+    def claims(self, method: str, succeeded: int, failed: int) -> None: ...
+    def claim_error(self, method: str, kind: str) -> None: ...
+
+
+class NullMetrics:
+    def call(self, method: str, seconds: float, ok: bool) -> None:
+        return None
+
+    def claims(self, method: str, succeeded: int, failed: int) -> None:
+        return None
+
+    def claim_error(self, method: str, kind: str) -> None:
+        return None
+
+
 _NULL_METRICS = NullMetrics()
 
 

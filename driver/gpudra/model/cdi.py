@@ -4,21 +4,18 @@ The file is ``<cdi_root>/k8s.gpudra.io-claim_<claimUID>.yaml`` with kind ``k8s.g
 runtime's CDI cache indexes devices by name across ALL spec files of one kind, so every device is named
 ``<claimUID>-<deviceName>`` and its id is ``k8s.gpudra.io/claim=<claimUID>-<deviceName>``.
 
-``build_spec`` and ``min_cdi_version`` are pure; :class:`CdiWriter` is the edge. Runtimes reject a spec whose
+Everything here is pure; :class:`gpudra.state.cdi.CdiWriter` writes the files. Runtimes reject a spec whose
 ``cdiVersion`` they do not know, and the CDI library rejects one whose version is lower than the fields it
 uses need, so the spec declares the LOWEST version that covers its fields.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from gpudra.fsutil import atomic_write, remove
 from gpudra.model.names import CDI_CLASS, CDI_KIND, CDI_VENDOR
 
 # cdiVersion history, from cncf-tags/container-device-interface SPEC.md ("Released versions") and
@@ -221,6 +218,10 @@ def cdi_device_id(claim_uid: str, device_name: str) -> str:
     return f"{CDI_KIND}={cdi_device_name(claim_uid, device_name)}"
 
 
+def is_claim_uid(text: str) -> bool:
+    return _CLAIM_UID.fullmatch(text) is not None
+
+
 def check_claim_uid(claim_uid: str) -> str:
     if not _CLAIM_UID.fullmatch(claim_uid):
         raise CdiSpecError(f"claim UID {claim_uid!r} is not usable in a CDI file or device name")
@@ -307,38 +308,3 @@ def min_cdi_version(spec: Mapping[str, Any]) -> str:
         if required(spec):
             return version
     return BASELINE_CDI_VERSION
-
-
-class CdiWriter:
-    """Writes and removes the per-claim spec files under ``root`` (created if missing)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def path_for(self, claim_uid: str) -> Path:
-        return self.root / f"{SPEC_FILE_PREFIX}{check_claim_uid(claim_uid)}{SPEC_FILE_SUFFIX}"
-
-    def write(self, claim_uid: str, spec: Mapping[str, Any]) -> Path:
-        """Write ``spec`` atomically (a runtime reading the directory never sees half a file).
-
-        The content is JSON, which is YAML too: the CDI library parses ``.yaml`` specs with a YAML parser
-        that reads it as is, and it is ~50x cheaper to emit than PyYAML's pure-Python dumper (6 ms/spec).
-        """
-        path = self.path_for(claim_uid)
-        text = json.dumps(spec) + "\n"  # no indent: the C encoder
-        atomic_write(path, text.encode(), mode=0o644, durable=False)
-        return path
-
-    def remove(self, claim_uid: str) -> bool:
-        """Remove the claim's spec; False when there was none (not an error)."""
-        return remove(self.path_for(claim_uid))
-
-    def claim_uids_on_disk(self) -> set[str]:
-        """UIDs of the claims that have a gpudra spec file under ``root`` (empty if ``root`` is missing)."""
-        try:
-            names = [p.name for p in self.root.iterdir()]
-        except FileNotFoundError:
-            return set()
-        uids = {n[len(SPEC_FILE_PREFIX) : -len(SPEC_FILE_SUFFIX)] for n in names
-                if n.startswith(SPEC_FILE_PREFIX) and n.endswith(SPEC_FILE_SUFFIX)}
-        return {u for u in uids if _CLAIM_UID.fullmatch(u)}

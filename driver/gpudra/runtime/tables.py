@@ -7,7 +7,7 @@ is listed as ``gpu (MIG)``: it is published only as its MIG devices.
 from __future__ import annotations
 
 from gpudra.model.inventory import Device, DeviceKind, Inventory
-from gpudra.planning import slices
+from gpudra.planning.devices import device_name
 
 _KIND_LABELS = (
     (DeviceKind.GPU, "GPU(s)"),
@@ -31,11 +31,11 @@ def _product(d: Device) -> str:
 def inventory_table(inv: Inventory) -> str:
     header = ("DEVICE", "TYPE", "PRODUCT", "MEMORY", "PCI BUS ID", "NUMA", "FABRIC", "UUID")
     rows = [header]
-    for d in sorted(inv.devices, key=slices.device_name):
+    for d in sorted(inv.devices, key=device_name):
         pci = d.pci
         rows.append(
             (
-                slices.device_name(d),
+                device_name(d),
                 _kind(d),
                 _product(d),
                 _gib(d.memory_bytes),

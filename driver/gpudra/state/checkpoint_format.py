@@ -1,10 +1,16 @@
 """The checkpoint's file format, pure: values <-> JSON, schema versions and migrations.
 
-Version 2 (current) is a log of JSON lines, camelCase:
+Version 3 (current) is a log of JSON lines, camelCase:
 
-- line 1, the snapshot: ``{"version": 2, "bootId": …, "claims": {"<uid>": {"namespace", "name", "state",
-  "cdiSpec", "devices": [{"request", "pool", "device", "cdiDeviceIds", "adminAccess", "shareId"}]}}}``;
+- line 1, the snapshot: ``{"version": 3, "bootId": …, "claims": {"<uid>": {"namespace", "name", "state",
+  "cdiSpec", "devices": [{"request", "pool", "device", "cdiDeviceIds", "adminAccess", "shareId"}],
+  "applied": {"changes": [{"kind", "device", "params": {…}}], "createdDevices": […]}}}}``, where
+  ``applied`` (what the vendor driver changed on the node for the claim, see :mod:`gpudra.model.applied`)
+  is left out when nothing was changed;
 - then one line per change: ``{"put": "<uid>", "claim": {…same entry…}}`` or ``{"del": "<uid>"}``.
+
+Version 2 had no ``applied``: a version-2 claim changed nothing, so the migration is the identity. A version-2
+plugin reading a version-3 file (a rollback) keeps ``applied`` as an unknown field and writes it back.
 
 A change costs one small append instead of rewriting every claim held; the store compacts the log back into a
 snapshot from time to time (:func:`needs_compaction`). Only ``\n``-terminated lines count: a torn last line
@@ -30,9 +36,11 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Final, Literal, cast
 
+from gpudra.model.applied import NOTHING_APPLIED, AppliedState, AppliedStateError, Change
+
 log = logging.getLogger("gpudra.state.checkpoint")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 ClaimState = Literal["PrepareStarted", "PrepareCompleted"]
 PREPARE_STARTED: Final = "PrepareStarted"
@@ -46,14 +54,19 @@ def _v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def _v2_to_v3(doc: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 adds the optional ``applied`` state per claim; a version-2 claim applied nothing."""
+    return doc
+
+
 #: ``MIGRATIONS[n]`` turns a version-``n`` snapshot document into a version-``n + 1`` one. Add a step (and
 #: bump :data:`SCHEMA_VERSION`) with every format change.
-MIGRATIONS: Final[Mapping[int, Migration]] = MappingProxyType({1: _v1_to_v2})
+MIGRATIONS: Final[Mapping[int, Migration]] = MappingProxyType({1: _v1_to_v2, 2: _v2_to_v3})
 
 #: The log is compacted when it holds more change lines than this plus twice the claims held.
 COMPACTION_SLACK: Final = 64
 
-_CLAIM_KEYS: Final = frozenset({"namespace", "name", "state", "devices", "cdiSpec"})
+_CLAIM_KEYS: Final = frozenset({"namespace", "name", "state", "devices", "cdiSpec", "applied"})
 _DEVICE_KEYS: Final = frozenset({"request", "pool", "device", "cdiDeviceIds", "adminAccess", "shareId"})
 _TOP_KEYS: Final = frozenset({"version", "bootId", "claims"})
 
@@ -76,6 +89,7 @@ class ClaimRecord:
     state: ClaimState
     devices: tuple[PreparedDevice, ...]
     cdi_spec: str | None  # path of the claim's CDI spec file
+    applied: AppliedState = NOTHING_APPLIED  # what the vendor driver changed on the node for the claim
 
 
 class CheckpointFormatError(ValueError):
@@ -153,6 +167,42 @@ def _decode_state(raw: Mapping[str, Any], where: str, newer: bool) -> ClaimState
     return PREPARE_STARTED
 
 
+def _decode_applied(raw: object, where: str) -> AppliedState:
+    if raw is None:
+        return NOTHING_APPLIED
+    if not isinstance(raw, dict):
+        raise CheckpointFormatError(f"{where}: expected an object")
+    changes = []
+    for i, c in enumerate(_need(raw, "changes", list, where, optional=True) or []):
+        at = f"{where}.changes[{i}]"
+        if not isinstance(c, dict):
+            raise CheckpointFormatError(f"{at}: expected an object")
+        params = _need(c, "params", dict, at, optional=True) or {}
+        kind, device = _need(c, "kind", str, at), _need(c, "device", str, at)
+        try:
+            changes.append(Change.from_mapping(kind, device, params))
+        except AppliedStateError as e:
+            raise CheckpointFormatError(f"{at}: {e}") from e
+    created = _need(raw, "createdDevices", list, where, optional=True) or []
+    if not all(isinstance(u, str) for u in created):
+        raise CheckpointFormatError(f"{where}.createdDevices: expected strings")
+    try:
+        return AppliedState(tuple(changes), tuple(created))
+    except AppliedStateError as e:
+        raise CheckpointFormatError(f"{where}: {e}") from e
+
+
+def _encode_applied(applied: AppliedState) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if applied.changes:
+        out["changes"] = [
+            {"kind": c.kind, "device": c.device, "params": dict(c.params)} for c in applied.changes
+        ]
+    if applied.created_devices:
+        out["createdDevices"] = list(applied.created_devices)
+    return out
+
+
 def _decode_claim(uid: str, raw: object, newer: bool) -> tuple[ClaimRecord, Extras]:
     where = f"claims[{uid}]"
     if not isinstance(raw, dict):
@@ -166,6 +216,7 @@ def _decode_claim(uid: str, raw: object, newer: bool) -> tuple[ClaimRecord, Extr
         state=_decode_state(raw, where, newer),
         devices=tuple(d for d, _ in pairs),
         cdi_spec=_need(raw, "cdiSpec", str, where, optional=True),
+        applied=_decode_applied(raw.get("applied"), f"{where}.applied"),
     )
     extras = Extras(
         claim={k: v for k, v in raw.items() if k not in _CLAIM_KEYS},
@@ -236,6 +287,7 @@ def encode_claim(record: ClaimRecord, extras: Extras) -> dict[str, Any]:
         "state": state,
         "cdiSpec": record.cdi_spec,
         "devices": [_encode_device(d, extras.devices.get(_device_key(d), {})) for d in record.devices],
+        **({"applied": _encode_applied(record.applied)} if not record.applied.empty else {}),
         **extras.claim,
     }
 

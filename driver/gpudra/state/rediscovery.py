@@ -1,19 +1,33 @@
-"""Discovery again while the hardware's answer is still settling, then quiet.
+"""Re-discovery: the one writer of the node state, so hardware that changes is republished without a restart.
 
-NVLink fabric registration (GB200 NVL72 and other multi-node NVLink systems) can be NOT_STARTED or
-IN_PROGRESS when the plugin starts: the devices are published without ``fabricDomain`` and the backend sets
-``Inventory.fabric_pending``. This thread re-runs discovery with a growing interval until nothing is pending,
-hands every changed inventory to the plugin, and then ends. One thread: discoveries never overlap.
+A GPU falls off the bus (NVML ``GPU_IS_LOST``), an admin changes a MIG layout or toggles MIG mode, the AMD
+compute or memory partition mode is switched, NVLink fabric registration finishes: one loop notices each of
+these by discovering again, and offers the result to the node state (:mod:`gpudra.state.node`), which makes
+a new version only when what the node offers changed; the publisher follows it.
+
+When it runs:
+
+- every ``interval_s`` (the ``--rediscover-interval`` flag; 0 turns the periodic pass off);
+- on demand (:meth:`Rediscovery.trigger`: SIGHUP, or a later caller such as the health monitor);
+- while NVLink fabric registration is pending (NOT_STARTED / IN_PROGRESS), sooner: after ``fabric_initial_s``,
+  doubling up to the interval (or ``fabric_max_s`` when the periodic pass is off), until it settles.
+
+Devices prepare created for claims (dynamic MIG) are told apart by ``claim_created`` and never published as
+devices of their own. One thread: passes never overlap. A failed pass keeps the current state and logs.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 
 from gpudra.model.inventory import Inventory
-from gpudra.vendors.base import HardwareBackend
+from gpudra.planning.offer import plan_offer
+from gpudra.state.node import NodeState, NodeStateStore
+from gpudra.vendors.base import Discoverer
 
 log = logging.getLogger(__name__)
 
@@ -21,43 +35,83 @@ log = logging.getLogger(__name__)
 class Rediscovery:
     def __init__(
         self,
-        backend: HardwareBackend,
-        on_change: Callable[[Inventory], None],
-        initial_s: float = 15.0,
-        max_s: float = 300.0,
+        driver: Discoverer,
+        node: NodeStateStore,
+        *,
+        claim_created: Callable[[], AbstractSet[str]] = frozenset,
+        interval_s: float = 60.0,
+        fabric_initial_s: float = 15.0,
+        fabric_max_s: float = 300.0,
+        on_pass: Callable[[float, Inventory], None] | None = None,
     ) -> None:
-        self._backend = backend
-        self._on_change = on_change
-        self._initial_s = initial_s
-        self._max_s = max_s
+        self._driver = driver
+        self._node = node
+        self._claim_created = claim_created
+        self._interval_s = interval_s
+        self._fabric_initial_s = fabric_initial_s
+        self._fabric_max_s = min(fabric_max_s, interval_s) if interval_s > 0 else fabric_max_s
+        self._on_pass = on_pass
+        self._pending = node.current.offer.inventory.fabric_pending
+        self._wake = threading.Event()
         self._stop = threading.Event()
+        self.passes = 0  # completed passes (tests and logs)
         self.thread: threading.Thread | None = None
 
-    def start(self, current: Inventory) -> None:
-        """Start only when something is pending; otherwise there is nothing to wait for."""
-        if not current.fabric_pending:
-            return
-        log.info("NVLink fabric registration pending: discovering again in %.0f s", self._initial_s)
-        self.thread = threading.Thread(target=self._run, args=(current,), name="rediscover", daemon=True)
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="rediscovery", daemon=True)
         self.thread.start()
+
+    def trigger(self) -> None:
+        """Discover again now (returns at once; the pass runs on the loop's thread)."""
+        self._wake.set()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
-    def _run(self, current: Inventory) -> None:
-        delay = self._initial_s
-        while not self._stop.wait(delay):
-            try:
-                fresh = self._backend.discover()
-            except Exception:
-                log.exception("re-discovery failed; trying again in %.0f s", delay)
-                delay = min(delay * 2, self._max_s)
-                continue
-            if fresh.devices != current.devices:
-                log.info("re-discovery found changed devices; publishing them")
-                self._on_change(fresh)
-                current = fresh
-            if not fresh.fabric_pending:
-                log.info("NVLink fabric registration settled; re-discovery stops")
+    def run_once(self) -> NodeState | None:
+        """One pass on the caller's thread: the new node state, or None when nothing changed or it failed."""
+        t0 = time.monotonic()
+        try:
+            inv = self._driver.discover()
+        except Exception as e:  # the library or the hardware failed as a whole: keep what is published
+            log.warning("re-discovery failed, keeping the published devices: %s", e)
+            return None
+        self.passes += 1
+        if self._on_pass is not None:
+            self._on_pass(time.monotonic() - t0, inv)
+        before = self._node.current.offer
+        state = self._node.offer(plan_offer(inv, self._claim_created()))
+        if state is not None:
+            _log_change(before.devices.keys(), state.offer.devices.keys(), state.version)
+            for warning in inv.warnings:
+                log.warning("discovery: %s", warning)
+        self._pending = inv.fabric_pending
+        return state
+
+    def _run(self) -> None:
+        fabric_delay = self._fabric_initial_s
+        if self._pending:
+            log.info("NVLink fabric registration pending: discovering again in %.0f s", fabric_delay)
+        while not self._stop.is_set():
+            delay = fabric_delay if self._pending else (self._interval_s or None)
+            self._wake.wait(delay)
+            if self._stop.is_set():
                 return
-            delay = min(delay * 2, self._max_s)
+            self._wake.clear()
+            was_pending = self._pending
+            self.run_once()
+            if was_pending and not self._pending:
+                log.info("NVLink fabric registration settled")
+            grown = min(fabric_delay * 2, self._fabric_max_s)
+            fabric_delay = grown if self._pending else self._fabric_initial_s
+
+
+def _log_change(before: AbstractSet[str], after: AbstractSet[str], version: int) -> None:
+    gone, new = sorted(before - after), sorted(after - before)
+    what = []
+    if new:
+        what.append(f"{len(new)} new ({', '.join(new[:8])}{', ...' if len(new) > 8 else ''})")
+    if gone:
+        what.append(f"{len(gone)} gone ({', '.join(gone[:8])}{', ...' if len(gone) > 8 else ''})")
+    log.info("hardware changed: %s; node state version %d", "; ".join(what) or "devices changed", version)

@@ -1,25 +1,145 @@
-"""The one narrow seam between gpudra and GPU hardware."""
+"""The seam between gpudra and GPU hardware: what every vendor driver must answer, one protocol per concern.
+
+A vendor driver is one object per process that opens its library once, keeps it (and its device handles)
+open for the plugin's lifetime, and may be called from several threads at once (the re-discovery loop, the
+kubelet's prepare and unprepare calls). The layers above see only these protocols and the vendor-neutral
+model (:mod:`gpudra.model.inventory`, :mod:`gpudra.model.applied`, :mod:`gpudra.model.cdi`):
+
+- :class:`Discoverer` — what the node has, again and again (hardware changes while the plugin runs);
+- :class:`DeviceEditor` — what a container needs to use one prepared device (CDI container edits);
+- :class:`ClaimApplier` — what a claim changes on the node at prepare (nothing for a static device; a MIG
+  instance, an MPS daemon, a setting later) and how to undo exactly that, after a crash too.
+
+:class:`VendorDriver` is all of them plus a name and ``close``. The edit and error types every vendor returns
+live here as well, so vendor folders never import the layers that call them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
-from gpudra.model.inventory import Inventory
+from gpudra.model.applied import NOTHING_APPLIED, AppliedState
+from gpudra.model.cdi import ContainerEdits
+from gpudra.model.inventory import Device, Inventory
 
 
 class DiscoveryError(Exception):
-    """The backend cannot discover at all (library missing, no GPUs, init failed). Message is for humans."""
+    """The driver cannot discover at all (library missing, no GPUs, init failed). Message is for humans."""
 
 
-class HardwareBackend(Protocol):
-    """What the driver needs from hardware. Implementations: NVML (real or fake pynvml), AMD (later)."""
+class EditsError(Exception):
+    """The node cannot give a container this device (a host device node is missing, wrong vendor, ...)."""
 
-    name: str
 
+class ApplyError(Exception):
+    """A claim's changes could not be applied or undone. The message goes to that claim only."""
+
+
+class ClaimIdentity(Protocol):
+    """Anything naming a claim (``planning.plan.ClaimRef``, ``state.checkpoint.ClaimRecord``)."""
+
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def uid(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HostRoots:
+    """Where the host's files are as this process sees them (configurable so tests build fake trees)."""
+
+    dev: Path = Path("/dev")
+    proc: Path = Path("/proc")
+    #: NVIDIA driver root as this process sees it: "/" for a host-installed driver, "/run/nvidia/driver"
+    #: with the GPU operator, or where a DaemonSet mounts the host's root (e.g. "/driver-root").
+    driver: Path = Path("/")
+    #: The same driver root as the container runtime on the host sees it (what CDI mounts must name); None
+    #: when it is the same path as ``driver``.
+    host_driver: Path | None = None
+    #: Directories holding other vendors' CDI specs (the NVIDIA Container Toolkit's ``nvidia.com/gpu``).
+    cdi_dirs: tuple[Path, ...] = (Path("/etc/cdi"), Path("/var/run/cdi"))
+    #: AMD: give the container the host render node's group via CDI ``additionalGids`` (cdiVersion 0.7.0).
+    additional_gids: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEdits:
+    """A device's container edits, plus CDI devices of other specs the runtime must apply too."""
+
+    edits: ContainerEdits
+    extra_cdi_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimDevice:
+    """One device of a claim as prepare hands it to the vendor driver."""
+
+    name: str  # the published device name
+    request: str  # as allocated: "gpu" or, for a prioritized list, "gpu/h100"
+    device: Device
+    configs: tuple[object, ...] = ()  # the decoded opaque configs that apply to it, in precedence order
+
+
+class Discoverer(Protocol):
     def discover(self) -> Inventory:
-        """Enumerate devices. Per-device failures are skipped and reported in ``Inventory.warnings``."""
+        """One full discovery pass. Per-device failures are skipped and named in ``Inventory.warnings``;
+        :class:`DiscoveryError` only when nothing can be discovered at all."""
+        ...
+
+
+class DeviceEditor(Protocol):
+    def edits(self, claim: ClaimIdentity, device: ClaimDevice, applied: AppliedState) -> DeviceEdits:
+        """The CDI edits that give a container ``device`` of ``claim``, given what prepare applied for the
+        claim; raises :class:`EditsError` when the node cannot give it."""
+        ...
+
+
+class ClaimApplier(Protocol):
+    def intend(self, claim: ClaimIdentity, devices: Sequence[ClaimDevice]) -> AppliedState:
+        """What :meth:`apply` will change, decided without changing anything (recorded before it runs, so
+        a crash in the middle can be rolled back). Raises :class:`ApplyError` for a claim it cannot serve."""
+        ...
+
+    def apply(
+        self, claim: ClaimIdentity, devices: Sequence[ClaimDevice], intended: AppliedState
+    ) -> AppliedState:
+        """Make the changes and return what was really done (ids the hardware assigned included). On
+        failure, raise :class:`ApplyError` having undone whatever part was done."""
+        ...
+
+    def undo(self, applied: AppliedState) -> None:
+        """Reverse ``applied`` (as recorded, or as intended when apply may have been cut short): idempotent,
+        a change already gone is success. Raises :class:`ApplyError` for what could not be undone."""
+        ...
+
+
+class VendorDriver(Discoverer, DeviceEditor, ClaimApplier, Protocol):
+    @property
+    def name(self) -> str:
+        """``nvml``, ``amd`` or ``mock`` (logs and metrics)."""
         ...
 
     def close(self) -> None:
-        """Release the vendor library (nvmlShutdown); safe to call twice."""
+        """Release the vendor library; safe to call twice."""
         ...
+
+
+class StaticDevices:
+    """:class:`ClaimApplier` for devices that exist as they are: prepare changes nothing on the node."""
+
+    def intend(self, claim: ClaimIdentity, devices: Sequence[ClaimDevice]) -> AppliedState:
+        return NOTHING_APPLIED
+
+    def apply(
+        self, claim: ClaimIdentity, devices: Sequence[ClaimDevice], intended: AppliedState
+    ) -> AppliedState:
+        return intended
+
+    def undo(self, applied: AppliedState) -> None:
+        if not applied.empty:
+            raise ApplyError(f"this driver changes nothing at prepare, yet a claim recorded {applied}")

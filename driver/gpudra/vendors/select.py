@@ -1,14 +1,14 @@
-"""Choose and open the hardware backend named on the command line (``--backend``, ``--profile``)."""
+"""Choose and open the vendor driver named on the command line (``--backend``, ``--profile``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Final, Literal, get_args
 
-from gpudra.vendors.base import DiscoveryError, HardwareBackend
-from gpudra.vendors.mock.fake_nvml import MockBackend
+from gpudra.vendors.base import DiscoveryError, HostRoots, VendorDriver
 from gpudra.vendors.mock.profile import ProfileError, builtin_profile_names, load_profile
-from gpudra.vendors.nvidia.discovery import MOCK_HINT, NvmlBackend
+from gpudra.vendors.nvidia.calls import MOCK_HINT
+from gpudra.vendors.nvidia.driver import NvidiaDriver
 
 BackendKind = Literal["auto", "nvml", "amd", "mock"]
 BACKEND_KINDS: Final[tuple[str, ...]] = get_args(BackendKind)
@@ -20,55 +20,64 @@ def list_profiles() -> list[str]:
     return builtin_profile_names()
 
 
-def open_backend(kind: BackendKind, profile: str | None, sysfs_root: Path) -> HardwareBackend:
-    """Open the backend ``kind``; raises :class:`DiscoveryError` with a message meant for the user.
+def open_driver(
+    kind: BackendKind,
+    profile: str | None,
+    sysfs_root: Path,
+    roots: HostRoots | None = None,
+    files_dir: Path | None = None,
+) -> VendorDriver:
+    """Open the driver ``kind``; raises :class:`DiscoveryError` with a message meant for the user.
 
     ``auto`` uses NVML when it loads and sees a GPU, else the AMD backend when sysfs shows amdgpu devices,
     else fails (suggesting the mock); ``nvml`` uses NVML as is; ``amd`` reads sysfs/KFD (plus amdsmi when
     it loads); ``mock`` serves ``profile`` (default ``dgx-h100``) through a fake pynvml or, for an AMD
-    profile, a fake sysfs tree and fake amdsmi.
+    profile, a fake sysfs tree and fake amdsmi. ``roots`` are where the host's device nodes and driver
+    files are (hardware drivers); ``files_dir`` is where the mock writes the description files containers
+    mount (default: a private temporary directory).
     """
+    roots = roots or HostRoots()
     if kind == "mock":
-        return _open_mock(profile or DEFAULT_PROFILE)
+        return _open_mock(profile or DEFAULT_PROFILE, files_dir)
     if profile is not None:
         raise DiscoveryError(f"--profile {profile!r} only applies to --backend mock (backend is {kind!r})")
     if kind == "nvml":
-        return _open_nvml(sysfs_root)
+        return _open_nvml(sysfs_root, roots)
     if kind == "auto":
-        return _open_auto(sysfs_root)
+        return _open_auto(sysfs_root, roots)
     if kind == "amd":
-        return _open_amd(sysfs_root)
+        return _open_amd(sysfs_root, roots)
     raise DiscoveryError(f"unknown backend {kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
 
 
-def _open_nvml(sysfs_root: Path) -> NvmlBackend:
+def _open_nvml(sysfs_root: Path, roots: HostRoots) -> NvidiaDriver:
     try:
-        import pynvml  # importing it does not load libnvidia-ml; nvmlInit in NvmlBackend does
+        import pynvml  # importing it does not load libnvidia-ml; nvmlInit in the driver does
     except ImportError as err:  # pragma: no cover - pynvml is a pinned dependency
         raise DiscoveryError(f"the pynvml package (nvidia-ml-py) is not installed: {err}") from err
-    return NvmlBackend(pynvml, sysfs_root=sysfs_root)
+    return NvidiaDriver(pynvml, sysfs_root, roots)
 
 
-def _open_amd(sysfs_root: Path) -> HardwareBackend:
-    from gpudra.vendors.amd.discovery import AmdBackend
+def _open_amd(sysfs_root: Path, roots: HostRoots) -> VendorDriver:
+    from gpudra.vendors.amd.driver import AmdDriver
     from gpudra.vendors.amd.smi import load_amdsmi
 
-    return AmdBackend(sysfs_root, load_amdsmi())
+    return AmdDriver(sysfs_root, load_amdsmi(), roots)
 
 
-def _open_auto(sysfs_root: Path) -> HardwareBackend:
+def _open_auto(sysfs_root: Path, roots: HostRoots) -> VendorDriver:
     try:
-        backend = _open_nvml(sysfs_root)
-        count = backend.device_count()
+        driver = _open_nvml(sysfs_root, roots)
+        count = driver.device_count()
     except DiscoveryError:
         if _has_amd(sysfs_root):
-            return _open_amd(sysfs_root)
+            return _open_amd(sysfs_root, roots)
         raise
     if count > 0:
-        return backend
-    backend.close()
+        return driver
+    driver.close()
     if _has_amd(sysfs_root):
-        return _open_amd(sysfs_root)
+        return _open_amd(sysfs_root, roots)
     raise DiscoveryError(f"NVML loaded but sees no NVIDIA GPU on this node. {MOCK_HINT}")
 
 
@@ -78,15 +87,12 @@ def _has_amd(sysfs_root: Path) -> bool:
     return bool(amdgpu_functions(sysfs_root))
 
 
-def _open_mock(profile: str) -> HardwareBackend:
+def _open_mock(profile: str, files_dir: Path | None) -> VendorDriver:
     from gpudra.vendors.mock.amd_profile import is_amd_profile, load_amd_profile  # the mock path only
+    from gpudra.vendors.mock.driver import open_mock
 
     try:
-        if is_amd_profile(profile):
-            from gpudra.vendors.mock.fake_amdsmi import AmdMockBackend
-
-            return AmdMockBackend(load_amd_profile(profile))
-        loaded = load_profile(profile)
+        loaded = load_amd_profile(profile) if is_amd_profile(profile) else load_profile(profile)
     except ProfileError as err:
         raise DiscoveryError(str(err)) from err
-    return MockBackend(loaded)
+    return open_mock(loaded, files_dir)

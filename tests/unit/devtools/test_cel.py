@@ -26,7 +26,7 @@ from tests.unit.test_deviceclasses import (
     undiscoverable,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 COOKBOOK = yaml.safe_load((REPO / "docs" / "cel-cookbook.yaml").read_text())["entries"]
 DOC = (REPO / "docs" / "cel-cookbook.md").read_text()
 

@@ -23,6 +23,8 @@ from gpudra.model.inventory import (
     Vendor,
 )
 from gpudra.planning import slices
+from gpudra.planning.devices import device_name
+from gpudra.planning.offer import plan_offer
 from gpudra.vendors.mock.fake_nvml import FakeNvml
 from gpudra.vendors.mock.profile import Profile, load_profile
 from gpudra.vendors.nvidia.discovery import NvmlBackend
@@ -76,7 +78,8 @@ def test_mig_mixed_discovered_exactly(open_nvml: OpenNvml) -> None:
 
 
 def test_mig_devices_are_published_and_their_parent_is_not(open_nvml: OpenNvml) -> None:
-    plan = slices.plan_pool(_discover(open_nvml, load_profile("h100-mig-mixed")), "node-a", None, 1)
+    offer = plan_offer(_discover(open_nvml, load_profile("h100-mig-mixed")))
+    plan = slices.plan_pool(offer, "node-a", None, 1)
     names = [d["name"] for s in plan.slices for d in s["spec"]["devices"]]
     parent = "gpu-0d100000-0000-0000-0000-000000000000"
     assert parent not in names
@@ -92,7 +95,7 @@ def test_names_do_not_depend_on_mig_enumeration_order(open_nvml: OpenNvml) -> No
     backward = _discover(
         open_nvml, variant("h100-mig-mixed", lambda d: d["devices"][0]["mig_devices"].reverse())
     )
-    assert sorted(map(slices.device_name, _migs(forward))) == sorted(map(slices.device_name, _migs(backward)))
+    assert sorted(map(device_name, _migs(forward))) == sorted(map(device_name, _migs(backward)))
 
 
 def test_mig_enabled_without_instances_publishes_nothing_and_says_so(
@@ -105,7 +108,7 @@ def test_mig_enabled_without_instances_publishes_nothing_and_says_so(
     assert len(inventory.warnings) == 1
     assert "MIG mode is enabled but no MIG device exists" in inventory.warnings[0]
     assert "no MIG device exists" in caplog.text
-    plan = slices.plan_pool(inventory, "node-a", None, 1)
+    plan = slices.plan_pool(plan_offer(inventory), "node-a", None, 1)
     assert [s["spec"]["devices"] for s in plan.slices] == [[]]
 
 
@@ -142,7 +145,7 @@ def test_compute_instances_sharing_a_gpu_instance_get_distinct_names(open_nvml: 
     assert [(m.mig.profile, m.mig.ci_spans_gpu_instance, m.multiprocessors) for m in split if m.mig] == [
         ("1c.3g.40gb", False, 20), ("2c.3g.40gb", False, 40),
     ]  # fmt: skip
-    names = [slices.device_name(m) for m in split]
+    names = [device_name(m) for m in split]
     assert names == [
         "gpu-0d100000-0000-0000-0000-000000000000-mig-1c3g40gb-9-4-0-0",
         "gpu-0d100000-0000-0000-0000-000000000000-mig-2c3g40gb-9-4-1-1",
@@ -185,7 +188,7 @@ def test_unreadable_attributes_drop_capacities_and_name_the_compute_instance(ope
     assert mig.mig is not None
     assert (mig.mig.profile, mig.mig.ci_spans_gpu_instance) == ("3g.40gb", None)
     # whether the GI holds several compute instances is unknown, so the name says which one this is
-    assert slices.device_name(mig).endswith("-mig-3g40gb-9-4-2-0")
+    assert device_name(mig).endswith("-mig-3g40gb-9-4-2-0")
 
 
 def test_memory_falls_back_to_the_attributes(open_nvml: OpenNvml) -> None:

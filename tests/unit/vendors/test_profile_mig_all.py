@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from gpudra.model.inventory import Device, DeviceKind, Inventory
-from gpudra.planning import slices
-from gpudra.vendors.select import open_backend
-from tests.unit.vendors.test_profile_slices import MIG_CAPACITIES, _discover
+from gpudra.planning.devices import device_name
+from gpudra.vendors.select import open_driver
 from tests.unit.test_slices import check_pool
+from tests.unit.vendors.test_profile_slices import MIG_CAPACITIES, _discover
 
 NAME = "dgx-h100-mig-all"
 REPO = Path(__file__).resolve().parents[3]
@@ -33,7 +33,7 @@ ONE_G = {
 
 
 def _inventory() -> Inventory:
-    backend = open_backend("mock", NAME, Path("/sys"))
+    backend = open_driver("mock", NAME, Path("/sys"))
     try:
         return backend.discover()
     finally:
@@ -51,15 +51,15 @@ def test_discovers_8_gpus_and_56_mig_devices_with_distinct_stable_names() -> Non
     assert inv.warnings == ()
     assert all(g.mig_capable and g.mig_enabled for g in gpus)
     assert Counter(m.parent_uuid for m in migs) == {g.uuid: 7 for g in gpus}
-    names = [slices.device_name(m) for m in migs]
+    names = [device_name(m) for m in migs]
     assert len(set(names)) == 56
     assert len({m.uuid for m in migs}) == 56
-    again = [slices.device_name(m) for m in _kind(_inventory(), DeviceKind.MIG)]
+    again = [device_name(m) for m in _kind(_inventory(), DeviceKind.MIG)]
     assert sorted(again) == sorted(names)
 
 
 def test_gpus_keep_the_dgx_h100_layout_under_their_own_uuids() -> None:
-    dgx = open_backend("mock", "dgx-h100", Path("/sys"))
+    dgx = open_driver("mock", "dgx-h100", Path("/sys"))
     try:
         reference = _kind(dgx.discover(), DeviceKind.GPU)
     finally:

@@ -1,4 +1,4 @@
-"""open_backend: the mock, honest refusals, and real pynvml on this GPU-less machine."""
+"""open_driver: the mock, honest refusals, and real pynvml on this GPU-less machine."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import pytest
 
 from gpudra.vendors.base import DiscoveryError
 from gpudra.vendors.mock.fake_nvml import MockBackend
-from gpudra.vendors.select import list_profiles, open_backend
+from gpudra.vendors.select import list_profiles, open_driver
 
 HAS_NVML = ctypes.util.find_library("nvidia-ml") is not None
 
 
 def test_mock_defaults_to_dgx_h100(tmp_path: Path) -> None:
-    backend = open_backend("mock", None, tmp_path)
+    backend = open_driver("mock", None, tmp_path)
     try:
         assert isinstance(backend, MockBackend)
         assert backend.profile.name == "dgx-h100"
@@ -28,7 +28,7 @@ def test_mock_defaults_to_dgx_h100(tmp_path: Path) -> None:
 
 
 def test_mock_with_a_named_profile(tmp_path: Path) -> None:
-    backend = open_backend("mock", "h100", tmp_path)
+    backend = open_driver("mock", "h100", tmp_path)
     try:
         assert [d.uuid for d in backend.discover().devices] == ["GPU-bb61b538-f5d8-b0ab-2cb5-fef794dece63"]
     finally:
@@ -37,18 +37,18 @@ def test_mock_with_a_named_profile(tmp_path: Path) -> None:
 
 def test_mock_bad_profile_is_a_discovery_error(tmp_path: Path) -> None:
     with pytest.raises(DiscoveryError, match="unknown profile 'nope'"):
-        open_backend("mock", "nope", tmp_path)
+        open_driver("mock", "nope", tmp_path)
 
 
 def test_mock_init_failure_from_profile(tmp_path: Path) -> None:
     path = tmp_path / "broken.json"
     path.write_text('{"devices": [], "errors": {"nvmlInit": "NVML_ERROR_DRIVER_NOT_LOADED"}}')
     with pytest.raises(DiscoveryError, match="Driver Not Loaded"):
-        open_backend("mock", str(path), tmp_path)
+        open_driver("mock", str(path), tmp_path)
 
 
 def test_amd_backend_reads_the_given_sysfs_root(tmp_path: Path) -> None:
-    backend = open_backend("amd", None, tmp_path)  # an empty tree: no amdgpu device, no KFD
+    backend = open_driver("amd", None, tmp_path)  # an empty tree: no amdgpu device, no KFD
     try:
         assert backend.name == "amd"
         assert backend.discover().devices == ()
@@ -57,7 +57,7 @@ def test_amd_backend_reads_the_given_sysfs_root(tmp_path: Path) -> None:
 
 
 def test_mock_routes_amd_profiles_to_the_amd_fakes() -> None:
-    backend = open_backend("mock", "mi300x-8-cpx-nps4", Path("/sys"))
+    backend = open_driver("mock", "mi300x-8-cpx-nps4", Path("/sys"))
     try:
         devices = backend.discover().devices
     finally:
@@ -68,7 +68,7 @@ def test_mock_routes_amd_profiles_to_the_amd_fakes() -> None:
 
 def test_profile_only_with_mock(tmp_path: Path) -> None:
     with pytest.raises(DiscoveryError, match="only applies to --backend mock"):
-        open_backend("nvml", "h100", tmp_path)
+        open_driver("nvml", "h100", tmp_path)
 
 
 def test_list_profiles() -> None:
@@ -82,7 +82,7 @@ def test_list_profiles() -> None:
 @pytest.mark.parametrize("kind", ["auto", "nvml"])
 def test_real_pynvml_without_the_library(tmp_path: Path, kind: str) -> None:
     with pytest.raises(DiscoveryError) as caught:
-        open_backend(kind, None, tmp_path)  # type: ignore[arg-type]
+        open_driver(kind, None, tmp_path)  # type: ignore[arg-type]
     message = str(caught.value)
     assert "libnvidia-ml.so.1" in message
     assert "--backend mock --profile dgx-h100" in message

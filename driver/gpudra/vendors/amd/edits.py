@@ -47,7 +47,7 @@ from typing import Final, Protocol
 
 from gpudra.model.cdi import ContainerEdits, DeviceNode
 from gpudra.model.inventory import Device, DeviceKind, Vendor
-from gpudra.vendors.edits import DeviceEdits, EditsError, HostRoots
+from gpudra.vendors.base import DeviceEdits, EditsError, HostRoots
 
 #: The KFD compute node, relative to the device root.
 KFD_NODE: Final = "kfd"

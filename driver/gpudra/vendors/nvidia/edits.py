@@ -30,7 +30,7 @@ from typing import Final
 
 from gpudra.model.cdi import ContainerEdits, DeviceNode
 from gpudra.model.inventory import Device, DeviceKind, MigInfo, Vendor
-from gpudra.vendors.edits import DeviceEdits, EditsError, HostRoots
+from gpudra.vendors.base import DeviceEdits, EditsError, HostRoots
 from gpudra.vendors.nvidia.driver_root import LIB_DIRS, driver_files_edits, driver_root_files
 from gpudra.vendors.nvidia.host import (
     MIG_MINORS,

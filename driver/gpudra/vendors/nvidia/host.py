@@ -19,7 +19,7 @@ from typing import Any, Final
 import yaml
 
 from gpudra.model.cdi import SPEC_FILE_PREFIX, CdiSpecError, ContainerEdits, DeviceNode, Hook, Mount
-from gpudra.vendors.edits import EditsError
+from gpudra.vendors.base import EditsError
 
 MIG_MINORS: Final = "driver/nvidia-caps/mig-minors"  # under the proc root
 CAPS_DEVICE: Final = "nvidia-caps"  # its name in /proc/devices

@@ -1,0 +1,39 @@
+"""``gpudra-dev``: the development tools, apart from the plugin (installed with ``gpudra[devtools]``).
+
+- ``gpudra-dev demo [--profile NAME]``: the whole path on mock GPUs with an in-process stand-in API server;
+- ``gpudra-dev fakeapi ...``: the stand-in Kubernetes API server alone (``python -m gpudra.devtools.fakeapi``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from gpudra import __version__
+from gpudra.runtime import logs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gpudra-dev", description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--version", action="version", version=f"gpudra-dev {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the whole path on mock GPUs with an in-process API server")
+    demo.add_argument("--profile", default="dgx-h100", help="mock profile (default: dgx-h100)")
+    sub.add_parser("fakeapi", help="the stand-in API server (all further arguments go to it)", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "fakeapi":
+        from gpudra.devtools.fakeapi.__main__ import main as fakeapi_main
+
+        return fakeapi_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    logs.setup(args.verbose, "text")
+    from gpudra.devtools import demo as demo_module
+
+    return demo_module.run(args.profile)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
