@@ -105,6 +105,13 @@ class PluginProcess:
             time.sleep(0.02)
         pytest.fail(f"gpudra run did not become ready:\n{self.log()}")
 
+    def assert_alive(self) -> None:
+        """Fail the test, with the plugin's log, when the plugin process has exited."""
+        assert self.proc is not None, "the plugin was not started (or was stopped by the test)"
+        code = self.proc.poll()
+        if code is not None:
+            pytest.fail(f"gpudra run exited unexpectedly with {code}:\n{self.log()}")
+
     def terminate(self, timeout: float = 10.0) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:
@@ -203,6 +210,8 @@ def plugin(api: FakeApiServer, short_tmp: Path) -> Iterator[PluginProcess]:
     try:
         assert api.wait_for(lambda: device_names(api), timeout=20), p.log()
         yield p
+        if p.proc is not None:  # a test that stops the plugin itself sets proc to None
+            p.assert_alive()
     finally:
         if p.proc is not None:
             p.terminate()

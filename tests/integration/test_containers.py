@@ -138,8 +138,7 @@ def test_each_container_gets_exactly_the_devices_of_the_requests_it_names(
     kubelet.unprepare_pod(pod)
     assert not cdi_spec_path(plugin, claim.uid).exists()
     assert not list((plugin.state_dir / "claims").glob(f"{claim.uid}*"))
-    assert plugin.proc is not None
-    assert plugin.proc.poll() is None
+    plugin.assert_alive()
 
 
 def test_a_container_with_two_claims_sees_both(api: FakeApiServer, plugin: PluginProcess) -> None:
@@ -192,5 +191,4 @@ def test_one_claim_shared_by_containers_and_pods(api: FakeApiServer, plugin: Plu
     assert not cdi_spec_path(plugin, claim.uid).exists()
     with pytest.raises(KubeletError, match="unable to get claim info"):
         kubelet.cdi_ids(p2, "x")
-    assert plugin.proc is not None
-    assert plugin.proc.poll() is None
+    plugin.assert_alive()
