@@ -47,7 +47,7 @@ def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> bool:
 
 
 def loop(
-    driver: Driver, first: Inventory, interval_s: float, fabric_initial_s: float = 15, fabric_max_s: float = 300
+    driver: Driver, first: Inventory, interval_s: float, fabric_initial_s: float = 15, fabric_max_s: float = 3
 ) -> tuple[Rediscovery, NodeStateStore]:
     node = NodeStateStore(plan_offer(first))
     r = Rediscovery(
