@@ -65,6 +65,7 @@ def test_metadata_per_request_for_a_claim(api: FakeApiServer, plugin: PluginProc
     with plugin.client() as client:
         assert client.unprepare([claim]).claims[claim.uid].error == ""
     assert not [p.name for p in (plugin.state_dir / "metadata").iterdir() if claim.uid in p.name]
+    plugin.assert_alive()
 
 
 def test_template_generated_claim_uses_the_pod_claim_name(api: FakeApiServer, plugin: PluginProcess) -> None:
@@ -101,5 +102,6 @@ def test_run_dir_holds_the_per_claim_files(api: FakeApiServer, short_tmp: Path) 
             assert not (plugin.state_dir / "metadata").exists()
             assert client.unprepare([claim]).claims[claim.uid].error == ""
         assert not [p for p in run_dir.rglob("*") if claim.uid in p.name]
+        plugin.assert_alive()
     finally:
         plugin.terminate()

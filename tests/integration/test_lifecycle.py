@@ -21,6 +21,13 @@ from tests.integration.conftest import (
 
 pytestmark = pytest.mark.integration
 
+SLICES = "/apis/resource.k8s.io/v1/resourceslices"
+
+
+def _watching_slices(api: FakeApiServer) -> bool:
+    """The plugin opened its ResourceSlice watch: it does so after its first reconcile is done."""
+    return any(r.path == SLICES and r.query.get("watch") == "true" for r in api.requests)
+
 
 def test_registration_answers_like_a_dra_plugin(plugin: PluginProcess) -> None:
     info = plugin.register()
@@ -70,10 +77,15 @@ def test_deleted_slice_is_recreated_and_edits_are_undone(api: FakeApiServer, plu
 
 
 def test_idle_plugin_makes_no_api_requests(api: FakeApiServer, plugin: PluginProcess) -> None:
-    time.sleep(0.3)  # let the watch settle
+    assert api.wait_for(lambda: _watching_slices(api), timeout=10), plugin.log()
     api.clear_requests()
-    time.sleep(2.0)
+    time.sleep(2.0)  # the idle window: anything the plugin did periodically would show up here
     assert api.requests == []
+    plugin.assert_alive()
+    # ... and it is idle, not stuck: its open watch still sees a deleted slice and brings it back
+    [s] = node_slices(api)
+    api.delete_object("ResourceSlice", s["metadata"]["name"])
+    assert api.wait_for(lambda: node_slices(api), timeout=10), plugin.log()
 
 
 def test_restart_keeps_prepared_claims(api: FakeApiServer, plugin: PluginProcess) -> None:
@@ -82,8 +94,8 @@ def test_restart_keeps_prepared_claims(api: FakeApiServer, plugin: PluginProcess
         before = client.prepare([claim]).claims[claim.uid]
     assert before.error == ""
     assert plugin.terminate() == 0
+    api.clear_requests()  # before the start: the restarted plugin's every request is logged
     plugin.start()
-    api.clear_requests()
     with plugin.client() as client:
         # the checkpoint answers a repeated prepare; a second claim for the same device is still refused
         again = client.prepare([claim]).claims[claim.uid]
@@ -93,7 +105,9 @@ def test_restart_keeps_prepared_claims(api: FakeApiServer, plugin: PluginProcess
     assert again == before
     assert "already prepared" in refused.error
     assert not cdi_spec_path(plugin, claim.uid).exists()
-    assert api.count("PUT", "/apis/resource.k8s.io/v1/resourceslices") == 0  # slices still current
+    assert api.wait_for(lambda: _watching_slices(api), timeout=10), plugin.log()  # it has reconciled
+    assert api.count("PUT", SLICES) == 0  # slices still current
+    plugin.assert_alive()
 
 
 def test_corrupted_checkpoint_is_moved_aside(api: FakeApiServer, plugin: PluginProcess) -> None:
@@ -143,7 +157,7 @@ def test_publishes_once_the_api_server_comes_up(short_tmp: Path) -> None:
     p.start()  # the kubelet side serves regardless
     try:
         assert p.register().name == names.DRIVER_NAME
-        time.sleep(0.5)
+        assert "retrying in" in _wait_log(p, "retrying in"), p.log()  # it tried the API and failed
         api = FakeApiServer(port=port).start()
         try:
             api.put_object({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})

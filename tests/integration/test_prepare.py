@@ -177,6 +177,7 @@ def test_batch_of_claims_in_one_call(api: FakeApiServer, plugin: PluginProcess) 
     assert {uid: r.error for uid, r in unprepared.claims.items()} == {c.uid: "" for c in claims}
     assert list(plugin.cdi_root.glob("*.yaml")) == []
     assert _checkpoint(plugin)["claims"] == {}
+    plugin.assert_alive()
 
 
 def test_a_malformed_claim_fails_alone(api: FakeApiServer, plugin: PluginProcess) -> None:

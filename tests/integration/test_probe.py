@@ -7,6 +7,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 import pytest
@@ -72,27 +73,35 @@ class Plugin:
         self.dra_server.stop(0)
 
 
+class MakePlugin(Protocol):
+    """Starts a :class:`Plugin` serving the sockets named in ``serve`` (and always its probe server)."""
+
+    def __call__(
+        self, backend: Backend, timeout_s: float = 1.0, serve: tuple[str, ...] = ("dra", "reg")
+    ) -> Plugin: ...
+
+
 @pytest.fixture
-def make_plugin(short_tmp: Path) -> Iterator[type[Plugin]]:
+def make_plugin(short_tmp: Path) -> Iterator[MakePlugin]:
     started: list[Plugin] = []
 
-    class Started(Plugin):
-        def __init__(self, backend: Backend, timeout_s: float = 1.0, serve: tuple[str, ...] = ("dra", "reg")):
-            super().__init__(short_tmp, backend, timeout_s)
-            started.append(self)
-            if "dra" in serve:
-                self.dra_server.start()
-            if "reg" in serve:
-                self.registrar.start()
-            self.probe.start()
+    def start(backend: Backend, timeout_s: float = 1.0, serve: tuple[str, ...] = ("dra", "reg")) -> Plugin:
+        plugin = Plugin(short_tmp, backend, timeout_s)
+        started.append(plugin)
+        if "dra" in serve:
+            plugin.dra_server.start()
+        if "reg" in serve:
+            plugin.registrar.start()
+        plugin.probe.start()
+        return plugin
 
-    yield Started
+    yield start
     for p in started:
         p.stop()
 
 
 def test_serving_when_both_sockets_answer_and_ready_once_the_kubelet_registered(
-    make_plugin: type[Plugin],
+    make_plugin: MakePlugin,
 ) -> None:
     plugin = make_plugin(Backend())
     assert plugin.check() == "SERVING"
@@ -103,7 +112,7 @@ def test_serving_when_both_sockets_answer_and_ready_once_the_kubelet_registered(
     assert plugin.check(READINESS) == "SERVING"
 
 
-def test_not_serving_without_the_registration_socket(make_plugin: type[Plugin]) -> None:
+def test_not_serving_without_the_registration_socket(make_plugin: MakePlugin) -> None:
     plugin = make_plugin(Backend(), serve=("dra",))
     assert plugin.check() == "NOT_SERVING"
     result = PluginChecker(plugin.registration, plugin.dra).check()
@@ -111,7 +120,7 @@ def test_not_serving_without_the_registration_socket(make_plugin: type[Plugin]) 
     assert result.detail.startswith("UNAVAILABLE")
 
 
-def test_not_serving_when_the_dra_service_fails(make_plugin: type[Plugin]) -> None:
+def test_not_serving_when_the_dra_service_fails(make_plugin: MakePlugin) -> None:
     plugin = make_plugin(Backend("fail"))
     assert plugin.check() == "NOT_SERVING"
     result = PluginChecker(plugin.registration, plugin.dra).check()
@@ -119,7 +128,7 @@ def test_not_serving_when_the_dra_service_fails(make_plugin: type[Plugin]) -> No
     assert "checkpoint unreadable" in result.detail
 
 
-def test_not_serving_when_the_dra_service_hangs(make_plugin: type[Plugin]) -> None:
+def test_not_serving_when_the_dra_service_hangs(make_plugin: MakePlugin) -> None:
     plugin = make_plugin(Backend("hang"), timeout_s=0.2)
     assert plugin.check() == "NOT_SERVING"
     result = PluginChecker(plugin.registration, plugin.dra, timeout_s=0.2).check()
@@ -132,6 +141,11 @@ def test_not_serving_when_registration_names_another_plugin(short_tmp: Path) -> 
             self, request: registration_v1_pb2.InfoRequest, context: grpc.ServicerContext
         ) -> registration_v1_pb2.PluginInfo:
             return registration_v1_pb2.PluginInfo(type="DRAPlugin", name="other.example.com")
+
+        def NotifyRegistrationStatus(
+            self, request: registration_v1_pb2.RegistrationStatus, context: grpc.ServicerContext
+        ) -> registration_v1_pb2.RegistrationStatusResponse:
+            return registration_v1_pb2.RegistrationStatusResponse()
 
     reg = UnixServer(
         short_tmp / "reg.sock",
@@ -149,7 +163,7 @@ def test_not_serving_when_registration_names_another_plugin(short_tmp: Path) -> 
     assert "'other.example.com'" in result.detail
 
 
-def test_unknown_service_is_not_found(make_plugin: type[Plugin]) -> None:
+def test_unknown_service_is_not_found(make_plugin: MakePlugin) -> None:
     plugin = make_plugin(Backend())
     with pytest.raises(grpc.RpcError) as err:
         plugin.check("gpudra.io")

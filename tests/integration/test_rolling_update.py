@@ -180,3 +180,4 @@ def test_rolling_update_fails_no_prepare(api: FakeApiServer, pods: tuple[PodPlug
         assert all(not e.error for e in client.unprepare(claims).claims.values())
     assert _checkpoint_claims(new) == {}
     assert not any(p.name.startswith(names.CDI_VENDOR) for p in new.cdi_root.iterdir())
+    new.assert_alive()

@@ -273,12 +273,13 @@ def _cluster_answers(break_pod: str | None = None) -> dict[str, Any]:
         objs = load_documents(folder / "example.yaml")
         shapes = {o["metadata"]["name"]: o for o in objs if o["kind"] != "Pod"}
         users: dict[str, list[str]] = {}
-        for pod in (o for o in objs if o["kind"] == "Pod"):
-            for ref in pod["spec"]["resourceClaims"]:
-                claim = ref.get("resourceClaimName") or f"{pod['metadata']['name']}-{ref['name']}-x1"
-                users.setdefault(claim, []).append(pod["metadata"]["name"])
+        for pod_obj in (o for o in objs if o["kind"] == "Pod"):
+            for ref in pod_obj["spec"]["resourceClaims"]:
+                claim = ref.get("resourceClaimName") or f"{pod_obj['metadata']['name']}-{ref['name']}-x1"
+                users.setdefault(claim, []).append(pod_obj["metadata"]["name"])
                 shapes.setdefault(claim, shapes[ref.get("resourceClaimTemplateName", claim)])
-        lines, devices = [], {}
+        lines: list[str] = []
+        devices: dict[str, list[str]] = {}
         for claim, who in users.items():
             spec = shapes[claim]["spec"].get("spec", shapes[claim]["spec"])
             count = sum(r["exactly"].get("count", 1) for r in spec["devices"]["requests"])

@@ -195,6 +195,7 @@ def test_eight_threads_at_once_each_get_their_own_claim(api: FakeApiServer, tmp_
     for i in range(8):
         api.put_object(claim(f"claim-{i}", namespace=f"ns-{i}"))
     failures: list[str] = []
+    finished: list[int] = []  # a worker that raised never gets here: no failure recorded, but not finished
     start = threading.Barrier(8)
 
     def worker(i: int, kube: KubeClient) -> None:
@@ -203,6 +204,7 @@ def test_eight_threads_at_once_each_get_their_own_claim(api: FakeApiServer, tmp_
             got = kube.get_claim(f"ns-{i}", f"claim-{i}")
             if got["metadata"]["name"] != f"claim-{i}" or got["metadata"]["namespace"] != f"ns-{i}":
                 failures.append(f"thread {i} got {got['metadata']}")
+        finished.append(i)
 
     with client(api.write_kubeconfig(tmp_path / "kubeconfig")) as kube:
         threads = [threading.Thread(target=worker, args=(i, kube)) for i in range(8)]
@@ -211,6 +213,7 @@ def test_eight_threads_at_once_each_get_their_own_claim(api: FakeApiServer, tmp_
         for t in threads:
             t.join()
     assert failures == []
+    assert sorted(finished) == list(range(8))
     assert api.count("GET", CLAIMS) == 200
 
 

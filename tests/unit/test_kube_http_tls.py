@@ -92,12 +92,17 @@ def test_tls_with_a_ca_and_a_client_certificate(pki: Pki, tmp_path: Path, form: 
 def test_tls_with_the_wrong_ca_is_unreachable(pki: Pki, tmp_path: Path) -> None:
     cluster = {"certificate-authority-data": _data(pki.other_ca)}
     user = {"client-certificate-data": _data(pki.client_cert), "client-key-data": _data(pki.client_key)}
-    with (
-        scripted(tls=pki.server_context()) as server,
-        client(write_kubeconfig(tmp_path / "kc", server.url, cluster, **user)) as kube,
-        pytest.raises(KubeError) as err,
-    ):
-        kube.get_claim("default", "c1")
+    with scripted(tls=pki.server_context()) as server:
+        with (
+            client(write_kubeconfig(tmp_path / "kc", server.url, cluster, **user)) as kube,
+            pytest.raises(KubeError) as err,
+        ):
+            kube.get_claim("default", "c1")
+        assert server.seen == []
+        # the same server answers a client that trusts its CA: nothing was seen because the client refused
+        trusted = {"certificate-authority-data": _data(pki.ca)}
+        with client(write_kubeconfig(tmp_path / "kc-trusted", server.url, trusted, **user)) as kube:
+            assert kube.get_claim("default", "c1")["metadata"]["name"] == "c1"
+        assert len(server.seen) == 1
     assert err.value.code is None
     assert "SSLCertVerificationError" in str(err.value)
-    assert server.seen == []

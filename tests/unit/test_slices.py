@@ -7,13 +7,14 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpudra.model import names
+from gpudra.model import k8stypes, names
 from gpudra.model.inventory import (
     Device,
     DeviceKind,
@@ -43,7 +44,7 @@ def minimal(uuid: str = "GPU-1", vendor: Vendor = Vendor.NVIDIA, index: int = 0)
     return Device(kind=DeviceKind.GPU, vendor=vendor, uuid=uuid, product_name="Some GPU", index=index)
 
 
-def attrs(dev: Device, inv: Inventory = NV_INV) -> dict[str, Any]:
+def attrs(dev: Device, inv: Inventory = NV_INV) -> dict[str, k8stypes.DeviceAttribute]:
     return dict(device_entry(dev, inv).get("attributes", {}))
 
 
@@ -90,31 +91,52 @@ def test_minimal_device_publishes_only_what_is_known() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "gone"),
+    ("unknown", "gone"),
     [
-        ("brand", [names.ATTR_BRAND]),
-        ("architecture", [names.ATTR_ARCHITECTURE]),
-        ("minor", [names.ATTR_MINOR]),
-        ("cuda_compute_capability", [names.ATTR_CUDA_COMPUTE_CAPABILITY]),
-        ("pci", [names.ATTR_STD_PCI_BUS_ID, names.ATTR_STD_PCIE_ROOT, names.ATTR_STD_NUMA_NODE]),
-        ("memory_bytes", [names.CAP_MEMORY]),
-        ("multiprocessors", [names.CAP_MULTIPROCESSORS]),
+        pytest.param(dataclasses.replace(H100, brand=None), [names.ATTR_BRAND], id="brand"),
+        pytest.param(
+            dataclasses.replace(H100, architecture=None), [names.ATTR_ARCHITECTURE], id="architecture"
+        ),
+        pytest.param(dataclasses.replace(H100, minor=None), [names.ATTR_MINOR], id="minor"),
+        pytest.param(
+            dataclasses.replace(H100, cuda_compute_capability=None),
+            [names.ATTR_CUDA_COMPUTE_CAPABILITY],
+            id="cuda_compute_capability",
+        ),
+        pytest.param(
+            dataclasses.replace(H100, pci=None),
+            [names.ATTR_STD_PCI_BUS_ID, names.ATTR_STD_PCIE_ROOT, names.ATTR_STD_NUMA_NODE],
+            id="pci",
+        ),
+        pytest.param(dataclasses.replace(H100, memory_bytes=None), [names.CAP_MEMORY], id="memory_bytes"),
+        pytest.param(
+            dataclasses.replace(H100, multiprocessors=None), [names.CAP_MULTIPROCESSORS], id="multiprocessors"
+        ),
     ],
 )
-def test_each_unknown_device_value_leaves_exactly_its_entries_out(field: str, gone: list[str]) -> None:
+def test_each_unknown_device_value_leaves_exactly_its_entries_out(unknown: Device, gone: list[str]) -> None:
     full = device_entry(H100, NV_INV)
-    entry = device_entry(dataclasses.replace(H100, **{field: None}), NV_INV)
+    entry = device_entry(unknown, NV_INV)
     keys = {*entry.get("attributes", {}), *entry.get("capacity", {})}
     assert keys == {*full.get("attributes", {}), *full.get("capacity", {})} - set(gone)
-    assert build_device(dataclasses.replace(H100, **{field: None}), NV_INV).warnings == ()
+    assert build_device(unknown, NV_INV).warnings == ()
 
 
 @pytest.mark.parametrize(
-    ("field", "gone"),
-    [("driver_version", names.ATTR_DRIVER_VERSION), ("cuda_driver_version", names.ATTR_CUDA_DRIVER_VERSION)],
+    ("unknown", "gone"),
+    [
+        pytest.param(
+            dataclasses.replace(NV_INV, driver_version=None), names.ATTR_DRIVER_VERSION, id="driver_version"
+        ),
+        pytest.param(
+            dataclasses.replace(NV_INV, cuda_driver_version=None),
+            names.ATTR_CUDA_DRIVER_VERSION,
+            id="cuda_driver_version",
+        ),
+    ],
 )
-def test_each_unknown_inventory_version_leaves_its_attribute_out(field: str, gone: str) -> None:
-    assert set(attrs(H100)) - set(attrs(H100, dataclasses.replace(NV_INV, **{field: None}))) == {gone}
+def test_each_unknown_inventory_version_leaves_its_attribute_out(unknown: Inventory, gone: str) -> None:
+    assert set(attrs(H100)) - set(attrs(H100, unknown)) == {gone}
 
 
 BUS = {names.ATTR_STD_PCI_BUS_ID: {"string": "0000:1b:00.0"}}
@@ -130,7 +152,7 @@ BUS = {names.ATTR_STD_PCI_BUS_ID: {"string": "0000:1b:00.0"}}
         (PciPlacement("0000:1b:00.0", ""), BUS),
     ],
 )
-def test_pci_placement_attributes(pci: PciPlacement, expected: dict[str, Any]) -> None:
+def test_pci_placement_attributes(pci: PciPlacement, expected: dict[str, k8stypes.DeviceAttribute]) -> None:
     published = {k: v for k, v in attrs(dataclasses.replace(minimal(), pci=pci)).items() if "/" in k}
     assert published == expected
 
@@ -170,13 +192,22 @@ def test_unpublishable_version_is_omitted_with_a_warning(version: Semver) -> Non
     assert any(names.ATTR_CUDA_COMPUTE_CAPABILITY in w for w in warnings_of(dev))
 
 
-@pytest.mark.parametrize(("field", "attr"), [("product_name", "productName"), ("brand", "brand"),
-                                             ("architecture", "architecture"), ("uuid", "uuid")])
-def test_strings_up_to_64_bytes_are_published_longer_ones_omitted_not_cut(field: str, attr: str) -> None:
-    fits = dataclasses.replace(H100, **{field: "x" * 64})
+#: attribute name -> a copy of a device with that attribute's string field set to the given value
+STRING_FIELDS: dict[str, Callable[[Device, str], Device]] = {
+    "productName": lambda dev, text: dataclasses.replace(dev, product_name=text),
+    "brand": lambda dev, text: dataclasses.replace(dev, brand=text),
+    "architecture": lambda dev, text: dataclasses.replace(dev, architecture=text),
+    "uuid": lambda dev, text: dataclasses.replace(dev, uuid=text),
+}
+
+
+@pytest.mark.parametrize("attr", list(STRING_FIELDS))
+def test_strings_up_to_64_bytes_are_published_longer_ones_omitted_not_cut(attr: str) -> None:
+    with_string = STRING_FIELDS[attr]
+    fits = with_string(H100, "x" * 64)
     assert attrs(fits)[attr] == {"string": "x" * 64}
     for too_long in ("x" * 65, "\u00e9" * 33):  # 66 bytes in UTF-8: the limit counts bytes
-        dev = dataclasses.replace(H100, **{field: too_long})
+        dev = with_string(H100, too_long)
         assert attr not in attrs(dev)
         assert any(f"attribute {attr} " in w for w in warnings_of(dev))
 

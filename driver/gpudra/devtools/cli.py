@@ -1,7 +1,8 @@
 """``gpudra-dev``: the development tools, apart from the plugin (installed with ``gpudra[devtools]``).
 
 - ``gpudra-dev demo [--profile NAME]``: the whole path on mock GPUs with an in-process stand-in API server;
-- ``gpudra-dev fakeapi ...``: the stand-in Kubernetes API server alone (``python -m gpudra.devtools.fakeapi``).
+- ``gpudra-dev fakeapi ...``: the stand-in Kubernetes API server alone (also
+  ``python -m gpudra.devtools.fakeapi``).
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from gpudra.fsutil import atomic_write
 from gpudra.model import cdi
-from gpudra.model.cdi import Mount
 from gpudra.model.applied import AppliedState
+from gpudra.model.cdi import Mount
 from gpudra.planning import devicemeta
 from gpudra.planning.offer import Offer
 from gpudra.planning.plan import ClaimPlan, DeviceToPrepare

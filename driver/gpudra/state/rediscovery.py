@@ -82,6 +82,9 @@ class Rediscovery:
             self._on_pass(time.monotonic() - t0, inv)
         before = self._node.current.offer
         state = self._node.offer(plan_offer(inv, self._claim_created()))
+        took_ms = (time.monotonic() - t0) * 1000
+        outcome = "changed" if state is not None else "unchanged"
+        log.debug("re-discovery pass: %d device(s) in %.1f ms, %s", len(inv.devices), took_ms, outcome)
         if state is not None:
             _log_change(before.devices.keys(), state.offer.devices.keys(), state.version)
             for warning in inv.warnings:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Final, Literal, get_args
 
 from gpudra.vendors.base import DiscoveryError, HostRoots, VendorDriver
-from gpudra.vendors.mock.profile import ProfileError, builtin_profile_names, load_profile
+from gpudra.vendors.mock.profile import ProfileError, builtin_profile_names
 from gpudra.vendors.nvidia.calls import MOCK_HINT
 from gpudra.vendors.nvidia.driver import NvidiaDriver
 
@@ -32,9 +32,10 @@ def open_driver(
     ``auto`` uses NVML when it loads and sees a GPU, else the AMD backend when sysfs shows amdgpu devices,
     else fails (suggesting the mock); ``nvml`` uses NVML as is; ``amd`` reads sysfs/KFD (plus amdsmi when
     it loads); ``mock`` serves ``profile`` (default ``dgx-h100``) through a fake pynvml or, for an AMD
-    profile, a fake sysfs tree and fake amdsmi. ``roots`` are where the host's device nodes and driver
-    files are (hardware drivers); ``files_dir`` is where the mock writes the description files containers
-    mount (default: a private temporary directory).
+    profile, a fake sysfs tree and fake amdsmi; a profile given as a JSON file is watched, and editing it is
+    a hardware change the next discovery sees (:mod:`gpudra.vendors.mock.hotswap`). ``roots`` are where the
+    host's device nodes and driver files are (hardware drivers); ``files_dir`` is where the mock writes the
+    description files containers mount (default: a private temporary directory).
     """
     roots = roots or HostRoots()
     if kind == "mock":
@@ -88,11 +89,9 @@ def _has_amd(sysfs_root: Path) -> bool:
 
 
 def _open_mock(profile: str, files_dir: Path | None) -> VendorDriver:
-    from gpudra.vendors.mock.amd_profile import is_amd_profile, load_amd_profile  # the mock path only
-    from gpudra.vendors.mock.driver import open_mock
+    from gpudra.vendors.mock.driver import open_mock_profile  # the mock path only
 
     try:
-        loaded = load_amd_profile(profile) if is_amd_profile(profile) else load_profile(profile)
+        return open_mock_profile(profile, files_dir)
     except ProfileError as err:
         raise DiscoveryError(str(err)) from err
-    return open_mock(loaded, files_dir)

@@ -9,22 +9,22 @@ import pytest
 
 from gpudra.vendors.mock.fake_nvml import FakeNvml, write_sysfs_tree
 from gpudra.vendors.mock.profile import Profile
-from gpudra.vendors.nvidia.discovery import NvmlBackend
+from gpudra.vendors.nvidia.driver import NvidiaDriver
 
 
 @pytest.fixture
-def open_nvml(tmp_path: Path) -> Iterator[Callable[[Profile], tuple[NvmlBackend, FakeNvml]]]:
-    """Open the real NvmlBackend over FakeNvml(profile) and the profile's sysfs tree under tmp_path."""
-    opened: list[NvmlBackend] = []
+def open_nvml(tmp_path: Path) -> Iterator[Callable[[Profile], tuple[NvidiaDriver, FakeNvml]]]:
+    """Open the real NvidiaDriver over FakeNvml(profile) and the profile's sysfs tree under tmp_path."""
+    opened: list[NvidiaDriver] = []
 
-    def _open(profile: Profile) -> tuple[NvmlBackend, FakeNvml]:
+    def _open(profile: Profile) -> tuple[NvidiaDriver, FakeNvml]:
         root = tmp_path / "sys"
         write_sysfs_tree(root, profile)
         fake = FakeNvml(profile)
-        backend = NvmlBackend(fake, sysfs_root=root)
-        opened.append(backend)
-        return backend, fake
+        driver = NvidiaDriver(fake, sysfs_root=root)
+        opened.append(driver)
+        return driver, fake
 
     yield _open
-    for backend in opened:
-        backend.close()
+    for driver in opened:
+        driver.close()

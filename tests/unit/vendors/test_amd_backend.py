@@ -17,9 +17,12 @@ from hypothesis import strategies as st
 
 from gpudra.model.inventory import Device, DeviceKind, Inventory, PartitionInfo, Semver, Vendor
 from gpudra.vendors.amd.discovery import AmdBackend
+from gpudra.vendors.amd.driver import AmdDriver
 from gpudra.vendors.mock.amd_profile import AmdProfile, load_amd_profile, parse_amd_profile
+from gpudra.vendors.mock.driver import open_fake_hardware, open_mock
 from gpudra.vendors.mock.fake_amd_sysfs import write_amd_sysfs
-from gpudra.vendors.mock.fake_amdsmi import AmdMockBackend, FakeAmdSmi
+from gpudra.vendors.mock.fake_amdsmi import FakeAmdSmi
+from gpudra.vendors.mock.node import FakeNode
 
 GIB = 1 << 30
 HIVE = "xgmi-d2ca1ad46147c377"  # 15188982192727901047, the real hive id of the MI300X capture
@@ -252,25 +255,57 @@ def test_a_gpu_with_no_partition_files_among_cpx_gpus(discover: Callable[[AmdPro
     assert any(w.startswith("GPU 0000:27:00.0 skipped") for w in inventory.warnings)
 
 
-def test_mock_backend_serves_profiles_and_cleans_up() -> None:
-    backend = AmdMockBackend(load_amd_profile("mi300x-8-cpx-nps4-bmc"))
-    root = backend.sysfs_root
-    assert len(backend.discover().devices) == 63
-    assert backend.amdsmi is not None
-    assert backend.amdsmi.init_count == 1
-    backend.close()
-    assert backend.amdsmi.init_count == 0
-    assert not root.exists()
+def test_mock_serves_profiles_and_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the mock's private tree goes
+    driver = open_mock(load_amd_profile("mi300x-8-cpx-nps4-bmc"))
+    assert len(driver.discover().devices) == 63
+    assert list(tmp_path.iterdir())
+    driver.close()
+    driver.close()
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_mock_backend_without_amdsmi() -> None:
-    backend = AmdMockBackend(variant("mi210-pcie", lambda d: d.update(amdsmi=None)))
+def test_fake_node_shuts_amdsmi_down(tmp_path: Path) -> None:
+    node = FakeNode(load_amd_profile("mi300x-8-cpx-nps4-bmc"), tmp_path)
+    assert node.amdsmi is not None
+    assert node.amdsmi.init_count == 1
+    node.close()
+    assert node.amdsmi.init_count == 0
+
+
+def test_mock_without_amdsmi(tmp_path: Path) -> None:
+    driver = open_fake_hardware(variant("mi210-pcie", lambda d: d.update(amdsmi=None)), tmp_path)
     try:
-        devices: tuple[Device, ...] = backend.discover().devices
+        devices: tuple[Device, ...] = driver.discover().devices
+        assert isinstance(driver, AmdDriver)
+        assert not driver.uses_amdsmi
     finally:
-        backend.close()
-    assert backend.amdsmi is None
+        driver.close()
     assert [d.product_name for d in devices] == ["AMD Instinct MI210"] * 8  # from the device-id table
+
+
+def test_fake_amdsmi_serves_a_new_partition_mode() -> None:
+    """A processor still there (same bus id) keeps its handle; a handle of one that is gone: NOT_FOUND."""
+    smi = FakeAmdSmi(load_amd_profile("mi300x-8-spx-nps1"))
+    smi.amdsmi_init()
+    spx = smi.amdsmi_get_processor_handles()
+    smi.serve(
+        variant(
+            "mi300x-8-spx-nps1",
+            lambda d: d["gpus"][0].update(compute_partition="CPX", memory_partition="NPS4"),
+        )
+    )
+    cpx = smi.amdsmi_get_processor_handles()
+    assert len(cpx) == 15
+    assert cpx[0] is spx[0]
+    assert [smi.amdsmi_get_gpu_device_bdf(h) for h in cpx[:8]] == [f"0000:05:00.{i}" for i in range(8)]
+    assert smi.amdsmi_get_gpu_compute_partition(cpx[0]) == "CPX"
+    smi.serve(load_amd_profile("mi300x-8-spx-nps1"))
+    assert smi.amdsmi_get_processor_handles() == spx
+    with pytest.raises(smi.AmdSmiLibraryException) as gone:
+        smi.amdsmi_get_gpu_device_bdf(cpx[1])
+    assert gone.value.get_error_info() == "AMDSMI_STATUS_NOT_FOUND"
+    assert smi.init_count == 1
 
 
 MODES = [("SPX", "NPS1"), ("DPX", "NPS1"), ("DPX", "NPS2"), ("QPX", "NPS1"), ("QPX", "NPS4"), ("CPX", "NPS1"),

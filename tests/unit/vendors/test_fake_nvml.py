@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import ctypes
 import inspect
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pynvml
 import pytest
 
-from gpudra.vendors.mock.fake_nvml import FakeNvml, MockBackend, write_sysfs_tree
+from gpudra.vendors.mock.driver import open_fake_hardware, open_mock
+from gpudra.vendors.mock.fake_nvml import FakeNvml, write_sysfs_tree
+from gpudra.vendors.mock.node import FakeNode
 from gpudra.vendors.mock.profile import DEVICE_CALLS, SYSTEM_CALLS, load_profile
 from gpudra.vendors.sysfs import read_numa_node, read_pcie_root
 
@@ -76,9 +80,10 @@ def test_mig_calls_return_pynvml_types() -> None:
     mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, 0)
     assert isinstance(mig, pynvml.c_nvmlDevice_t)
     assert nvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, 0).contents is not None  # same handle every time
-    assert ctypes.cast(mig, ctypes.c_void_p).value == ctypes.cast(
-        nvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, 0), ctypes.c_void_p
-    ).value
+    assert (
+        ctypes.cast(mig, ctypes.c_void_p).value
+        == ctypes.cast(nvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, 0), ctypes.c_void_p).value
+    )
     assert nvml.nvmlDeviceGetUUID(mig) == "MIG-0d100000-0000-5000-8000-000000000002"
     attributes = nvml.nvmlDeviceGetAttributes(mig)
     assert isinstance(attributes, pynvml.c_nvmlDeviceAttributes)
@@ -181,12 +186,72 @@ def test_sysfs_tree_with_root_and_minus_one(tmp_path: Path) -> None:
     assert read_pcie_root(tmp_path, "0000:00:06.0") == "pci0000:00"
 
 
-def test_mock_backend_cleans_its_tree() -> None:
-    backend = MockBackend(load_profile("h100"))
-    root = backend.sysfs_root
-    assert (root / "bus/pci/devices/0000:00:06.0").is_symlink()
-    assert len(backend.discover().devices) == 1
-    backend.close()
-    backend.close()
-    assert not root.exists()
-    assert backend.nvml.init_count == 0
+def test_open_mock_cleans_its_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the mock's private tree goes
+    driver = open_mock(load_profile("h100"))
+    assert len(driver.discover().devices) == 1
+    assert list(tmp_path.iterdir())
+    driver.close()
+    driver.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fake_hardware_tree_and_shutdown(tmp_path: Path) -> None:
+    driver = open_fake_hardware(load_profile("h100"), tmp_path)
+    assert (tmp_path / "sys/bus/pci/devices/0000:00:06.0").is_symlink()
+    assert len(driver.discover().devices) == 1
+    driver.close()
+    node = FakeNode(load_profile("h100"), tmp_path / "node")
+    assert node.nvml is not None
+    assert node.nvml.init_count == 1
+    node.close()
+    assert node.nvml.init_count == 0
+
+
+def address(handle: Any) -> int | None:
+    value: int | None = ctypes.cast(handle, ctypes.c_void_p).value
+    return value
+
+
+def without_gpu_3(data: dict[str, Any]) -> None:
+    del data["devices"][3]
+    for index, device in enumerate(data["devices"]):
+        device["index"] = index
+    data["p2p_status"] = {
+        k: [r[:3] + r[4:] for i, r in enumerate(m) if i != 3] for k, m in data["p2p_status"].items()
+    }
+
+
+def test_serve_keeps_the_handles_of_gpus_still_there() -> None:
+    nvml = FakeNvml(load_profile("dgx-h100"))
+    nvml.nvmlInit()
+    handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(8)]
+    names = [nvml.nvmlDeviceGetUUID(h) for h in handles]
+    nvml.serve(variant("dgx-h100", without_gpu_3))
+    assert nvml.nvmlDeviceGetCount() == 7
+    with pytest.raises(pynvml.NVMLError_GpuIsLost):
+        nvml.nvmlDeviceGetUUID(handles[3])
+    assert [nvml.nvmlDeviceGetUUID(h) for h in handles[4:]] == names[4:]  # now at indices 3..6
+    assert address(nvml.nvmlDeviceGetHandleByIndex(3)) == address(handles[4])
+    assert nvml.nvmlDeviceGetP2PStatus(handles[2], handles[4], pynvml.NVML_P2P_CAPS_INDEX_NVLINK) == 0
+    nvml.serve(load_profile("dgx-h100"))  # back: GPU 3 is a new device with a new handle
+    assert nvml.nvmlDeviceGetUUID(nvml.nvmlDeviceGetHandleByIndex(3)) == names[3]
+    assert address(nvml.nvmlDeviceGetHandleByIndex(3)) not in {address(h) for h in handles}
+    assert nvml.init_count == 1
+
+
+def test_serve_keeps_the_handles_of_mig_devices_still_there() -> None:
+    nvml = FakeNvml(load_profile("h100-mig-mixed"))
+    nvml.nvmlInit()
+    gpu = nvml.nvmlDeviceGetHandleByIndex(0)
+    migs = [nvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, i) for i in range(3)]
+    names = [nvml.nvmlDeviceGetUUID(m) for m in migs]
+    nvml.serve(variant("h100-mig-mixed", lambda d: d["devices"][0]["mig_devices"].pop(0)))  # GI 2 destroyed
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):
+        nvml.nvmlDeviceGetUUID(migs[0])
+    assert [nvml.nvmlDeviceGetUUID(m) for m in migs[1:]] == names[1:]
+    assert address(nvml.nvmlDeviceGetMigDeviceHandleByIndex(gpu, 0)) == address(migs[1])
+    nvml.serve(variant("h100-mig-mixed", lambda d: d["devices"][0].update(mig_mode=[0, 0], mig_devices=[])))
+    with pytest.raises(pynvml.NVMLError_InvalidArgument):  # MIG mode off: no MIG device left
+        nvml.nvmlDeviceGetUUID(migs[1])
+    assert nvml.nvmlDeviceGetMigMode(gpu) == [0, 0]

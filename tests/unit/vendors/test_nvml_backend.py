@@ -1,4 +1,4 @@
-"""NvmlBackend over FakeNvml: exact discovery of the built-in profiles and every NVML failure path."""
+"""NvidiaDriver over FakeNvml: exact discovery of the built-in profiles and every NVML failure path."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from gpudra.model.names import local_fabric_domain
 from gpudra.vendors.base import DiscoveryError
 from gpudra.vendors.mock.fake_nvml import FakeNvml
 from gpudra.vendors.mock.profile import Profile, load_profile
-from gpudra.vendors.nvidia.discovery import NvmlBackend, cuda_version, driver_version, multiprocessors
+from gpudra.vendors.nvidia.discovery import cuda_version, driver_version, multiprocessors
+from gpudra.vendors.nvidia.driver import NvidiaDriver
 
 from .helpers import variant
 
-OpenNvml = Callable[[Profile], tuple[NvmlBackend, FakeNvml]]
+OpenNvml = Callable[[Profile], tuple[NvidiaDriver, FakeNvml]]
 
 # Values of shared/fixtures/hardware/nvidia-systems.json systems["dgx-h100"] (UUIDs there are synthetic).
 DGX_BUS_IDS = [
@@ -71,8 +72,8 @@ def _lost(index: int, call: str, code: str) -> Callable[[dict[str, Any]], None]:
 
 
 def test_dgx_h100_discovered_exactly(open_nvml: OpenNvml) -> None:
-    backend, _ = open_nvml(load_profile("dgx-h100"))
-    inventory = backend.discover()
+    driver, _ = open_nvml(load_profile("dgx-h100"))
+    inventory = driver.discover()
     assert inventory.devices == tuple(_dgx_device(i) for i in range(8))
     assert inventory.driver_version == Semver(580, 105, 8)
     assert inventory.cuda_driver_version == Semver(13, 0, 0)
@@ -80,8 +81,8 @@ def test_dgx_h100_discovered_exactly(open_nvml: OpenNvml) -> None:
 
 
 def test_h100_capture_discovered_exactly(open_nvml: OpenNvml) -> None:
-    backend, fake = open_nvml(load_profile("h100"))
-    inventory = backend.discover()
+    driver, fake = open_nvml(load_profile("h100"))
+    inventory = driver.discover()
     assert inventory.devices == (
         Device(
             kind=DeviceKind.GPU,
@@ -111,8 +112,8 @@ def test_h100_capture_discovered_exactly(open_nvml: OpenNvml) -> None:
 
 def test_numa_node_comes_from_sysfs_even_where_nvml_answers(open_nvml: OpenNvml) -> None:
     # GB200: NVML names the GPU's own memory NUMA node (2, 10, 18, 26); sysfs the node it hangs off (0, 1)
-    backend, _ = open_nvml(load_profile("gb200-nvl72-tray"))
-    devices = backend.discover().devices
+    driver, _ = open_nvml(load_profile("gb200-nvl72-tray"))
+    devices = driver.discover().devices
     assert [d.pci.numa_node if d.pci else None for d in devices] == [0, 0, 1, 1]
 
 
@@ -139,8 +140,8 @@ def test_numa_node_comes_from_sysfs_even_where_nvml_answers(open_nvml: OpenNvml)
 def test_unsupported_call_drops_only_that_value(
     open_nvml: OpenNvml, call: str, field: str, code: str
 ) -> None:
-    backend, _ = open_nvml(variant("dgx-h100", _lost(2, call, code)))
-    inventory = backend.discover()
+    driver, _ = open_nvml(variant("dgx-h100", _lost(2, call, code)))
+    inventory = driver.discover()
     expected = _dgx_device(2)
     if field == "cuda_compute_capability":  # SMs are derived from cores and CC: both go
         expected = _replace(expected, cuda_compute_capability=None, multiprocessors=None)
@@ -163,8 +164,8 @@ def test_unsupported_call_drops_only_that_value(
 def test_new_calls_fail_alone(
     open_nvml: OpenNvml, call: str, field: str, unsupported: Any, code: str
 ) -> None:
-    backend, _ = open_nvml(variant("gb200-nvl72-tray", _lost(1, call, code)))
-    inventory = backend.discover()
+    driver, _ = open_nvml(variant("gb200-nvl72-tray", _lost(1, call, code)))
+    inventory = driver.discover()
     reference = backend_devices(open_nvml, "gb200-nvl72-tray")
     got, want = inventory.devices[1], reference[1]
     if field == "mig":
@@ -179,13 +180,13 @@ def test_new_calls_fail_alone(
 
 
 def backend_devices(open_nvml: OpenNvml, name: str) -> tuple[Device, ...]:
-    backend, _ = open_nvml(load_profile(name))
-    return backend.discover().devices
+    driver, _ = open_nvml(load_profile(name))
+    return driver.discover().devices
 
 
 def test_unexpected_error_drops_the_value_with_a_warning(open_nvml: OpenNvml) -> None:
-    backend, _ = open_nvml(variant("dgx-h100", _lost(1, "nvmlDeviceGetBrand", "NVML_ERROR_TIMEOUT")))
-    inventory = backend.discover()
+    driver, _ = open_nvml(variant("dgx-h100", _lost(1, "nvmlDeviceGetBrand", "NVML_ERROR_TIMEOUT")))
+    inventory = driver.discover()
     assert inventory.devices[1] == _replace(_dgx_device(1), brand=None)
     assert len(inventory.warnings) == 1
     assert "nvmlDeviceGetBrand" in inventory.warnings[0]
@@ -199,8 +200,8 @@ def test_unexpected_error_drops_the_value_with_a_warning(open_nvml: OpenNvml) ->
 def test_lost_gpu_is_skipped_and_the_rest_kept(
     open_nvml: OpenNvml, call: str, code: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    backend, _ = open_nvml(variant("dgx-h100", _lost(3, call, code)))
-    inventory = backend.discover()
+    driver, _ = open_nvml(variant("dgx-h100", _lost(3, call, code)))
+    inventory = driver.discover()
     assert inventory.devices == _dgx_without(3)
     assert len(inventory.warnings) == 1
     assert inventory.warnings[0].startswith("GPU index 3 skipped")
@@ -219,8 +220,8 @@ def test_lost_gpu_is_skipped_and_the_rest_kept(
     ids=["uuid-null", "uuid-no-permission", "pci-null", "pci-not-supported", "name-null"],
 )
 def test_gpu_without_identity_is_skipped(open_nvml: OpenNvml, edit: Callable[[dict[str, Any]], None]) -> None:
-    backend, _ = open_nvml(variant("dgx-h100", edit))
-    inventory = backend.discover()
+    driver, _ = open_nvml(variant("dgx-h100", edit))
+    inventory = driver.discover()
     assert inventory.devices == _dgx_without(0)
     assert len(inventory.warnings) == 1
     assert "GPU index 0 skipped" in inventory.warnings[0]
@@ -230,8 +231,8 @@ def test_duplicate_uuid_is_published_once(open_nvml: OpenNvml) -> None:
     def edit(data: dict[str, Any]) -> None:
         data["devices"][1]["uuid"] = data["devices"][0]["uuid"]
 
-    backend, _ = open_nvml(variant("dgx-h100", edit))
-    inventory = backend.discover()
+    driver, _ = open_nvml(variant("dgx-h100", edit))
+    inventory = driver.discover()
     assert [d.index for d in inventory.devices] == [0, 2, 3, 4, 5, 6, 7]
     assert "duplicate UUID" in inventory.warnings[0]
 
@@ -241,8 +242,8 @@ def test_system_versions_unknown(open_nvml: OpenNvml) -> None:
         data["driver_version"] = None
         data["errors"] = {"nvmlSystemGetCudaDriverVersion": "NVML_ERROR_NOT_SUPPORTED"}
 
-    backend, fake = open_nvml(variant("h100", edit))
-    inventory = backend.discover()
+    driver, fake = open_nvml(variant("h100", edit))
+    inventory = driver.discover()
     assert inventory.driver_version is None
     assert inventory.cuda_driver_version == Semver(13, 0, 0)  # from the _v2 call
     assert "nvmlSystemGetCudaDriverVersion_v2" in fake.calls
@@ -260,28 +261,28 @@ def test_system_versions_unknown(open_nvml: OpenNvml) -> None:
 def test_init_failure_is_a_discovery_error(tmp_path: Path, code: str, needle: str) -> None:
     fake = FakeNvml(variant("h100", lambda d: d.update(errors={"nvmlInit": code})))
     with pytest.raises(DiscoveryError, match="--backend mock") as caught:
-        NvmlBackend(fake, sysfs_root=tmp_path)
+        NvidiaDriver(fake, sysfs_root=tmp_path)
     assert needle in str(caught.value)
     assert fake.init_count == 0
 
 
 def test_device_count_failure_is_a_discovery_error(open_nvml: OpenNvml) -> None:
-    backend, _ = open_nvml(
+    driver, _ = open_nvml(
         variant("h100", lambda d: d.update(errors={"nvmlDeviceGetCount": "NVML_ERROR_UNKNOWN"}))
     )
     with pytest.raises(DiscoveryError, match="cannot count"):
-        backend.discover()
+        driver.discover()
 
 
 def test_close_shuts_nvml_down_once(open_nvml: OpenNvml) -> None:
-    backend, fake = open_nvml(load_profile("h100"))
+    driver, fake = open_nvml(load_profile("h100"))
     assert fake.init_count == 1
-    backend.close()
-    backend.close()
+    driver.close()
+    driver.close()
     assert fake.init_count == 0
     assert fake.calls.count("nvmlShutdown") == 1
     with pytest.raises(DiscoveryError, match="closed"):
-        backend.discover()
+        driver.discover()
 
 
 def test_pci_info_falls_back_when_v3_is_missing(tmp_path: Path) -> None:
@@ -289,9 +290,9 @@ def test_pci_info_falls_back_when_v3_is_missing(tmp_path: Path) -> None:
         nvmlDeviceGetPciInfo_v3 = None  # type: ignore[assignment]  # an older pynvml without the _v3 wrapper
 
     fake = OldPynvml(load_profile("h100"))
-    backend = NvmlBackend(fake, sysfs_root=tmp_path)
-    devices = backend.discover().devices
-    backend.close()
+    driver = NvidiaDriver(fake, sysfs_root=tmp_path)
+    devices = driver.discover().devices
+    driver.close()
     assert devices[0].pci == PciPlacement(bus_id="0000:00:06.0")
     assert "nvmlDeviceGetPciInfo" in fake.calls
     assert "nvmlDeviceGetPciInfo_v3" not in fake.calls
@@ -301,8 +302,8 @@ def test_unknown_enums_are_omitted(open_nvml: OpenNvml) -> None:
     def edit(data: dict[str, Any]) -> None:
         data["devices"][0].update(architecture=pynvml.NVML_DEVICE_ARCH_UNKNOWN, brand=0)
 
-    backend, _ = open_nvml(variant("h100", edit))
-    device = backend.discover().devices[0]
+    driver, _ = open_nvml(variant("h100", edit))
+    device = driver.discover().devices[0]
     assert (device.architecture, device.brand) == (None, None)
 
 

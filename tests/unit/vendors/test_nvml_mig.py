@@ -27,19 +27,19 @@ from gpudra.planning.devices import device_name
 from gpudra.planning.offer import plan_offer
 from gpudra.vendors.mock.fake_nvml import FakeNvml
 from gpudra.vendors.mock.profile import Profile, load_profile
-from gpudra.vendors.nvidia.discovery import NvmlBackend
+from gpudra.vendors.nvidia.driver import NvidiaDriver
 
 from .helpers import variant
 
-OpenNvml = Callable[[Profile], tuple[NvmlBackend, FakeNvml]]
+OpenNvml = Callable[[Profile], tuple[NvidiaDriver, FakeNvml]]
 PARENT = "GPU-0d100000-0000-0000-0000-000000000000"
 MIG_3G = "MIG-0d100000-0000-5000-8000-000000000002"
 MIB = 1 << 20
 
 
 def _discover(open_nvml: OpenNvml, profile: Profile) -> Inventory:
-    backend, _ = open_nvml(profile)
-    return backend.discover()
+    driver, _ = open_nvml(profile)
+    return driver.discover()
 
 
 def _migs(inventory: Inventory) -> list[Device]:
@@ -225,6 +225,6 @@ def test_unreadable_mig_device_count(open_nvml: OpenNvml) -> None:
 
 def test_empty_mig_slots_are_skipped(open_nvml: OpenNvml) -> None:
     # slots 3..6 of max_mig_device_count 7 answer NOT_FOUND, as NVML does for unused MIG device indices
-    backend, fake = open_nvml(load_profile("h100-mig-mixed"))
-    assert len(_migs(backend.discover())) == 3
+    driver, fake = open_nvml(load_profile("h100-mig-mixed"))
+    assert len(_migs(driver.discover())) == 3
     assert fake.calls.count("nvmlDeviceGetMigDeviceHandleByIndex") == 7

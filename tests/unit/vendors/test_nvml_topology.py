@@ -21,19 +21,19 @@ from gpudra.model.inventory import Inventory
 from gpudra.model.names import local_fabric_domain
 from gpudra.vendors.mock.fake_nvml import FakeNvml
 from gpudra.vendors.mock.profile import Profile, load_profile
-from gpudra.vendors.nvidia.discovery import NvmlBackend
+from gpudra.vendors.nvidia.driver import NvidiaDriver
 from gpudra.vendors.nvidia.topology import connected_components, interpret_fabric
 
 from .helpers import variant
 
-OpenNvml = Callable[[Profile], tuple[NvmlBackend, FakeNvml]]
+OpenNvml = Callable[[Profile], tuple[NvidiaDriver, FakeNvml]]
 GB200_DOMAIN = "5ca1ab1e-0000-4000-8000-00000000b200.2"  # synthetic clusterUuid of the fixture, clique 2
 OK, NOT_SUPPORTED = 0, 5  # nvmlGpuP2PStatus_t
 
 
 def _discover(open_nvml: OpenNvml, profile: Profile) -> tuple[Inventory, FakeNvml]:
-    backend, fake = open_nvml(profile)
-    return backend.discover(), fake
+    driver, fake = open_nvml(profile)
+    return driver.discover(), fake
 
 
 def _domains(inventory: Inventory) -> list[str | None]:
@@ -127,15 +127,15 @@ def test_pending_registration_withholds_the_domain_until_it_completes(
     open_nvml: OpenNvml, state: int
 ) -> None:
     pending = variant("gb200-nvl72-tray", lambda d: d["devices"][2]["fabric"].update(state=state))
-    backend, fake = open_nvml(pending)
-    inventory = backend.discover()
+    driver, fake = open_nvml(pending)
+    inventory = driver.discover()
     assert _domains(inventory) == [GB200_DOMAIN, GB200_DOMAIN, None, GB200_DOMAIN]
     assert inventory.fabric_pending is True
     assert len(inventory.warnings) == 1
     assert "fabric registration is " in inventory.warnings[0]
     assert inventory.devices[2].uuid in inventory.warnings[0]
     fake.profile = load_profile("gb200-nvl72-tray")  # registration completes on the same node
-    again = backend.discover()
+    again = driver.discover()
     assert _domains(again) == [GB200_DOMAIN] * 4
     assert (again.fabric_pending, again.warnings) == (False, ())
 
@@ -172,7 +172,7 @@ def test_lost_gpu_during_p2p_probing_only_leaves_that_gpu_out(open_nvml: OpenNvm
 
 
 def test_fabric_struct_of_an_unknown_version_is_refused_like_nvml(open_nvml: OpenNvml) -> None:
-    backend, fake = open_nvml(load_profile("gb200-nvl72-tray"))
+    driver, fake = open_nvml(load_profile("gb200-nvl72-tray"))
     handle = fake.nvmlDeviceGetHandleByIndex(0)
     info = pynvml.c_nvmlGpuFabricInfoV_t()
     info.version = 1
@@ -183,7 +183,7 @@ def test_fabric_struct_of_an_unknown_version_is_refused_like_nvml(open_nvml: Ope
     v3 = pynvml.c_nvmlGpuFabricInfo_v3_t()
     assert fake.nvmlDeviceGetGpuFabricInfoV(handle, ctypes.pointer(v3)) == pynvml.NVML_SUCCESS
     assert (v3.state, v3.cliqueId, v3.healthMask) == (3, 2, 170)
-    assert backend.discover().devices[0].fabric_domain == GB200_DOMAIN
+    assert driver.discover().devices[0].fabric_domain == GB200_DOMAIN
 
 
 UUID_BYTES = st.binary(min_size=16, max_size=16)

@@ -11,7 +11,7 @@ import pynvml
 import pytest
 
 from gpudra.vendors.base import DiscoveryError
-from gpudra.vendors.mock.fake_nvml import MockBackend
+from gpudra.vendors.mock.driver import MockDriver
 from gpudra.vendors.select import list_profiles, open_driver
 
 HAS_NVML = ctypes.util.find_library("nvidia-ml") is not None
@@ -20,9 +20,11 @@ HAS_NVML = ctypes.util.find_library("nvidia-ml") is not None
 def test_mock_defaults_to_dgx_h100(tmp_path: Path) -> None:
     backend = open_driver("mock", None, tmp_path)
     try:
-        assert isinstance(backend, MockBackend)
-        assert backend.profile.name == "dgx-h100"
-        assert len(backend.discover().devices) == 8
+        assert isinstance(backend, MockDriver)
+        assert backend.name == "mock"
+        devices = backend.discover().devices
+        assert len(devices) == 8
+        assert {d.product_name for d in devices} == {"NVIDIA H100 80GB HBM3"}
     finally:
         backend.close()
 

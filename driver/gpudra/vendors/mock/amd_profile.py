@@ -1,8 +1,11 @@
 """AMD hardware profiles: compact JSON facts from which ``fake_amd_sysfs`` builds a sysfs/KFD tree and
 ``fake_amdsmi`` answers amdsmi calls.
 
-A profile is a built-in name (``backends/profiles/<name>.json`` with ``"vendor": "amd"``) or a JSON file path.
-Keys not listed are errors, except comment keys starting with ``_``::
+A profile is a built-in name (``vendors/mock/profiles/<name>.json`` with ``"vendor": "amd"``) or a JSON file
+path. Editing the profile file of a running mock is a hardware change the next discovery sees (a partition
+mode switched, say); an edit that does not validate, changes the vendor or adds/removes ``amdsmi`` keeps the
+old hardware, with one warning (:mod:`~gpudra.vendors.mock.hotswap`). Keys not listed are errors, except
+comment keys starting with ``_``::
 
     {
       "vendor": "amd",                             # required: routes --profile to the AMD mock
@@ -53,6 +56,7 @@ from typing import Any, Final
 from gpudra.vendors.amd.smi import STATUS_CODES
 from gpudra.vendors.amd.sysfs import COMPUTE_MODES, MEMORY_POOLS, parse_properties
 from gpudra.vendors.mock.profile import ProfileError
+from gpudra.vendors.mock.profile_json import Invalid, strings
 
 _PACKAGE: Final = "gpudra.vendors.mock"
 _BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.0$")
@@ -129,9 +133,7 @@ class AmdSmiAnswers:
 
 @dataclass(frozen=True, slots=True)
 class AmdFaults:
-    xcp_without_kfd: frozenset[str] = (
-        frozenset()
-    )  # these xcp devices keep their render node, lose the KFD node
+    xcp_without_kfd: frozenset[str] = frozenset()  # xcp devices with a render node but no KFD node
     no_partition_files: frozenset[str] = frozenset()  # bus ids of GPUs written without partition files
 
 
@@ -191,20 +193,16 @@ def parse_amd_profile(text: str, origin: str = "profile", default_name: str = "c
         raise ProfileError(f"{origin}: not valid JSON: {err}") from err
     try:
         return _profile(_obj(raw, "", _TOP), default_name)
-    except _Invalid as err:
+    except Invalid as err:
         raise ProfileError(f"{origin}: {err}") from None
-
-
-class _Invalid(Exception):
-    pass
 
 
 def _profile(raw: dict[str, Any], default_name: str) -> AmdProfile:
     if raw.get("vendor") != "amd":
-        raise _Invalid('vendor: must be "amd"')
+        raise Invalid('vendor: must be "amd"')
     gpus = tuple(_gpu(g, f"gpus[{i}]") for i, g in enumerate(_list(raw, "gpus")))
     if len({g.bdf for g in gpus}) != len(gpus):
-        raise _Invalid("gpus: bus ids must be distinct")
+        raise Invalid("gpus: bus ids must be distinct")
     smi = raw.get("amdsmi")
     return AmdProfile(
         name=_opt(raw, "name", str, "") or default_name,
@@ -218,8 +216,8 @@ def _profile(raw: dict[str, Any], default_name: str) -> AmdProfile:
         xcp_name_prefix=_opt(raw, "xcp_name_prefix", str, "") or "amdgpu_xcp_",
         faults=_faults(raw.get("faults")),
         description=_opt(raw, "description", str, "") or "",
-        source=_strings(raw.get("_source"), "_source"),
-        synthetic=_strings(raw.get("_synthetic"), "_synthetic"),
+        source=strings(raw.get("_source"), "_source"),
+        synthetic=strings(raw.get("_synthetic"), "_synthetic"),
     )
 
 
@@ -227,7 +225,7 @@ def _model(raw: dict[str, Any]) -> AmdModel:
     w = "model"
     banks = raw.get("kfd_mem_banks") or []
     if not isinstance(banks, list) or not all(isinstance(b, dict) for b in banks):
-        raise _Invalid("model.kfd_mem_banks: expected a list of objects")
+        raise Invalid("model.kfd_mem_banks: expected a list of objects")
     for i, bank in enumerate(banks):
         _req(bank, "heap_type", int, f"model.kfd_mem_banks[{i}]")
         _req(bank, "size_in_bytes", int, f"model.kfd_mem_banks[{i}]")
@@ -252,22 +250,22 @@ def _gpu(item: object, where: str) -> AmdGpu:
     raw = _obj(item, where, _GPU)
     bdf = _req(raw, "bdf", str, where)
     if not _BDF.match(bdf):
-        raise _Invalid(
+        raise Invalid(
             f'{where}.bdf: expected a lower-case function-0 bus id like "0000:05:00.0", got {bdf!r}'
         )
     unique = _opt(raw, "unique_id", str, where)
     if unique is not None and not _HEX16.match(unique):
-        raise _Invalid(f"{where}.unique_id: expected hex as sysfs prints it (%016llx), got {unique!r}")
+        raise Invalid(f"{where}.unique_id: expected hex as sysfs prints it (%016llx), got {unique!r}")
     hive = _opt(raw, "hive_id", str, where) or "0"
     if not hive.isdigit():
-        raise _Invalid(f"{where}.hive_id: expected the decimal string KFD prints, got {hive!r}")
+        raise Invalid(f"{where}.hive_id: expected the decimal string KFD prints, got {hive!r}")
     root = _opt(raw, "pcie_root", str, where)
     if root is not None and not _PCIE_ROOT.match(root):
-        raise _Invalid(f'{where}.pcie_root: expected "pciDDDD:BB", got {root!r}')
+        raise Invalid(f'{where}.pcie_root: expected "pciDDDD:BB", got {root!r}')
     compute = _choice(raw, "compute_partition", COMPUTE_MODES, where)
     memory = _choice(raw, "memory_partition", tuple(MEMORY_POOLS), where)
     if (compute is None) != (memory is None):
-        raise _Invalid(f"{where}: give both compute_partition and memory_partition, or neither")
+        raise Invalid(f"{where}: give both compute_partition and memory_partition, or neither")
     return AmdGpu(
         bdf=bdf, unique_id=int(unique, 16) if unique else None, hive_id=int(hive),
         numa_node=_opt(raw, "numa_node", int, where), pcie_root=root, compute_partition=compute,
@@ -277,7 +275,7 @@ def _gpu(item: object, where: str) -> AmdGpu:
 
 def _cpu_node(item: object, where: str) -> CpuNode:
     if not isinstance(item, dict):
-        raise _Invalid(f"{where}: expected a JSON object of KFD property values")
+        raise Invalid(f"{where}: expected a JSON object of KFD property values")
     others = {k: _req(item, k, int, where) for k in item if k not in ("cpu_cores_count", "cpu_core_id_base")}
     return CpuNode(
         _req(item, "cpu_cores_count", int, where), _req(item, "cpu_core_id_base", int, where),
@@ -288,13 +286,13 @@ def _cpu_node(item: object, where: str) -> CpuNode:
 def _smi(raw: dict[str, Any]) -> AmdSmiAnswers:
     errors = raw.get("errors") or {}
     if not isinstance(errors, dict) or not all(v in STATUS_CODES for v in errors.values()):
-        raise _Invalid(f"amdsmi.errors: map function names to AMDSMI_STATUS_* names ({sorted(STATUS_CODES)})")
+        raise Invalid(f"amdsmi.errors: map function names to AMDSMI_STATUS_* names ({sorted(STATUS_CODES)})")
     return AmdSmiAnswers(
         market_name=_opt(raw, "market_name", str, "amdsmi"),
         driver_version=_opt(raw, "driver_version", str, "amdsmi"),
         vram_size_mib=_opt(raw, "vram_size_mib", int, "amdsmi"),
         vram_type=_opt(raw, "vram_type", int, "amdsmi"),
-        missing_functions=frozenset(_strings(raw.get("missing_functions"), "amdsmi.missing_functions")),
+        missing_functions=frozenset(strings(raw.get("missing_functions"), "amdsmi.missing_functions")),
         errors={str(k): STATUS_CODES[v] for k, v in errors.items()},
     )
 
@@ -304,15 +302,15 @@ def _faults(value: object) -> AmdFaults:
         return AmdFaults()
     raw = _obj(value, "faults", _FAULTS)
     return AmdFaults(
-        xcp_without_kfd=frozenset(_strings(raw.get("xcp_without_kfd"), "faults.xcp_without_kfd")),
-        no_partition_files=frozenset(_strings(raw.get("no_partition_files"), "faults.no_partition_files")),
+        xcp_without_kfd=frozenset(strings(raw.get("xcp_without_kfd"), "faults.xcp_without_kfd")),
+        no_partition_files=frozenset(strings(raw.get("no_partition_files"), "faults.no_partition_files")),
     )
 
 
 def _props(text: str, where: str) -> Props:
     parsed = parse_properties(text)
     if not parsed or len(parsed) != len([line for line in text.splitlines() if line.strip()]):
-        raise _Invalid(f"{where}: expected KFD properties text, one 'key integer' per line")
+        raise Invalid(f"{where}: expected KFD properties text, one 'key integer' per line")
     return tuple(parsed.items())
 
 
@@ -337,19 +335,17 @@ def _vendor(text: str | None) -> object:
 def _obj(value: object, where: str, allowed: frozenset[str]) -> dict[str, Any]:
     label = where or "the top level"
     if not isinstance(value, dict):
-        raise _Invalid(f"{label}: expected a JSON object, got {type(value).__name__}")
+        raise Invalid(f"{label}: expected a JSON object, got {type(value).__name__}")
     unknown = sorted(k for k in value if k not in allowed and not str(k).startswith("_"))
     if unknown:
-        raise _Invalid(
-            f"{label}: unknown key(s) {', '.join(map(repr, unknown))} (allowed: {sorted(allowed)})"
-        )
+        raise Invalid(f"{label}: unknown key(s) {', '.join(map(repr, unknown))} (allowed: {sorted(allowed)})")
     return value
 
 
 def _list(raw: dict[str, Any], key: str) -> list[Any]:
     value = raw.get(key)
     if not isinstance(value, list):
-        raise _Invalid(f"{key}: required, a list")
+        raise Invalid(f"{key}: required, a list")
     return value
 
 
@@ -359,23 +355,21 @@ def _opt(raw: dict[str, Any], key: str, kind: type, where: str) -> Any:
         return None
     ok = isinstance(value, int) and not isinstance(value, bool) if kind is int else isinstance(value, kind)
     if not ok:
-        raise _Invalid(
-            f"{f'{where}.' if where else ''}{key}: expected {kind.__name__} or null, got {value!r}"
-        )
+        raise Invalid(f"{f'{where}.' if where else ''}{key}: expected {kind.__name__} or null, got {value!r}")
     return value
 
 
 def _req(raw: dict[str, Any], key: str, kind: type, where: str) -> Any:
     value = _opt(raw, key, kind, where)
     if value is None:
-        raise _Invalid(f"{where}.{key}: required")
+        raise Invalid(f"{where}.{key}: required")
     return value
 
 
 def _choice(raw: dict[str, Any], key: str, allowed: tuple[str, ...], where: str) -> str | None:
     value = _opt(raw, key, str, where)
     if value is not None and value not in allowed:
-        raise _Invalid(f"{where}.{key}: expected one of {', '.join(allowed)} or null, got {value!r}")
+        raise Invalid(f"{where}.{key}: expected one of {', '.join(allowed)} or null, got {value!r}")
     return value  # type: ignore[no-any-return]
 
 
@@ -383,19 +377,9 @@ def _hex(text: str, where: str) -> int:
     try:
         return int(text, 16)
     except ValueError:
-        raise _Invalid(f'{where}: expected hex like "0x74a1", got {text!r}') from None
+        raise Invalid(f'{where}: expected hex like "0x74a1", got {text!r}') from None
 
 
 def _opt_hex(raw: dict[str, Any], key: str, where: str) -> int | None:
     value = _opt(raw, key, str, where)
     return None if value is None else _hex(value, f"{where}.{key}")
-
-
-def _strings(value: object, where: str) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise _Invalid(f"{where}: expected a string or a list of strings")

@@ -5,6 +5,13 @@ vendor code running over the fake ``pynvml`` / ``amdsmi`` / sysfs. Only the cont
 device gives a container environment variables and a description file (see :mod:`.edits`). That file is
 what prepare creates on the node for the claim, so it is recorded as applied state (``mock-file`` changes)
 and removed by exactly the undo that unprepare — or the roll-back after a crash — runs.
+
+The hardware is a :class:`~gpudra.vendors.mock.node.FakeNode`. When ``--profile`` is a JSON file (not a
+built-in name) the mock watches it (:mod:`.hotswap`): editing the profile file of a running mock is a
+hardware change, which the next discovery pass sees - a GPU lost, another MIG layout, an AMD partition mode
+switched - while an invalid edit keeps the old hardware (one warning). :class:`MockDriver` itself knows
+nothing of this: its inner driver is the vendor driver, or that driver behind a
+:class:`~gpudra.vendors.mock.hotswap.HotSwapDriver`.
 """
 
 from __future__ import annotations
@@ -18,7 +25,6 @@ from typing import Final
 from gpudra.fsutil import atomic_write
 from gpudra.model.applied import AppliedState, Change
 from gpudra.model.inventory import Inventory
-from gpudra.vendors.amd.driver import AmdDriver
 from gpudra.vendors.base import (
     ApplyError,
     ClaimDevice,
@@ -28,13 +34,9 @@ from gpudra.vendors.base import (
     HostRoots,
     VendorDriver,
 )
-from gpudra.vendors.mock.amd_profile import AmdProfile
 from gpudra.vendors.mock.edits import description_file_name, device_description, mock_edits
-from gpudra.vendors.mock.fake_amd_sysfs import write_amd_sysfs
-from gpudra.vendors.mock.fake_amdsmi import FakeAmdSmi
-from gpudra.vendors.mock.fake_nvml import FakeNvml, write_sysfs_tree
-from gpudra.vendors.mock.profile import Profile
-from gpudra.vendors.nvidia.driver import NvidiaDriver
+from gpudra.vendors.mock.hotswap import HotSwapDriver, ProfileFile, is_builtin, load_node_profile
+from gpudra.vendors.mock.node import FakeNode, NodeProfile
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,7 @@ class MockDriver:
                     durable=False,
                 )
         except (OSError, KeyError) as e:
-            self._remove(files)
+            self._remove(files, strict=False)  # best effort: the write error is the one to report
             self._inner.undo(inner)
             raise ApplyError(f"cannot write the mock device description: {e}") from e
         return AppliedState(inner.changes + files, inner.created_devices)
@@ -106,12 +108,15 @@ class MockDriver:
         self._inner.undo(inner)
 
     @staticmethod
-    def _remove(files: Sequence[Change]) -> None:
+    def _remove(files: Sequence[Change], *, strict: bool = True) -> None:
+        """Remove the description files; ``strict``: raise for one that cannot go, else log it."""
         for change in files:
             try:
                 Path(change.text("path")).unlink(missing_ok=True)
             except OSError as e:
-                raise ApplyError(f"cannot remove {change.text('path')}: {e}") from e
+                if strict:
+                    raise ApplyError(f"cannot remove {change.text('path')}: {e}") from e
+                log.warning("could not remove %s: %s", change.text("path"), e)
 
     def close(self) -> None:
         try:
@@ -127,29 +132,33 @@ def _split(applied: AppliedState) -> tuple[AppliedState, tuple[Change, ...]]:
     return AppliedState(rest, applied.created_devices), files
 
 
-def open_fake_hardware(
-    profile: Profile | AmdProfile, root: Path, roots: HostRoots | None = None
-) -> VendorDriver:
+def open_fake_hardware(profile: NodeProfile, root: Path, roots: HostRoots | None = None) -> VendorDriver:
     """The real vendor driver over the fake library for ``profile`` and a sysfs tree written under ``root``
     (which the caller keeps until the driver is closed), with hardware container edits over ``roots``."""
-    sysfs = root / "sys"
-    sysfs.mkdir(parents=True, exist_ok=True)
-    if isinstance(profile, AmdProfile):
-        write_amd_sysfs(sysfs, profile)
-        amdsmi = FakeAmdSmi(profile) if profile.amdsmi is not None else None
-        return AmdDriver(sysfs, amdsmi, roots)
-    write_sysfs_tree(sysfs, profile)
-    return NvidiaDriver(FakeNvml(profile), sysfs, roots)
+    return FakeNode(profile, root, roots).driver
 
 
-def open_mock(profile: Profile | AmdProfile, files_dir: Path | None = None) -> MockDriver:
-    """The mock driver for a loaded profile: :func:`open_fake_hardware` in a private temporary directory,
-    with the mock's container edits. ``files_dir`` defaults to a directory inside that private tree."""
+def open_mock(
+    profile: NodeProfile, files_dir: Path | None = None, *, watch: ProfileFile | None = None
+) -> MockDriver:
+    """The mock driver for a loaded profile: a :class:`FakeNode` in a private temporary directory, with the
+    mock's container edits. ``files_dir`` defaults to a directory inside that private tree. ``watch``: the
+    file ``profile`` was just read from (:meth:`ProfileFile.read`); its later edits are hardware changes."""
     tmp = tempfile.TemporaryDirectory(prefix="gpudra-mock-")
     root = Path(tmp.name)
     try:
-        inner = open_fake_hardware(profile, root)
+        node = FakeNode(profile, root)
     except BaseException:
         tmp.cleanup()
         raise
+    inner: VendorDriver = node.driver if watch is None else HotSwapDriver(node, watch)
     return MockDriver(inner, files_dir or root / "claims", on_close=tmp.cleanup)
+
+
+def open_mock_profile(name_or_path: str, files_dir: Path | None = None) -> MockDriver:
+    """``--backend mock --profile name_or_path``: a built-in profile (fixed hardware), or a JSON file that is
+    watched for edits. Raises :class:`~gpudra.vendors.mock.profile.ProfileError` for a bad profile."""
+    if is_builtin(name_or_path) or not Path(name_or_path).is_file():
+        return open_mock(load_node_profile(name_or_path), files_dir)  # the loader says what is wrong
+    file = ProfileFile(Path(name_or_path).absolute())  # the same file should anything change directory
+    return open_mock(file.read(), files_dir, watch=file)

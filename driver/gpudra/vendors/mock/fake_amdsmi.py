@@ -9,28 +9,27 @@ ids are hex strings and whose unknowns are ``"N/A"``, VRAM in MiB, partition mod
 ``amdsmi_uuid_gen`` does (asic serial = the GPU's ``unique_id``, device id, function byte 0xff). Functions in
 the profile's ``missing_functions`` do not exist (an older library); it never loads ``libamd_smi.so``.
 
-:class:`AmdMockBackend` is ``--backend mock`` for an AMD profile: the real
-:class:`~gpudra.vendors.amd.discovery.AmdBackend` over a tree written into a private temp dir and this fake
-(or no
-amdsmi at all when the profile says ``"amdsmi": null``).
+One instance is one node's library for the plugin's lifetime; :meth:`FakeAmdSmi.serve` makes it answer for
+changed hardware (another partition mode, say) as :mod:`~gpudra.vendors.mock.node` does when the mock's
+profile file is edited: a processor still present (same amdsmi bus id) keeps its handle, a handle of one that
+is gone raises NOT_FOUND. The mock runs the real :class:`~gpudra.vendors.amd.driver.AmdDriver` over this fake
+(or no amdsmi at all when the profile says ``"amdsmi": null``) and the tree of
+:mod:`~gpudra.vendors.mock.fake_amd_sysfs`.
 """
 
 from __future__ import annotations
 
-import tempfile
 from enum import IntEnum
-from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from gpudra.model.inventory import Inventory
-from gpudra.vendors.amd.discovery import AmdBackend
 from gpudra.vendors.amd.smi import STATUS_CODES
 from gpudra.vendors.amd.sysfs import gfx_name
 from gpudra.vendors.mock.amd_profile import AmdProfile, AmdSmiAnswers
-from gpudra.vendors.mock.fake_amd_sysfs import FakeDrmDevice, amd_layout, write_amd_sysfs
+from gpudra.vendors.mock.fake_amd_sysfs import FakeDrmDevice, amd_layout
 
 _NOT_SUPPORTED: Final = STATUS_CODES["AMDSMI_STATUS_NOT_SUPPORTED"]
 _NOT_INIT: Final = STATUS_CODES["AMDSMI_STATUS_NOT_INIT"]
+_NOT_FOUND: Final = STATUS_CODES["AMDSMI_STATUS_NOT_FOUND"]
 _NA: Final = "N/A"
 _T = TypeVar("_T")
 
@@ -85,7 +84,7 @@ class FakeProcessorHandle:
 
     def __init__(self, owner: FakeAmdSmi, device: FakeDrmDevice) -> None:
         self._owner = owner
-        self._device = device
+        self._device: FakeDrmDevice | None = device  # None: the processor is gone
 
 
 class FakeAmdSmi:
@@ -97,12 +96,25 @@ class FakeAmdSmi:
     AmdSmiInitFlags = AmdSmiInitFlags
 
     def __init__(self, profile: AmdProfile) -> None:
-        self.profile = profile
-        self.answers = profile.amdsmi or AmdSmiAnswers()
         self.init_count = 0
         self.calls: list[str] = []
-        layout = amd_layout(profile)
-        self._handles = [FakeProcessorHandle(self, d) for d in layout if d.kfd_node is not None]
+        self._handles: list[FakeProcessorHandle] = []
+        self.serve(profile)
+
+    def serve(self, profile: AmdProfile) -> None:
+        """Answer for ``profile``'s hardware from the next call on: one handle per processor (partition)
+        with a KFD node; a processor still present (same bus id) keeps its handle, others' handles go stale.
+        Init state and the call log carry over. Call it between discovery passes (the mock does)."""
+        old = {h._device.bus_id: h for h in self._handles if h._device is not None}
+        handles: list[FakeProcessorHandle] = []
+        for device in (d for d in amd_layout(profile) if d.kfd_node is not None):
+            handle = old.pop(device.bus_id, None) or FakeProcessorHandle(self, device)
+            handle._device = device
+            handles.append(handle)
+        for gone in old.values():
+            gone._device = None
+        self.profile, self.answers = profile, profile.amdsmi or AmdSmiAnswers()
+        self._handles = handles
 
     def __getattribute__(self, name: str) -> Any:
         if name.startswith("amdsmi_") and name in object.__getattribute__(self, "answers").missing_functions:
@@ -180,6 +192,8 @@ class FakeAmdSmi:
         if not isinstance(handle, FakeProcessorHandle) or handle._owner is not self:
             raise AmdSmiParameterException(f"{call}: not a processor handle of this library")
         self._enter(call)
+        if handle._device is None:
+            raise AmdSmiLibraryException(_NOT_FOUND)
         return handle._device
 
 
@@ -188,28 +202,3 @@ def _present(value: _T | None) -> _T:
     if value is None:
         raise AmdSmiLibraryException(_NOT_SUPPORTED)
     return value
-
-
-class AmdMockBackend:
-    """``--backend mock`` for AMD profiles: the real AMD backend over a private tree and a fake amdsmi."""
-
-    name = "mock"
-
-    def __init__(self, profile: AmdProfile) -> None:
-        self.profile = profile
-        self._tmp = tempfile.TemporaryDirectory(prefix="gpudra-mock-amd-")
-        self.sysfs_root = Path(self._tmp.name)
-        try:
-            write_amd_sysfs(self.sysfs_root, profile)
-            self.amdsmi = FakeAmdSmi(profile) if profile.amdsmi is not None else None
-            self._backend = AmdBackend(self.sysfs_root, self.amdsmi)
-        except BaseException:
-            self._tmp.cleanup()
-            raise
-
-    def discover(self) -> Inventory:
-        return self._backend.discover()
-
-    def close(self) -> None:
-        self._backend.close()
-        self._tmp.cleanup()

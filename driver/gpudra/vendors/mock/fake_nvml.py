@@ -1,35 +1,32 @@
-"""A fake ``pynvml`` module served from a :class:`~gpudra.vendors.mock.profile.Profile`, and the mock backend.
+"""A fake ``pynvml`` module served from a :class:`~gpudra.vendors.mock.profile.Profile`, and its sysfs tree.
 
-:class:`FakeNvml` has the pynvml functions the NVML backend calls (the MIG ones from
+:class:`FakeNvml` has the pynvml functions the NVIDIA driver calls (the MIG ones from
 :mod:`~gpudra.vendors.mock.fake_nvml_mig`, the NVLink ones from :mod:`~gpudra.vendors.mock.fake_nvml_links`),
-with
-pynvml's signatures and return types (``str`` for names and versions, ``int`` for enums,
+with pynvml's signatures and return types (``str`` for names and versions, ``int`` for enums,
 ``pynvml.c_nvmlDevice_t`` handles, ``pynvml.nvmlPciInfo_t`` and ``pynvml.c_nvmlMemory_t`` structures, whose
 ``char[]`` fields such as ``busId`` read back as ``str`` because pynvml's ``_PrintableStructure`` decodes
-them). Failures
-raise the real ``pynvml.NVMLError_*`` classes, and the real constants and error classes are reachable as
-attributes, so code written against pynvml runs unchanged. It never loads libnvidia-ml.
+them). Failures raise the real ``pynvml.NVMLError_*`` classes, and the real constants and error classes are
+reachable as attributes, so code written against pynvml runs unchanged. It never loads libnvidia-ml.
 
-:class:`MockBackend` is what ``--backend mock`` runs: the real
-:class:`~gpudra.vendors.nvidia.discovery.NvmlBackend`
-over a :class:`FakeNvml` and a sysfs tree written from the same profile into a private temp dir.
+One instance is one node's NVML for the plugin's lifetime; :meth:`FakeNvml.serve` makes it show changed
+hardware (a lost GPU, another MIG layout) with the handles of the devices still present kept valid, as
+:mod:`~gpudra.vendors.mock.node` does when the mock's profile file is edited. :func:`write_sysfs_tree`
+writes the sysfs entries the same profile implies; the mock runs the real
+:class:`~gpudra.vendors.nvidia.driver.NvidiaDriver` over both (:func:`~gpudra.vendors.mock.driver.open_mock`).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pynvml
 
-from gpudra.model.inventory import Inventory
 from gpudra.vendors.mock.fake_nvml_base import fail, present
 from gpudra.vendors.mock.fake_nvml_links import FakeLinkCalls
 from gpudra.vendors.mock.fake_nvml_mig import FakeMigCalls
 from gpudra.vendors.mock.profile import Profile
-from gpudra.vendors.nvidia.discovery import NvmlBackend
 from gpudra.vendors.sysfs import normalize_pci_bus_id, pci_device_link
 
 
@@ -69,7 +66,7 @@ class FakeNvml(FakeMigCalls, FakeLinkCalls):
         if not 0 <= index < len(self.profile.devices):
             raise fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         self.device_errors("nvmlDeviceGetHandleByIndex", self.profile.devices[index])
-        return self.handle(("gpu", index))
+        return self.gpu_handle(index)
 
     def nvmlDeviceGetUUID(self, handle: Any) -> str:
         gpu, mig = self.gpu_or_mig("nvmlDeviceGetUUID", handle)
@@ -145,28 +142,3 @@ def write_sysfs_tree(root: Path, profile: Profile) -> None:
             link.mkdir(exist_ok=True)
         if device.sysfs.numa_node is not None:
             (link / "numa_node").write_text(f"{device.sysfs.numa_node}\n", encoding="ascii")
-
-
-class MockBackend:
-    """``--backend mock``: the real NVML backend over :class:`FakeNvml` and a private sysfs tree."""
-
-    name = "mock"
-
-    def __init__(self, profile: Profile) -> None:
-        self.profile = profile
-        self._tmp = tempfile.TemporaryDirectory(prefix="gpudra-mock-sysfs-")
-        self.sysfs_root = Path(self._tmp.name)
-        try:
-            write_sysfs_tree(self.sysfs_root, profile)
-            self.nvml = FakeNvml(profile)
-            self._backend = NvmlBackend(self.nvml, sysfs_root=self.sysfs_root)
-        except BaseException:
-            self._tmp.cleanup()
-            raise
-
-    def discover(self) -> Inventory:
-        return self._backend.discover()
-
-    def close(self) -> None:
-        self._backend.close()
-        self._tmp.cleanup()

@@ -3,11 +3,20 @@
 Handles are real ctypes pointer types (``pynvml.c_nvmlDevice_t`` for GPUs and MIG devices,
 ``c_nvmlGpuInstance_t``, ``c_nvmlComputeInstance_t``) holding made-up addresses that are never dereferenced;
 each maps back to what it names. The same object always gets the same handle, as with NVML.
+
+The hardware can change under a running fake (:meth:`FakeNvmlBase.serve`: the mock's profile file was
+edited). A handle names a device, not a position: a GPU keeps its handle while it is still there (same
+UUID), wherever it now is in the enumeration, and so does a MIG device (same UUID on the same GPU); GPU and
+compute instances are named by their ids. A handle of a GPU that is gone raises GPU_IS_LOST, one of a MIG
+device that is gone (destroyed, or MIG mode switched off) INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
 import ctypes
+import itertools
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from typing import Any, Final, TypeVar
 
 import pynvml
@@ -19,7 +28,9 @@ _T = TypeVar("_T")
 _HANDLE_BASE: Final = 0x6770_0000  # fake addresses; handles are never dereferenced
 _HANDLE_STRIDE: Final = 0x10
 
-#: What a handle names: ("gpu", index) | ("mig", index, mig) | ("gi", index, gi_id) | ("ci", index, gi, ci)
+#: What a handle names: ("gpu", slot) | ("mig", slot, mig) | ("gi", slot, gi_id) | ("ci", slot, gi, ci), where
+#: ``slot`` names a GPU for as long as it is present and ``mig`` is the MIG device's UUID (its index in the
+#: GPU's list when its UUID is unknown or not unique there).
 HandleKey = tuple[Any, ...]
 
 
@@ -55,6 +66,21 @@ class FakeNvmlBase:
         self.calls: list[str] = []  # every call made, in order (for tests and debugging)
         self._addresses: dict[HandleKey, int] = {}
         self._keys: dict[int, HandleKey] = {}
+        self._fresh_slots = itertools.count()
+        self._slots = tuple(next(self._fresh_slots) for _ in profile.devices)  # device index -> slot
+        self._index = {slot: i for i, slot in enumerate(self._slots)}
+
+    def serve(self, profile: Profile) -> None:
+        """Show ``profile``'s hardware from the next call on, as the same library with the same handles.
+
+        A GPU still present keeps its handle (matched by UUID: unique in both profiles, or equal at the
+        same position), a lost one's handle raises GPU_IS_LOST; init state and the call log carry over.
+        Not atomic to calls in flight: call it between discovery passes (the mock does, under its lock).
+        """
+        old = [d.uuid for d in self.profile.devices]
+        slots = carried_slots(old, self._slots, [d.uuid for d in profile.devices], self._fresh_slots)
+        self.profile, self._slots = profile, slots
+        self._index = {slot: i for i, slot in enumerate(slots)}
 
     def __getattr__(self, name: str) -> Any:
         """Re-export pynvml's constants, error classes and structure types — never its functions."""
@@ -82,18 +108,39 @@ class FakeNvmlBase:
         key = self._keys.get(address) if address is not None else None
         if key is None or key[0] not in kinds:
             raise fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        self.device_errors(call, self.profile.devices[key[1]])
+        device = self.device_of(key)
+        self.device_errors(call, device)
         if key[0] == "mig":
-            self.mig_errors(call, self.profile.devices[key[1]].mig_devices[key[2]])
+            self.mig_errors(call, device.mig_devices[_mig_index(device, key[2])])
         return key
 
+    # -- what a handle names now ----------------------------------------------------------------------
+    def gpu_handle(self, index: int) -> Any:
+        """The handle of the GPU at enumeration ``index`` (which must exist)."""
+        return self.handle(("gpu", self._slots[index]))
+
+    def mig_handle(self, index: int, mig_index: int) -> Any:
+        """The handle of MIG device ``mig_index`` of the GPU at ``index`` (both must exist)."""
+        device = self.profile.devices[index]
+        return self.handle(("mig", self._slots[index], _mig_key(device, mig_index)))
+
+    def index_of(self, key: HandleKey) -> int:
+        """The enumeration index of the GPU a handle key names; GPU_IS_LOST when it is gone."""
+        index = self._index.get(key[1])
+        if index is None:
+            raise fail(pynvml.NVML_ERROR_GPU_IS_LOST)
+        return index
+
+    def device_of(self, key: HandleKey) -> DeviceProfile:
+        return self.profile.devices[self.index_of(key)]
+
     def gpu(self, call: str, handle: Any) -> DeviceProfile:
-        return self.profile.devices[self.resolve(call, handle, ("gpu",))[1]]
+        return self.device_of(self.resolve(call, handle, ("gpu",)))
 
     def gpu_or_mig(self, call: str, handle: Any) -> tuple[DeviceProfile, MigDeviceProfile | None]:
         key = self.resolve(call, handle, ("gpu", "mig"))
-        device = self.profile.devices[key[1]]
-        return device, (device.mig_devices[key[2]] if key[0] == "mig" else None)
+        device = self.device_of(key)
+        return device, (device.mig_devices[_mig_index(device, key[2])] if key[0] == "mig" else None)
 
     # -- faults -------------------------------------------------------------------------------------------
     def init(self, call: str) -> None:
@@ -123,3 +170,40 @@ class FakeNvmlBase:
         code = mig.errors.get(call, mig.errors.get(ALL_DEVICE_CALLS))
         if code is not None:
             raise fail(code)
+
+
+def mig_enabled(device: DeviceProfile) -> bool:
+    return device.mig_mode is not None and device.mig_mode[0] == pynvml.NVML_DEVICE_MIG_ENABLE
+
+
+def carried_slots(
+    old: Sequence[str | None], slots: Sequence[int], new: Sequence[str | None], fresh: Iterator[int]
+) -> tuple[int, ...]:
+    """The handle slot of each of the ``new`` devices (by UUID): a device still present keeps its slot (same
+    UUID, unique in both lists, or the same UUID at the same position); any other gets a ``fresh`` one."""
+    old_count, new_count = Counter(old), Counter(new)
+    unique = {u: s for u, s in zip(old, slots, strict=True) if u is not None and old_count[u] == 1}
+    out: list[int] = []
+    for position, uuid in enumerate(new):
+        if uuid is not None and new_count[uuid] == 1 and uuid in unique:
+            out.append(unique[uuid])
+        elif position < len(old) and old[position] == uuid:
+            out.append(slots[position])
+        else:
+            out.append(next(fresh))
+    return tuple(out)
+
+
+def _mig_key(device: DeviceProfile, index: int) -> str | int:
+    uuid = device.mig_devices[index].uuid
+    unique = uuid is not None and sum(m.uuid == uuid for m in device.mig_devices) == 1
+    return uuid if unique and uuid is not None else index
+
+
+def _mig_index(device: DeviceProfile, key: str | int) -> int:
+    """The index of the MIG device a handle names, now; INVALID_ARGUMENT when it is gone."""
+    if mig_enabled(device):
+        for index in range(len(device.mig_devices)):
+            if _mig_key(device, index) == key:
+                return index
+    raise fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)

@@ -52,8 +52,8 @@ class FakeLinkCalls(FakeNvmlBase):
 
     def nvmlDeviceGetP2PStatus(self, device1: Any, device2: Any, p2pIndex: int) -> int:
         call = "nvmlDeviceGetP2PStatus"
-        a = self.resolve(call, device1, ("gpu",))[1]
-        b = self.resolve(call, device2, ("gpu",), entered=True)[1]
+        a = self.index_of(self.resolve(call, device1, ("gpu",)))
+        b = self.index_of(self.resolve(call, device2, ("gpu",), entered=True))
         index = p2pIndex[0] if isinstance(p2pIndex, tuple) else p2pIndex  # pynvml spells READ as (0,)
         if a == b:
             raise fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)

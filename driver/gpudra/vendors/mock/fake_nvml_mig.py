@@ -13,7 +13,7 @@ from typing import Any
 
 import pynvml
 
-from gpudra.vendors.mock.fake_nvml_base import FakeNvmlBase, fail, present
+from gpudra.vendors.mock.fake_nvml_base import FakeNvmlBase, fail, mig_enabled, present
 from gpudra.vendors.mock.profile import DeviceProfile
 from gpudra.vendors.mock.profile_mig import MigDeviceProfile
 
@@ -29,13 +29,13 @@ class FakeMigCalls(FakeNvmlBase):
     def nvmlDeviceGetMigDeviceHandleByIndex(self, device: Any, index: int) -> Any:
         call = "nvmlDeviceGetMigDeviceHandleByIndex"
         key = self.resolve(call, device, ("gpu",))
-        profile = self.profile.devices[key[1]]
+        profile = self.device_of(key)
         if not 0 <= index < (profile.max_mig_device_count or 0):
             raise fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        if not _mig_enabled(profile) or index >= len(profile.mig_devices):
+        if not mig_enabled(profile) or index >= len(profile.mig_devices):
             raise fail(pynvml.NVML_ERROR_NOT_FOUND)
         self.mig_errors(call, profile.mig_devices[index])
-        return self.handle(("mig", key[1], index))
+        return self.mig_handle(self.index_of(key), index)
 
     def nvmlDeviceGetGpuInstanceId(self, device: Any) -> int:
         return self._mig("nvmlDeviceGetGpuInstanceId", device).gpu_instance.id
@@ -69,8 +69,8 @@ class FakeMigCalls(FakeNvmlBase):
     def nvmlDeviceGetGpuInstanceById(self, device: Any, gpuInstanceId: int) -> Any:
         call = "nvmlDeviceGetGpuInstanceById"
         key = self.resolve(call, device, ("gpu",))
-        profile = self.profile.devices[key[1]]
-        if not _mig_enabled(profile):
+        profile = self.device_of(key)
+        if not mig_enabled(profile):
             raise fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
         mig = _first_in(profile, gpuInstanceId)
         self.mig_errors(call, mig)
@@ -78,7 +78,7 @@ class FakeMigCalls(FakeNvmlBase):
 
     def nvmlGpuInstanceGetInfo(self, gpuInstance: Any) -> Any:
         key = self.resolve("nvmlGpuInstanceGetInfo", gpuInstance, ("gi",))
-        mig = _first_in(self.profile.devices[key[1]], key[2])
+        mig = _first_in(self.device_of(key), key[2])
         self.mig_errors("nvmlGpuInstanceGetInfo", mig)
         gi = mig.gpu_instance
         return pynvml.c_nvmlGpuInstanceInfo_t(
@@ -89,13 +89,13 @@ class FakeMigCalls(FakeNvmlBase):
     def nvmlGpuInstanceGetComputeInstanceById(self, gpuInstance: Any, computeInstanceId: int) -> Any:
         call = "nvmlGpuInstanceGetComputeInstanceById"
         key = self.resolve(call, gpuInstance, ("gi",))
-        mig = _in_gi(self.profile.devices[key[1]], key[2], computeInstanceId)
+        mig = _in_gi(self.device_of(key), key[2], computeInstanceId)
         self.mig_errors(call, mig)
         return self.handle(("ci", key[1], key[2], computeInstanceId), pynvml.c_nvmlComputeInstance_t)
 
     def nvmlComputeInstanceGetInfo(self, computeInstance: Any) -> Any:
         key = self.resolve("nvmlComputeInstanceGetInfo", computeInstance, ("ci",))
-        mig = _in_gi(self.profile.devices[key[1]], key[2], key[3])
+        mig = _in_gi(self.device_of(key), key[2], key[3])
         self.mig_errors("nvmlComputeInstanceGetInfo", mig)
         ci = mig.compute_instance
         return pynvml.c_nvmlComputeInstanceInfo_t(
@@ -110,10 +110,6 @@ class FakeMigCalls(FakeNvmlBase):
         if mig is None:  # instance ids exist only for MIG device handles
             raise fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         return mig
-
-
-def _mig_enabled(profile: DeviceProfile) -> bool:
-    return profile.mig_mode is not None and profile.mig_mode[0] == pynvml.NVML_DEVICE_MIG_ENABLE
 
 
 def _first_in(profile: DeviceProfile, gi_id: int) -> MigDeviceProfile:

@@ -1,6 +1,11 @@
 """Hardware profiles: JSON descriptions of a node that the fake pynvml (``fake_nvml.py``) serves.
 
-A profile is a built-in name (a file ``backends/profiles/<name>.json``) or the path of a user's JSON file.
+A profile is a built-in name (a file ``vendors/mock/profiles/<name>.json``) or the path of a user's JSON file.
+Editing the profile file of a running mock is a hardware change: the mock re-reads the file when it changed
+and its next discovery pass sees the new hardware - a GPU lost (``"errors": {"*": "NVML_ERROR_GPU_IS_LOST"}``)
+or gone from ``devices``, another ``mig_devices`` layout, ``mig_mode`` toggled - while an edit that does not
+validate keeps the old hardware, with one warning (:mod:`~gpudra.vendors.mock.hotswap`). Built-in profiles
+never change.
 
 Schema (keys not listed are errors, except comment keys starting with ``_``)::
 
@@ -208,7 +213,7 @@ class Profile:
 
 
 def builtin_profile_names() -> list[str]:
-    """Names of the profiles shipped in ``backends/profiles/``, sorted."""
+    """Names of the profiles shipped in ``vendors/mock/profiles/``, sorted."""
     folder = resources.files(_PACKAGE) / "profiles"
     return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
 

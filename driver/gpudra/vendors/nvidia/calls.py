@@ -1,19 +1,24 @@
-"""The one translation layer between pynvml's exceptions and gpudra's discovery rules.
+"""The one translation of pynvml's exceptions: every NVML call gpudra makes goes through :class:`Nvml`.
 
-pynvml is called only through :class:`NvmlCalls`. What an error means:
+:class:`Nvml` calls a pynvml function by name on the module it was given (the real ``pynvml`` or the fake,
+:class:`~gpudra.vendors.mock.fake_nvml.FakeNvml`) and raises :class:`NvmlError` for any failure, a function
+this pynvml lacks included (named ``FUNCTION_NOT_FOUND``, as NVML names a symbol its library lacks). What an
+error means for a caller is its policy: discovery's is :mod:`~gpudra.vendors.nvidia.reader`; code that changes
+the GPU lets the error propagate. The categories it needs are properties of the error:
 
-* NOT_SUPPORTED, FUNCTION_NOT_FOUND, NOT_FOUND, NO_PERMISSION (or a function this pynvml lacks): that one
-  value is unknown (``None``); the attribute is omitted, never defaulted.
-* GPU_IS_LOST, UNKNOWN and other errors that mean the GPU itself is broken: :class:`DeviceFailure`, and
-  discovery skips that GPU (with a line in ``Inventory.warnings`` and the log); the other GPUs are kept.
-* any other error: the value is unknown and a warning says why — unless the caller said it expects that
-  error (:meth:`NvmlCalls.outcome` ``expected=``), e.g. INVALID_ARGUMENT past the last NVLink.
+* :attr:`NvmlError.value_absent` — NOT_SUPPORTED, FUNCTION_NOT_FOUND, NOT_FOUND, NO_PERMISSION: this GPU (or
+  this driver, or this user) has no answer to that one question;
+* :attr:`NvmlError.device_fatal` — GPU_IS_LOST, UNKNOWN and the other errors that mean the GPU itself (or
+  NVML as a whole) is broken.
+
+An :class:`Nvml` holds no mutable state after construction; it may be used from several threads at once
+(NVML is thread-safe).
 """
 
 from __future__ import annotations
 
 import logging
-from types import ModuleType
+from types import MappingProxyType, ModuleType
 from typing import Any, Final, cast
 
 from gpudra.vendors.base import DiscoveryError
@@ -22,11 +27,16 @@ log = logging.getLogger(__name__)
 
 MOCK_HINT: Final = "To run without GPUs, use `--backend mock --profile dgx-h100`."
 
-_ABSENT_ERRORS: Final = ("NOT_SUPPORTED", "FUNCTION_NOT_FOUND", "NOT_FOUND", "NO_PERMISSION")
-_DEVICE_FATAL_ERRORS: Final = (
+#: The error name of a function this pynvml does not have (same meaning as NVML_ERROR_FUNCTION_NOT_FOUND).
+FUNCTION_NOT_FOUND: Final = "FUNCTION_NOT_FOUND"
+#: The error name of an error whose code is not an integer.
+UNKNOWN_CODE: Final = "UNKNOWN_CODE"
+
+_ABSENT_ERRORS: Final = frozenset({"NOT_SUPPORTED", FUNCTION_NOT_FOUND, "NOT_FOUND", "NO_PERMISSION"})
+_DEVICE_FATAL_ERRORS: Final = frozenset({
     "GPU_IS_LOST", "UNKNOWN", "RESET_REQUIRED", "GPU_NOT_FOUND", "UNINITIALIZED", "DRIVER_NOT_LOADED",
     "LIB_RM_VERSION_MISMATCH",
-)  # fmt: skip
+})  # fmt: skip
 #: Every nvmlReturn_t error name, to name an error by its code (looked up on the module, so a fake works).
 _ERROR_NAMES: Final = (
     "UNINITIALIZED", "INVALID_ARGUMENT", "NOT_SUPPORTED", "NO_PERMISSION", "ALREADY_INITIALIZED", "NOT_FOUND",
@@ -37,68 +47,73 @@ _ERROR_NAMES: Final = (
     "INSUFFICIENT_RESOURCES", "FREQ_NOT_SUPPORTED", "ARGUMENT_VERSION_MISMATCH", "DEPRECATED", "NOT_READY",
     "GPU_NOT_FOUND", "INVALID_STATE", "RESET_TYPE_NOT_SUPPORTED", "UNKNOWN",
 )  # fmt: skip
-#: What :meth:`NvmlCalls.outcome` reports for a function this pynvml does not have.
-FUNCTION_NOT_FOUND: Final = "FUNCTION_NOT_FOUND"
 
 
-class DeviceFailure(Exception):
-    """NVML reported that a GPU itself is lost or broken; discovery skips that GPU."""
+class NvmlError(Exception):
+    """An NVML call failed. ``name`` is the NVML error without its prefix (``"NOT_SUPPORTED"``,
+    ``"GPU_IS_LOST"``, ``"FUNCTION_NOT_FOUND"``; the code as text for a code NVML does not name),
+    ``function`` the pynvml function, ``message`` what went wrong for humans, ``code`` NVML's return code."""
+
+    def __init__(self, name: str, function: str, message: str, code: int | None = None) -> None:
+        super().__init__(f"{function}: {message}")
+        self.name = name
+        self.function = function
+        self.message = message
+        self.code = code
+
+    @property
+    def value_absent(self) -> bool:
+        """The value asked for does not exist here (unsupported, not found, not permitted, no function)."""
+        return self.name in _ABSENT_ERRORS
+
+    @property
+    def device_fatal(self) -> bool:
+        """The GPU itself (or NVML as a whole) is lost or broken: nothing more can be asked of it."""
+        return self.name in _DEVICE_FATAL_ERRORS
 
 
-class NvmlCalls:
-    """Calls pynvml (the real module or a fake with the same functions) and translates its errors."""
+class Nvml:
+    """Calls pynvml (the real module or a fake with the same functions) and raises :class:`NvmlError`."""
 
     def __init__(self, nvml: ModuleType | object) -> None:
         self._nvml = cast(Any, nvml)
         self._error_class: type[Exception] = self._nvml.NVMLError
-        self._absent = self._codes(_ABSENT_ERRORS)
-        self._fatal = self._codes(_DEVICE_FATAL_ERRORS)
-        self._names = {getattr(self._nvml, f"NVML_ERROR_{n}", None): n for n in _ERROR_NAMES}
-        self.warnings: list[str] = []
+        names = {getattr(self._nvml, f"NVML_ERROR_{n}", None): n for n in _ERROR_NAMES}
+        self._names: Final = MappingProxyType({code: n for code, n in names.items() if isinstance(code, int)})
 
     @property
     def module(self) -> Any:
         """The pynvml module, for its constants and structure types (never to call a function)."""
         return self._nvml
 
-    def _codes(self, names: tuple[str, ...]) -> frozenset[int]:
-        known = (getattr(self._nvml, f"NVML_ERROR_{name}", None) for name in names)
-        return frozenset(code for code in known if isinstance(code, int))
-
     def has(self, function: str) -> bool:
+        """Whether this pynvml has ``function``."""
         return callable(getattr(self._nvml, function, None))
 
     def constant(self, name: str, default: int) -> int:
+        """An integer constant of this pynvml, ``default`` when it lacks it."""
         value = getattr(self._nvml, name, default)
         return value if isinstance(value, int) else default
 
-    def value(self, function: str, *args: Any, what: str = "") -> Any:
-        """Call ``function``; ``None`` for an unknown value; :class:`DeviceFailure` for a broken GPU."""
-        return self.outcome(function, *args, what=what)[0]
-
-    def outcome(
-        self, function: str, *args: Any, what: str = "", expected: tuple[str, ...] = ()
-    ) -> tuple[Any, str | None]:
-        """``(value, None)``, or ``(None, "NOT_SUPPORTED")`` etc. naming the NVML error (without prefix).
-
-        Errors in ``expected`` are answers, not problems: no warning. A broken GPU raises DeviceFailure.
-        """
+    def call(self, function: str, *args: Any) -> Any:
+        """``function(*args)``'s result; :class:`NvmlError` for any NVML error or a missing function."""
         fn = getattr(self._nvml, function, None)
         if not callable(fn):
-            return None, FUNCTION_NOT_FOUND  # an older pynvml: same as NVML_ERROR_FUNCTION_NOT_FOUND
+            raise NvmlError(FUNCTION_NOT_FOUND, function, f"this pynvml has no {function}")
         try:
-            return fn(*args), None
+            return fn(*args)
         except self._error_class as err:
-            code = getattr(err, "value", None)
-            name = self._names.get(code, str(code)) if isinstance(code, int) else "UNKNOWN_CODE"
-            if code in self._fatal:
-                raise DeviceFailure(f"{function}: {describe(err)}") from err
-            if code not in self._absent and name not in expected:
-                problem = f"{function} failed ({describe(err)}); value omitted"
-                self.warnings.append(f"{what or function}: {problem}")
-            return None, name
+            raise self.error(function, err) from err
+
+    def error(self, function: str, err: BaseException) -> NvmlError:
+        """``err`` (a pynvml exception raised by ``function``) as an :class:`NvmlError`."""
+        code = getattr(err, "value", None)
+        if not isinstance(code, int) or isinstance(code, bool):
+            return NvmlError(UNKNOWN_CODE, function, describe(err))
+        return NvmlError(self._names.get(code, str(code)), function, describe(err), code)
 
     def init(self) -> None:
+        """``nvmlInit``; :class:`DiscoveryError` (saying how to run without GPUs) when it fails."""
         try:
             self._nvml.nvmlInit()
         except self._error_class as err:
@@ -111,6 +126,7 @@ class NvmlCalls:
             raise DiscoveryError(f"NVML initialisation failed: {describe(err)}. {MOCK_HINT}") from err
 
     def shutdown(self) -> None:
+        """``nvmlShutdown``; a failure is logged, never raised."""
         try:
             self._nvml.nvmlShutdown()
         except self._error_class as err:
@@ -118,23 +134,5 @@ class NvmlCalls:
 
 
 def describe(err: BaseException) -> str:
+    """An exception as ``"<class>: <message>"`` (``"NVMLError_GpuIsLost: GPU is lost"``)."""
     return f"{type(err).__name__}: {err}"
-
-
-def text(value: object) -> str | None:
-    """pynvml 13 gives ``str`` (its structures decode ``char[]`` fields); raw ctypes would give ``bytes``."""
-    if isinstance(value, bytes):
-        value = value.decode("ascii", errors="replace")
-    if isinstance(value, str):
-        value = value.strip("\x00").strip()
-        return value or None
-    return None
-
-
-def integer(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def field(struct: object, name: str) -> int | None:
-    """An integer field of a pynvml structure, ``None`` when the structure or the field is missing."""
-    return integer(getattr(struct, name, None))

@@ -1,21 +1,22 @@
 """NVIDIA discovery through pynvml (the real module, or :class:`~gpudra.vendors.mock.fake_nvml.FakeNvml`).
 
-The backend is handed the module object and calls only pynvml functions on it, all through the translation
-layer :class:`~gpudra.vendors.nvidia.calls.NvmlCalls` (what each NVML error means is documented there). Every
-call stands alone: an unsupported call omits its one value; a lost GPU is skipped and the rest are kept.
+Every pynvml call goes through the call layer :class:`~gpudra.vendors.nvidia.calls.Nvml`; each pass reads
+through its own :class:`~gpudra.vendors.nvidia.reader.Reader`, where what each NVML error means is documented.
+Every call stands alone: an unsupported call omits its one value; a lost GPU is skipped and the rest are kept.
 A GPU whose UUID, name or PCI bus id cannot be read is skipped: it is never published with a made-up identity.
 MIG devices come from :mod:`~gpudra.vendors.nvidia.mig`, fabric domains from
 :mod:`~gpudra.vendors.nvidia.topology`; NUMA node and PCIe root from sysfs (:mod:`~gpudra.vendors.sysfs`).
-Importing this module never loads libnvidia-ml; only :class:`NvmlBackend` (through ``nvmlInit``) does.
+Importing this module never loads libnvidia-ml; only ``nvmlInit`` does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from types import MappingProxyType
 from typing import Any, Final
 
 from gpudra.model.inventory import Device, DeviceKind, Inventory, PciPlacement, Semver, Vendor
@@ -23,10 +24,12 @@ from gpudra.vendors import sysfs
 from gpudra.vendors.base import DiscoveryError
 from gpudra.vendors.nvidia import mig as nvml_mig
 from gpudra.vendors.nvidia import topology as nvml_topology
-from gpudra.vendors.nvidia.calls import MOCK_HINT, DeviceFailure, NvmlCalls, integer, text
+from gpudra.vendors.nvidia.calls import MOCK_HINT, Nvml, NvmlError
+from gpudra.vendors.nvidia.reader import DeviceFailure, Reader, integer, text
 
 __all__ = [
-    "MOCK_HINT", "NvmlBackend", "compute_capability", "cuda_version", "driver_version", "multiprocessors",
+    "MOCK_HINT", "Discovered", "NvidiaDiscovery", "compute_capability", "cuda_version", "driver_version",
+    "multiprocessors",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -85,77 +88,81 @@ def _name(table: dict[int, str], enum: object) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class Discovered:
+    """What one discovery pass found: the inventory, and the NVML handle of each of its devices by UUID."""
+
+    inventory: Inventory
+    handles: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class _Found:
     """One GPU as discovered, with what the node-wide topology pass still needs."""
 
     device: Device
     handle: Any
     fabric: nvml_topology.FabricReading
-    migs: tuple[Device, ...] = ()
+    migs: tuple[tuple[Device, Any], ...] = ()  # each MIG device with its handle
 
 
-class NvmlBackend:
-    """A :class:`~gpudra.vendors.base.HardwareBackend` over a pynvml module; the constructor runs nvmlInit.
+class NvidiaDiscovery:
+    """Discovery passes over an initialised :class:`~gpudra.vendors.nvidia.calls.Nvml`.
 
-    Raises :class:`DiscoveryError` when NVML cannot be initialised (library missing, driver not loaded).
-    ``discover()`` may be called again at any time (e.g. while ``Inventory.fabric_pending``) from one thread.
+    Keeps nothing between passes: each pass has its own :class:`~gpudra.vendors.nvidia.reader.Reader` (and
+    warnings), so passes may run from several threads at once. Initialising and shutting NVML down is the
+    caller's (:class:`~gpudra.vendors.nvidia.driver.NvidiaDriver`).
     """
 
-    name = "nvml"
-
-    def __init__(self, nvml: ModuleType | object, sysfs_root: Path = Path("/sys")) -> None:
-        self._calls = NvmlCalls(nvml)
+    def __init__(self, nvml: Nvml, sysfs_root: Path = Path("/sys")) -> None:
+        self._nvml = nvml
         self._sysfs_root = sysfs_root
-        self._calls.init()
-        self._open = True
 
     def device_count(self) -> int:
         """Number of GPUs NVML sees (includes GPUs that discovery would skip)."""
-        self._check_open()
         try:
-            count = integer(self._calls.value("nvmlDeviceGetCount"))
-        except DeviceFailure as err:
+            count = integer(self._nvml.call("nvmlDeviceGetCount"))
+        except NvmlError as err:
             raise DiscoveryError(f"NVML cannot count the GPUs: {err}") from err
         if count is None:
             raise DiscoveryError("NVML cannot count the GPUs (nvmlDeviceGetCount gave no answer)")
         return count
 
-    def discover(self) -> Inventory:
+    def discover(self) -> Discovered:
         """One full discovery pass; per-GPU problems end up in ``Inventory.warnings``."""
-        count = self.device_count()
-        self._calls.warnings = []
+        return _Pass(Reader(self._nvml), self._sysfs_root).run(self.device_count())
+
+
+class _Pass:
+    """One discovery pass: its reader (which holds the pass's warnings) and the sysfs tree it reads."""
+
+    def __init__(self, reader: Reader, sysfs_root: Path) -> None:
+        self._reader = reader
+        self._sysfs_root = sysfs_root
+
+    def run(self, count: int) -> Discovered:
         found: list[_Found] = []
         seen: set[str] = set()
         for index in range(count):
             try:
                 gpu = self._gpu(index)
             except DeviceFailure as err:
-                self._calls.warnings.append(f"GPU index {index} skipped: {err}")
+                self._reader.warn(f"GPU index {index} skipped: {err}")
                 continue
             if gpu.device.uuid in seen:
-                self._calls.warnings.append(f"GPU index {index} skipped: duplicate UUID {gpu.device.uuid}")
+                self._reader.warn(f"GPU index {index} skipped: duplicate UUID {gpu.device.uuid}")
                 continue
             seen.add(gpu.device.uuid)
             found.append(gpu)
         devices = self._with_fabric_domains(found)
         driver, cuda = self._system_versions()
-        warnings = tuple(self._calls.warnings)
+        warnings = self._reader.warnings
         for line in warnings:
             log.warning("%s", line)
-        return Inventory(
+        inventory = Inventory(
             devices=devices, driver_version=driver, cuda_driver_version=cuda, warnings=warnings,
             fabric_pending=any(g.fabric.pending for g in found),
         )  # fmt: skip
-
-    def close(self) -> None:
-        """``nvmlShutdown`` once; later calls do nothing."""
-        if self._open:
-            self._open = False
-            self._calls.shutdown()
-
-    def _check_open(self) -> None:
-        if not self._open:
-            raise DiscoveryError("the NVML backend is closed")
+        return Discovered(inventory, _handles(found))
 
     def _with_fabric_domains(self, found: list[_Found]) -> tuple[Device, ...]:
         """Clique domains as read; node-local NVLink islands for full GPUs with active links and no clique.
@@ -167,28 +174,29 @@ class NvmlBackend:
             if g.fabric.domain is None and not g.fabric.pending and not g.device.mig_enabled
             and (g.device.nvlink_links or 0) > 0
         ]  # fmt: skip
-        local = nvml_topology.nvlink_islands(self._calls, candidates) if len(candidates) > 1 else {}
+        local = nvml_topology.nvlink_islands(self._reader, candidates) if len(candidates) > 1 else {}
         devices: list[Device] = []
         for g in found:
             domain = g.fabric.domain or local.get(g.device.uuid)
             devices.append(dataclasses.replace(g.device, fabric_domain=domain))
-            devices.extend(g.migs)
+            devices.extend(mig for mig, _ in g.migs)
         return tuple(devices)
 
     def _system_versions(self) -> tuple[Semver | None, Semver | None]:
+        value = self._reader.value
         try:
-            version = text(self._calls.value("nvmlSystemGetDriverVersion", what="driver version"))
-            code = integer(self._calls.value("nvmlSystemGetCudaDriverVersion", what="CUDA version"))
+            version = text(value("nvmlSystemGetDriverVersion", what="driver version"))
+            code = integer(value("nvmlSystemGetCudaDriverVersion", what="CUDA version"))
             if code is None:
-                code = integer(self._calls.value("nvmlSystemGetCudaDriverVersion_v2", what="CUDA version"))
+                code = integer(value("nvmlSystemGetCudaDriverVersion_v2", what="CUDA version"))
         except DeviceFailure as err:
-            self._calls.warnings.append(f"driver versions unknown: {err}")
+            self._reader.warn(f"driver versions unknown: {err}")
             return None, None
         cuda = cuda_version(code) if code is not None else None
         return (driver_version(version) if version else None), cuda
 
     def _gpu(self, index: int) -> _Found:
-        call = self._calls.value
+        call = self._reader.value
         where = f"GPU index {index}"
         handle = call("nvmlDeviceGetHandleByIndex", index, what=where)
         if handle is None:
@@ -203,7 +211,7 @@ class NvmlBackend:
             raise DeviceFailure(f"{uuid}: product name unreadable")
         capability = self._capability(handle, where)
         cores = integer(call("nvmlDeviceGetNumGpuCores", handle, what=where))
-        capable, enabled = nvml_mig.mig_mode(self._calls, handle, where)
+        capable, enabled = nvml_mig.mig_mode(self._reader, handle, where)
         device = Device(
             kind=DeviceKind.GPU,
             vendor=Vendor.NVIDIA,
@@ -220,17 +228,17 @@ class NvmlBackend:
             mig_capable=capable,
             mig_enabled=enabled,
             addressing_mode=_name(ADDRESSING_MODES, call("nvmlDeviceGetAddressingMode", handle, what=where)),
-            nvlink_links=nvml_topology.active_links(self._calls, handle, where),
+            nvlink_links=nvml_topology.active_links(self._reader, handle, where),
         )
-        fabric = nvml_topology.read_fabric(self._calls, handle, where)
-        migs = nvml_mig.mig_devices(self._calls, handle, device, where) if enabled else []
+        fabric = nvml_topology.read_fabric(self._reader, handle, where)
+        migs = nvml_mig.mig_devices(self._reader, handle, device, where) if enabled else []
         return _Found(device, handle, fabric, tuple(migs))
 
     def _bus_id(self, handle: Any, where: str) -> str:
         function = "nvmlDeviceGetPciInfo_v3"
-        if not self._calls.has(function):
+        if not self._reader.nvml.has(function):
             function = "nvmlDeviceGetPciInfo"
-        info = self._calls.value(function, handle, what=where)
+        info = self._reader.value(function, handle, what=where)
         raw = text(getattr(info, "busId", None)) or text(getattr(info, "busIdLegacy", None))
         bus_id = sysfs.normalize_pci_bus_id(raw) if raw else None
         if bus_id is None:
@@ -238,7 +246,7 @@ class NvmlBackend:
         return bus_id
 
     def _capability(self, handle: Any, where: str) -> tuple[int, int] | None:
-        value = self._calls.value("nvmlDeviceGetCudaComputeCapability", handle, what=where)
+        value = self._reader.value("nvmlDeviceGetCudaComputeCapability", handle, what=where)
         if isinstance(value, tuple) and len(value) == 2:
             major, minor = integer(value[0]), integer(value[1])
             if major is not None and minor is not None:
@@ -247,7 +255,7 @@ class NvmlBackend:
 
     def _memory(self, handle: Any, where: str) -> int | None:
         """Frame-buffer bytes; NOT_SUPPORTED on unified-memory parts (GB10), which then publish no memory."""
-        info = self._calls.value("nvmlDeviceGetMemoryInfo", handle, what=where)
+        info = self._reader.value("nvmlDeviceGetMemoryInfo", handle, what=where)
         total = integer(getattr(info, "total", None))
         return total if total is not None and total > 0 else None
 
@@ -263,3 +271,12 @@ class NvmlBackend:
             pcie_root=sysfs.read_pcie_root(self._sysfs_root, bus_id),
             numa_node=sysfs.read_numa_node(self._sysfs_root, bus_id),
         )
+
+
+def _handles(found: list[_Found]) -> Mapping[str, Any]:
+    """UUID -> NVML handle of every GPU and MIG device found (read-only)."""
+    handles: dict[str, Any] = {}
+    for g in found:
+        handles[g.device.uuid] = g.handle
+        handles.update((mig.uuid, mig_handle) for mig, mig_handle in g.migs)
+    return MappingProxyType(handles)

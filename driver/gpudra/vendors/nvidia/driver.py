@@ -1,48 +1,94 @@
 """The NVIDIA vendor driver: NVML discovery, container edits for full GPUs and MIG devices.
 
-NVML stays initialised for the plugin's lifetime; discovery passes are serialised (the re-discovery loop and
-start-up may ask at once), edits read only the host's files. Prepare changes nothing on the node for the
+NVML stays initialised for the plugin's lifetime, and the driver keeps the NVML handle of every device the
+last successful discovery pass found (for code that acts on a device later: MIG instances, health events).
+Discovery passes are serialised (the re-discovery loop and start-up may ask at once), so the handle map
+always is the latest pass's; edits read only the host's files. Prepare changes nothing on the node for the
 devices published today (static full GPUs and pre-made MIG devices): :class:`StaticDevices`.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
+from types import MappingProxyType, ModuleType
+from typing import Any
 
 from gpudra.model.applied import AppliedState
 from gpudra.model.inventory import Inventory
-from gpudra.vendors.base import ClaimDevice, ClaimIdentity, DeviceEdits, HostRoots, StaticDevices
-from gpudra.vendors.nvidia.discovery import NvmlBackend
+from gpudra.vendors.base import (
+    ClaimDevice,
+    ClaimIdentity,
+    DeviceEdits,
+    DiscoveryError,
+    HostRoots,
+    StaticDevices,
+)
+from gpudra.vendors.nvidia.calls import Nvml
+from gpudra.vendors.nvidia.discovery import NvidiaDiscovery
 from gpudra.vendors.nvidia.edits import nvidia_device_edits
+
+_NO_HANDLES: Mapping[str, Any] = MappingProxyType({})
 
 
 class NvidiaDriver(StaticDevices):
-    """A :class:`~gpudra.vendors.base.VendorDriver` over a pynvml module (the real one or the fake)."""
+    """A :class:`~gpudra.vendors.base.VendorDriver` over a pynvml module (the real one or the fake).
+
+    The constructor runs ``nvmlInit`` and raises :class:`DiscoveryError` when NVML cannot be initialised
+    (library missing, driver not loaded); :meth:`close` shuts it down. Safe to use from several threads.
+    """
 
     def __init__(
         self, nvml: ModuleType | object, sysfs_root: Path = Path("/sys"), roots: HostRoots | None = None
     ):
-        self._discovery = NvmlBackend(nvml, sysfs_root=sysfs_root)
+        self._nvml = Nvml(nvml)
+        self._nvml.init()
+        self._discovery = NvidiaDiscovery(self._nvml, sysfs_root)
         self._roots = roots or HostRoots()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one discovery pass at a time; close waits for it
+        self._open = True
+        self._handles = _NO_HANDLES  # replaced whole, never changed in place: read without the lock
 
     @property
     def name(self) -> str:
         return "nvml"
 
     def device_count(self) -> int:
+        """Number of GPUs NVML sees (includes GPUs that discovery would skip)."""
         with self._lock:
+            self._check_open()
             return self._discovery.device_count()
 
     def discover(self) -> Inventory:
+        """One full discovery pass; on success its devices' handles replace the previous pass's."""
         with self._lock:
-            return self._discovery.discover()
+            self._check_open()
+            found = self._discovery.discover()
+            self._handles = found.handles
+            return found.inventory
+
+    def handle(self, uuid: str) -> Any | None:
+        """The NVML handle of the GPU or MIG device ``uuid`` as the last successful discovery found it;
+        ``None`` when that pass did not publish it (or the driver is closed)."""
+        return self._handles.get(uuid)
+
+    @property
+    def handles(self) -> Mapping[str, Any]:
+        """UUID -> NVML handle of every device the last successful discovery pass found (read-only)."""
+        return self._handles
 
     def edits(self, claim: ClaimIdentity, device: ClaimDevice, applied: AppliedState) -> DeviceEdits:
         return nvidia_device_edits(device.device, self._roots)
 
     def close(self) -> None:
+        """``nvmlShutdown`` once (the handles go with it); later calls do nothing."""
         with self._lock:
-            self._discovery.close()
+            if self._open:
+                self._open = False
+                self._handles = _NO_HANDLES
+                self._nvml.shutdown()
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise DiscoveryError("the NVML driver is closed")

@@ -34,7 +34,7 @@ def parse_mig_minors(text: str) -> dict[str, int]:
     A line that is not exactly a name and a decimal minor is skipped; the first of repeated names wins.
     """
     out: dict[str, int] = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):  # the kernel separates lines with \n only; \r is just a character
         fields = line.split()
         if len(fields) == 2 and fields[1].isascii() and fields[1].isdigit():
             out.setdefault(fields[0], int(fields[1]))
@@ -45,7 +45,7 @@ def parse_char_majors(text: str) -> dict[str, int]:
     """The ``Character devices:`` section of ``/proc/devices`` as ``{name: major}`` (block ones ignored)."""
     out: dict[str, int] = {}
     in_char = False
-    for line in text.splitlines():
+    for line in text.split("\n"):  # the kernel separates lines with \n only; \r is just a character
         stripped = line.strip()
         if stripped.endswith(":"):
             in_char = stripped == "Character devices:"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from gpudra.model.inventory import Device, DeviceKind, EngineCounts, MigInfo, Vendor
-from gpudra.vendors.nvidia.calls import NvmlCalls, field, integer, text
+from gpudra.vendors.nvidia.reader import Reader, field, integer, text
 
 _MIG_ENABLE: Final = 1
 _GI_PROFILE_COUNT: Final = 18  # NVML_GPU_INSTANCE_PROFILE_COUNT in nvidia-ml-py 13
@@ -31,13 +31,13 @@ class GpuInstanceProfile:
     slices: int | None  # compute slices
 
 
-def mig_mode(calls: NvmlCalls, handle: Any, where: str) -> tuple[bool | None, bool | None]:
+def mig_mode(reader: Reader, handle: Any, where: str) -> tuple[bool | None, bool | None]:
     """``(migCapable, migEnabled)`` from ``nvmlDeviceGetMigMode`` (current mode).
 
     NOT_SUPPORTED is the answer "not MIG capable" (as go-nvlib reads it): ``(False, False)``. Any other
     failure leaves both unknown. A pending mode that differs from the current one is logged.
     """
-    mode, error = calls.outcome("nvmlDeviceGetMigMode", handle, what=where)
+    mode, error = reader.outcome("nvmlDeviceGetMigMode", handle, what=where)
     if error == "NOT_SUPPORTED":
         return False, False
     if not (isinstance(mode, list | tuple) and len(mode) == 2):
@@ -45,21 +45,21 @@ def mig_mode(calls: NvmlCalls, handle: Any, where: str) -> tuple[bool | None, bo
     current, pending = integer(mode[0]), integer(mode[1])
     if current is None:
         return True, None
-    enable = calls.constant("NVML_DEVICE_MIG_ENABLE", _MIG_ENABLE)
+    enable = reader.nvml.constant("NVML_DEVICE_MIG_ENABLE", _MIG_ENABLE)
     if pending is not None and pending != current:
-        calls.warnings.append(
+        reader.warn(
             f"{where}: MIG mode change pending (current {current}, pending {pending}) until the GPU is "
             "reset; publishing the current mode"
         )
     return True, current == enable
 
 
-def gpu_instance_profiles(calls: NvmlCalls, handle: Any, where: str) -> dict[int, GpuInstanceProfile]:
+def gpu_instance_profiles(reader: Reader, handle: Any, where: str) -> dict[int, GpuInstanceProfile]:
     """Profile id -> name and slices, from every profile index the parent supports."""
-    count = calls.constant("NVML_GPU_INSTANCE_PROFILE_COUNT", _GI_PROFILE_COUNT)
+    count = reader.nvml.constant("NVML_GPU_INSTANCE_PROFILE_COUNT", _GI_PROFILE_COUNT)
     table: dict[int, GpuInstanceProfile] = {}
     for index in range(count):
-        info, _ = calls.outcome(
+        info, _ = reader.outcome(
             "nvmlDeviceGetGpuInstanceProfileInfo", handle, index, what=where, expected=("INVALID_ARGUMENT",)
         )
         profile_id, name = field(info, "id"), text(getattr(info, "name", None))
@@ -89,53 +89,53 @@ class _Instance:
     ci_start: int | None
 
 
-def mig_devices(calls: NvmlCalls, handle: Any, parent: Device, where: str) -> list[Device]:
-    """The MIG devices of a MIG-enabled ``parent``; a warning when there are none."""
-    count = integer(calls.value("nvmlDeviceGetMaxMigDeviceCount", handle, what=where))
+def mig_devices(reader: Reader, handle: Any, parent: Device, where: str) -> list[tuple[Device, Any]]:
+    """The MIG devices of a MIG-enabled ``parent``, each with its handle; a warning when there are none."""
+    count = integer(reader.value("nvmlDeviceGetMaxMigDeviceCount", handle, what=where))
     if count is None:
-        calls.warnings.append(
+        reader.warn(
             f"{where}: MIG mode is enabled but the MIG device count is unreadable; nothing "
             "is published for this GPU"
         )
         return []
-    found: list[Device] = []
+    found: list[tuple[Device, Any]] = []
     context: _Parent | None = None
     for index in range(count):
-        mig = calls.value("nvmlDeviceGetMigDeviceHandleByIndex", handle, index, what=where)
+        mig = reader.value("nvmlDeviceGetMigDeviceHandleByIndex", handle, index, what=where)
         if mig is None:
             continue
         if context is None:
-            context = _Parent(handle, parent, gpu_instance_profiles(calls, handle, where))
-        device = _mig_device(calls, context, mig, f"{where} MIG device {index}")
+            context = _Parent(handle, parent, gpu_instance_profiles(reader, handle, where))
+        device = _mig_device(reader, context, mig, f"{where} MIG device {index}")
         if device is not None:
-            found.append(device)
+            found.append((device, mig))
     if not found:
-        calls.warnings.append(
+        reader.warn(
             f"{where}: MIG mode is enabled but no MIG device exists; nothing is published "
             "for this GPU until MIG devices are created"
         )
     return found
 
 
-def _mig_device(calls: NvmlCalls, parent: _Parent, mig: Any, where: str) -> Device | None:
-    uuid = text(calls.value("nvmlDeviceGetUUID", mig, what=where))
+def _mig_device(reader: Reader, parent: _Parent, mig: Any, where: str) -> Device | None:
+    uuid = text(reader.value("nvmlDeviceGetUUID", mig, what=where))
     if uuid is None:
-        calls.warnings.append(f"{where} skipped: UUID unreadable")
+        reader.warn(f"{where} skipped: UUID unreadable")
         return None
     where = f"MIG device {uuid}"
-    instance = _instance(calls, parent.handle, mig, where)
+    instance = _instance(reader, parent.handle, mig, where)
     profile = parent.profiles.get(instance.gi_profile_id) if instance else None
     if instance is None or profile is None:
-        calls.warnings.append(
+        reader.warn(
             f"{where} skipped: GPU instance placement or profile unreadable, so it has no stable name"
         )
         return None
-    attributes = calls.value("nvmlDeviceGetAttributes", mig, what=where)
+    attributes = reader.value("nvmlDeviceGetAttributes", mig, what=where)
     ci_slices = field(attributes, "computeInstanceSliceCount")
     gi_slices = field(attributes, "gpuInstanceSliceCount") or profile.slices
     spans = None if ci_slices is None or gi_slices is None else ci_slices >= gi_slices
     if spans is not True and (instance.ci_profile_id is None or instance.ci_start is None):
-        calls.warnings.append(
+        reader.warn(
             f"{where} skipped: compute instance placement unreadable and its GPU instance may hold several"
         )
         return None
@@ -145,27 +145,29 @@ def _mig_device(calls: NvmlCalls, parent: _Parent, mig: Any, where: str) -> Devi
         gi_id=instance.gi_id, ci_id=instance.ci_id, ci_profile_id=instance.ci_profile_id,
         parent_minor=parent.device.minor, ci_placement_start=instance.ci_start, ci_spans_gpu_instance=spans,
     )  # fmt: skip
-    memory = _memory(calls, mig, attributes, where)
+    memory = _memory(reader, mig, attributes, where)
     return _with_parent_identity(parent.device, uuid, info, attributes, memory)
 
 
-def _instance(calls: NvmlCalls, parent_handle: Any, mig: Any, where: str) -> _Instance | None:
-    gi_id = integer(calls.value("nvmlDeviceGetGpuInstanceId", mig, what=where))
-    ci_id = integer(calls.value("nvmlDeviceGetComputeInstanceId", mig, what=where))
+def _instance(reader: Reader, parent_handle: Any, mig: Any, where: str) -> _Instance | None:
+    gi_id = integer(reader.value("nvmlDeviceGetGpuInstanceId", mig, what=where))
+    ci_id = integer(reader.value("nvmlDeviceGetComputeInstanceId", mig, what=where))
     if gi_id is None or ci_id is None:
         return None
-    gi, error = calls.outcome("nvmlDeviceGetGpuInstanceById", parent_handle, gi_id, what=where)
+    gi, error = reader.outcome("nvmlDeviceGetGpuInstanceById", parent_handle, gi_id, what=where)
     if error == "NO_PERMISSION":
-        calls.warnings.append(f"{where}: nvmlDeviceGetGpuInstanceById needs a privileged user (root) to "
-                              "read the GPU instance's placement")
-    gi_info = calls.value("nvmlGpuInstanceGetInfo", gi, what=where) if gi is not None else None
+        reader.warn(
+            f"{where}: nvmlDeviceGetGpuInstanceById needs a privileged user (root) to read the GPU "
+            "instance's placement"
+        )
+    gi_info = reader.value("nvmlGpuInstanceGetInfo", gi, what=where) if gi is not None else None
     gi_profile_id = field(gi_info, "profileId")
     placement = getattr(gi_info, "placement", None)
     start, size = field(placement, "start"), field(placement, "size")
     if gi_profile_id is None or start is None or size is None:
         return None
-    ci = calls.value("nvmlGpuInstanceGetComputeInstanceById", gi, ci_id, what=where)
-    ci_info = calls.value("nvmlComputeInstanceGetInfo", ci, what=where) if ci is not None else None
+    ci = reader.value("nvmlGpuInstanceGetComputeInstanceById", gi, ci_id, what=where)
+    ci_info = reader.value("nvmlComputeInstanceGetInfo", ci, what=where) if ci is not None else None
     ci_start = field(getattr(ci_info, "placement", None), "start")
     return _Instance(gi_id, ci_id, gi_profile_id, start, size, field(ci_info, "profileId"), ci_start)
 
@@ -190,9 +192,9 @@ def _with_parent_identity(
     )  # fmt: skip
 
 
-def _memory(calls: NvmlCalls, mig: Any, attributes: object, where: str) -> int | None:
+def _memory(reader: Reader, mig: Any, attributes: object, where: str) -> int | None:
     """Bytes from ``nvmlDeviceGetMemoryInfo``, else the attributes' ``memorySizeMB`` (in MiB)."""
-    total = field(calls.value("nvmlDeviceGetMemoryInfo", mig, what=where), "total")
+    total = field(reader.value("nvmlDeviceGetMemoryInfo", mig, what=where), "total")
     if total is not None and total > 0:
         return total
     mib = field(attributes, "memorySizeMB")

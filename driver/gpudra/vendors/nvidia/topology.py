@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from gpudra.model import names
-from gpudra.vendors.nvidia.calls import FUNCTION_NOT_FOUND, DeviceFailure, NvmlCalls, field, integer
+from gpudra.vendors.nvidia.calls import FUNCTION_NOT_FOUND
+from gpudra.vendors.nvidia.reader import DeviceFailure, Reader, field, integer
 
 FABRIC_STATE_NOT_STARTED: Final = 1
 FABRIC_STATE_IN_PROGRESS: Final = 2
@@ -62,32 +63,32 @@ def interpret_fabric(
     return FabricReading(domain=names.clique_fabric_domain(str(uuidlib.UUID(bytes=cluster_uuid)), clique_id))
 
 
-def read_fabric(calls: NvmlCalls, handle: Any, where: str) -> FabricReading:
+def read_fabric(reader: Reader, handle: Any, where: str) -> FabricReading:
     """One GPU's fabric clique; unsupported or unreadable fabric info gives an empty reading."""
-    struct_type = getattr(calls.module, "c_nvmlGpuFabricInfoV_t", None)
+    struct_type = getattr(reader.nvml.module, "c_nvmlGpuFabricInfoV_t", None)
     if struct_type is None:
         return FabricReading()
     info = struct_type()  # the constructor sets the struct version NVML checks
-    _, error = calls.outcome("nvmlDeviceGetGpuFabricInfoV", handle, ctypes.byref(info), what=where)
+    _, error = reader.outcome("nvmlDeviceGetGpuFabricInfoV", handle, ctypes.byref(info), what=where)
     if error is not None:
         return FabricReading()
     raw = getattr(info, "clusterUuid", b"")
     cluster = bytes(raw) if raw is not None else b""
     reading = interpret_fabric(field(info, "state"), field(info, "status"), cluster, field(info, "cliqueId"))
     if reading.warning:
-        calls.warnings.append(f"{where}: {reading.warning}")
+        reader.warn(f"{where}: {reading.warning}")
     return reading
 
 
-def active_links(calls: NvmlCalls, handle: Any, where: str) -> int | None:
+def active_links(reader: Reader, handle: Any, where: str) -> int | None:
     """Active NVLinks (``nvmlDeviceGetNvLinkState``); ``None`` when no link's state can be read.
 
     Links are probed up to NVML_NVLINK_MAX_LINKS; INVALID_ARGUMENT marks the end (GB200 has 18 of 36).
     """
-    max_links = calls.constant("NVML_NVLINK_MAX_LINKS", _NVLINK_MAX_LINKS)
+    max_links = reader.nvml.constant("NVML_NVLINK_MAX_LINKS", _NVLINK_MAX_LINKS)
     active, known = 0, False
     for link in range(max_links):
-        state, error = calls.outcome(
+        state, error = reader.outcome(
             "nvmlDeviceGetNvLinkState", handle, link, what=where, expected=("INVALID_ARGUMENT",)
         )
         if error in ("INVALID_ARGUMENT", FUNCTION_NOT_FOUND):
@@ -117,17 +118,17 @@ def connected_components(nodes: Sequence[str], edges: Iterable[tuple[str, str]])
     return [frozenset(g) for g in groups.values()]
 
 
-def nvlink_islands(calls: NvmlCalls, members: Sequence[tuple[str, Any]]) -> dict[str, str]:
+def nvlink_islands(reader: Reader, members: Sequence[tuple[str, Any]]) -> dict[str, str]:
     """UUID -> node-local fabric domain for GPUs (``(uuid, handle)``) that reach a peer over NVLink."""
-    caps = calls.constant("NVML_P2P_CAPS_INDEX_NVLINK", _P2P_CAPS_INDEX_NVLINK)
-    ok = calls.constant("NVML_P2P_STATUS_OK", _P2P_STATUS_OK)
+    caps = reader.nvml.constant("NVML_P2P_CAPS_INDEX_NVLINK", _P2P_CAPS_INDEX_NVLINK)
+    ok = reader.nvml.constant("NVML_P2P_STATUS_OK", _P2P_STATUS_OK)
     edges: list[tuple[str, str]] = []
     for (ua, ha), (ub, hb) in itertools.combinations(members, 2):
         where = f"NVLink P2P {ua} <-> {ub}"
         try:
-            status = calls.value("nvmlDeviceGetP2PStatus", ha, hb, caps, what=where)
+            status = reader.value("nvmlDeviceGetP2PStatus", ha, hb, caps, what=where)
         except DeviceFailure as err:
-            calls.warnings.append(f"{where}: {err}; treated as not connected")
+            reader.warn(f"{where}: {err}; treated as not connected")
             continue
         if integer(status) == ok:
             edges.append((ua, ub))

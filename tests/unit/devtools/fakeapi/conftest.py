@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fakeapi_helpers import Api
 
 from gpudra.devtools.fakeapi import FakeApiServer
+from tests.unit.devtools.fakeapi.fakeapi_helpers import Api
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import re
 import threading
 
 import pytest
-from fakeapi_helpers import CLAIMS, SLICES, Api, claim, device, resource_slice
 
 from gpudra.devtools.fakeapi import FakeApiServer
+from tests.unit.devtools.fakeapi.fakeapi_helpers import CLAIMS, SLICES, Api, claim, device, resource_slice
 
 NAME = "node-1-gpudra.io-abcde"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fakeapi_helpers import SLICES, Api, device, resource_slice
 
 from gpudra.devtools.fakeapi import FakeApiServer
+from tests.unit.devtools.fakeapi.fakeapi_helpers import SLICES, Api, device, resource_slice
 
 TAINT = {"key": "gpudra.io/unhealthy", "value": "xid-79", "effect": "NoSchedule"}
 POLICY = {"default": "1Gi", "validRange": {"min": "1Gi", "step": "1Gi"}}

@@ -9,12 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakeapi_helpers import claim, device, resource_slice
 from lightkube import ApiError, Client
 from lightkube.config.kubeconfig import KubeConfig
-from lightkube.generic_resource import create_global_resource, create_namespaced_resource
+from lightkube.generic_resource import (
+    GenericGlobalResource,
+    GenericNamespacedResource,
+    create_global_resource,
+    create_namespaced_resource,
+)
+from lightkube.models.meta_v1 import ObjectMeta
 
 from gpudra.devtools.fakeapi import FakeApiServer
+from tests.unit.devtools.fakeapi.fakeapi_helpers import claim, device, resource_slice
 
 ResourceSlice = create_global_resource("resource.k8s.io", "v1", "ResourceSlice", "resourceslices")
 ResourceClaim = create_namespaced_resource("resource.k8s.io", "v1", "ResourceClaim", "resourceclaims")
@@ -27,12 +33,18 @@ def client(server: FakeApiServer, tmp_path: Path) -> Iterator[Client]:
         yield kube
 
 
-def new_slice(name: str, **spec: Any) -> Any:
-    return ResourceSlice(resource_slice(name, **spec))
+def new_slice(name: str, **spec: Any) -> GenericGlobalResource:
+    return ResourceSlice(**resource_slice(name, **spec))
+
+
+def meta(obj: GenericGlobalResource | GenericNamespacedResource) -> ObjectMeta:
+    assert obj.metadata is not None
+    return obj.metadata
 
 
 def test_kubeconfig_points_at_the_server(server: FakeApiServer, tmp_path: Path) -> None:
     config = KubeConfig.from_file(server.write_kubeconfig(tmp_path / "config")).get()
+    assert config is not None
     assert config.cluster.server == server.url
     assert config.namespace == "default"
 
@@ -40,19 +52,19 @@ def test_kubeconfig_points_at_the_server(server: FakeApiServer, tmp_path: Path) 
 def test_create_get_list_replace_delete(client: Client) -> None:
     created = client.create(new_slice("node-1-a"))
     assert created["spec"]["devices"][0]["capacity"]["memory"]["value"] == "80Gi"
-    assert created.metadata.resourceVersion
+    assert meta(created).resourceVersion
 
     created["spec"]["pool"]["generation"] = 2
     replaced = client.replace(created)
-    assert replaced.metadata.generation == 2
+    assert meta(replaced).generation == 2
 
     client.create(new_slice("node-2-a", nodeName="node-2"))
-    names = [s.metadata.name for s in client.list(ResourceSlice, fields={"spec.nodeName": "node-2"})]
+    names = [meta(s).name for s in client.list(ResourceSlice, fields={"spec.nodeName": "node-2"})]
     assert names == ["node-2-a"]
     assert len(list(client.list(ResourceSlice, chunk_size=1))) == 2
 
     client.delete(ResourceSlice, "node-1-a")
-    assert [s.metadata.name for s in client.list(ResourceSlice)] == ["node-2-a"]
+    assert [meta(s).name for s in client.list(ResourceSlice)] == ["node-2-a"]
 
 
 def test_get_claim_with_status(client: Client, server: FakeApiServer) -> None:
@@ -67,7 +79,7 @@ def test_get_claim_with_status(client: Client, server: FakeApiServer) -> None:
     server.put_object(body)
     fetched = client.get(ResourceClaim, "gpu-claim", namespace="default")
     assert fetched["status"]["allocation"]["devices"]["results"][0]["device"] == "gpu-0"
-    assert fetched.metadata.uid
+    assert meta(fetched).uid
 
 
 def test_watch_receives_added_modified_deleted(client: Client) -> None:
@@ -76,7 +88,9 @@ def test_watch_receives_added_modified_deleted(client: Client) -> None:
 
     def consume() -> None:
         for kind, obj in client.watch(ResourceSlice, server_timeout=5):
-            events.put((kind, obj.metadata.name))
+            name = meta(obj).name
+            assert name is not None
+            events.put((kind, name))
             watching.set()
             if kind == "DELETED":
                 return
@@ -122,6 +136,6 @@ def test_api_errors_carry_the_status_code(client: Client) -> None:
     with pytest.raises(ApiError) as invalid:
         client.create(new_slice("bad", devices=[device("gpu.0")]))
     assert invalid.value.status.code == 422
-    assert invalid.value.status.message.endswith(
-        'spec.devices[0].name: Invalid value: "gpu.0": must not contain dots'
-    )
+    message = invalid.value.status.message
+    assert message is not None
+    assert message.endswith('spec.devices[0].name: Invalid value: "gpu.0": must not contain dots')

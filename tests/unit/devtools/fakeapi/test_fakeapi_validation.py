@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fakeapi_helpers import SLICES, Api, device, resource_slice
 
 from gpudra.devtools.fakeapi import FakeApiServer
+from tests.unit.devtools.fakeapi.fakeapi_helpers import SLICES, Api, device, resource_slice
 
 NAME = "node-1-gpudra.io-abcde"
 PREFIX = f'ResourceSlice.resource.k8s.io "{NAME}" is invalid: '

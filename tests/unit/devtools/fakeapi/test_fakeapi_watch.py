@@ -7,9 +7,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from fakeapi_helpers import SLICES, Api, device, resource_slice
-
 from gpudra.devtools.fakeapi import FakeApiServer
+from tests.unit.devtools.fakeapi.fakeapi_helpers import SLICES, Api, device, resource_slice
 
 JSON = dict[str, Any]
 
@@ -98,6 +97,11 @@ def test_field_selector_turns_moves_into_added_and_deleted(api: Api) -> None:
         api.watch(SLICES, resourceVersion=version, fieldSelector="spec.nodeName=node-2", timeoutSeconds="0")
     )
     assert other == []
+    # the same replay with the slice's own node delivers both updates: the empty answer is the selector's
+    same = list(
+        api.watch(SLICES, resourceVersion=version, fieldSelector="spec.nodeName=node-1", timeoutSeconds="0")
+    )
+    assert summary(same) == [("MODIFIED", "x"), ("MODIFIED", "x")]
 
 
 def test_send_initial_events_ends_with_a_bookmark(api: Api) -> None:
@@ -160,3 +164,4 @@ def test_a_closed_idle_watch_releases_its_thread(server: FakeApiServer) -> None:
         assert conn.recv(1024).startswith(b"HTTP/1.1 200")
         assert server.wait_for(lambda: threading.active_count() > before)
     assert server.wait_for(lambda: threading.active_count() <= before, timeout=10)
+    assert Api(server.url).get(SLICES).status == 200  # fewer threads, and the server still answers
