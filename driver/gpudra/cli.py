@@ -166,6 +166,13 @@ def _parser() -> argparse.ArgumentParser:
         "layout); 0 turns them off (SIGHUP still triggers one) [env GPUDRA_REDISCOVER_INTERVAL]",
     )
     r.add_argument(
+        "--rediscover-pending-interval",
+        type=float,
+        default=float(_env("GPUDRA_REDISCOVER_PENDING_INTERVAL", "15") or 15),
+        help="while NVLink fabric registration is pending: seconds to the first re-discovery, doubling up "
+        "to --rediscover-interval [env GPUDRA_REDISCOVER_PENDING_INTERVAL]",
+    )
+    r.add_argument(
         "--grpc-workers",
         type=int,
         default=int(_env("GPUDRA_GRPC_WORKERS", "4") or 4),
@@ -247,6 +254,7 @@ def _run(args: argparse.Namespace) -> int:
         grpc_workers=max(1, args.grpc_workers),
         probe_port=args.probe_port,
         rediscover_interval_s=max(0.0, args.rediscover_interval),
+        rediscover_initial_s=max(0.01, args.rediscover_pending_interval),
     )
     driver = _open_driver(args, cfg.host_roots, cfg.effective_run_dir / "claims")
     code = serve(Plugin(cfg, driver))

@@ -65,6 +65,7 @@ def start(api: FakeApiServer, short_tmp: Path) -> Iterator[Callable[[Path, str],
 
     def _start(profile: Path, interval: str) -> PluginProcess:
         args = ["--profile", str(profile), "--rediscover-interval", interval]
+        args += ["--rediscover-pending-interval", "0.1"]
         root = short_tmp / f"p{len(started)}"
         root.mkdir()
         p = PluginProcess(root, api, args).start()
@@ -150,6 +151,29 @@ def test_an_amd_partition_mode_switch_is_republished(
     assert api.wait_for(lambda: len(_devices(api)) == 64, timeout=10)
     assert {d["attributes"]["type"]["string"] for d in _devices(api).values()} == {"partition"}
     assert _generations(api) == {generation + 1}
+
+
+def test_pending_fabric_registration_is_published_once_it_completes(
+    api: FakeApiServer, short_tmp: Path, start: Callable[[Path, str], PluginProcess]
+) -> None:
+    profile = _profile(short_tmp, "gb200-nvl72-tray")
+
+    def registration(state: int) -> Callable[[dict[str, Any]], None]:
+        def change(doc: dict[str, Any]) -> None:
+            for device in doc["devices"]:
+                device["fabric"]["state"] = state
+
+        return change
+
+    _edit(profile, registration(2))  # NVML_GPU_FABRIC_STATE_IN_PROGRESS
+    plugin = start(profile, "0")  # no periodic passes: only the pending-fabric retries run
+    assert plugin.proc is not None
+    assert not [d for d in _devices(api).values() if "fabricDomain" in d["attributes"]]
+    _edit(profile, registration(3))  # COMPLETED
+    assert api.wait_for(
+        lambda: all("fabricDomain" in d["attributes"] for d in _devices(api).values()), timeout=10
+    ), plugin.log()
+    assert "NVLink fabric registration settled" in plugin.log()
 
 
 def test_nothing_changed_writes_nothing(
