@@ -36,7 +36,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Final, Literal, cast
 
-from gpudra.model.applied import NOTHING_APPLIED, AppliedState, AppliedStateError, Change
+from gpudra.model.applied import NOTHING_APPLIED, AppliedState
+from gpudra.state.checkpoint_applied import AppliedFormatError, decode_applied, encode_applied
 
 log = logging.getLogger("gpudra.state.checkpoint")
 
@@ -167,40 +168,11 @@ def _decode_state(raw: Mapping[str, Any], where: str, newer: bool) -> ClaimState
     return PREPARE_STARTED
 
 
-def _decode_applied(raw: object, where: str) -> AppliedState:
-    if raw is None:
-        return NOTHING_APPLIED
-    if not isinstance(raw, dict):
-        raise CheckpointFormatError(f"{where}: expected an object")
-    changes = []
-    for i, c in enumerate(_need(raw, "changes", list, where, optional=True) or []):
-        at = f"{where}.changes[{i}]"
-        if not isinstance(c, dict):
-            raise CheckpointFormatError(f"{at}: expected an object")
-        params = _need(c, "params", dict, at, optional=True) or {}
-        kind, device = _need(c, "kind", str, at), _need(c, "device", str, at)
-        try:
-            changes.append(Change.from_mapping(kind, device, params))
-        except AppliedStateError as e:
-            raise CheckpointFormatError(f"{at}: {e}") from e
-    created = _need(raw, "createdDevices", list, where, optional=True) or []
-    if not all(isinstance(u, str) for u in created):
-        raise CheckpointFormatError(f"{where}.createdDevices: expected strings")
+def _applied(raw: object, where: str) -> AppliedState:
     try:
-        return AppliedState(tuple(changes), tuple(created))
-    except AppliedStateError as e:
-        raise CheckpointFormatError(f"{where}: {e}") from e
-
-
-def _encode_applied(applied: AppliedState) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if applied.changes:
-        out["changes"] = [
-            {"kind": c.kind, "device": c.device, "params": dict(c.params)} for c in applied.changes
-        ]
-    if applied.created_devices:
-        out["createdDevices"] = list(applied.created_devices)
-    return out
+        return decode_applied(raw, where)
+    except AppliedFormatError as e:
+        raise CheckpointFormatError(str(e)) from e
 
 
 def _decode_claim(uid: str, raw: object, newer: bool) -> tuple[ClaimRecord, Extras]:
@@ -216,7 +188,7 @@ def _decode_claim(uid: str, raw: object, newer: bool) -> tuple[ClaimRecord, Extr
         state=_decode_state(raw, where, newer),
         devices=tuple(d for d, _ in pairs),
         cdi_spec=_need(raw, "cdiSpec", str, where, optional=True),
-        applied=_decode_applied(raw.get("applied"), f"{where}.applied"),
+        applied=_applied(raw.get("applied"), f"{where}.applied"),
     )
     extras = Extras(
         claim={k: v for k, v in raw.items() if k not in _CLAIM_KEYS},
@@ -287,7 +259,7 @@ def encode_claim(record: ClaimRecord, extras: Extras) -> dict[str, Any]:
         "state": state,
         "cdiSpec": record.cdi_spec,
         "devices": [_encode_device(d, extras.devices.get(_device_key(d), {})) for d in record.devices],
-        **({"applied": _encode_applied(record.applied)} if not record.applied.empty else {}),
+        **({"applied": encode_applied(record.applied)} if not record.applied.empty else {}),
         **extras.claim,
     }
 

@@ -1,4 +1,4 @@
-"""AMD discovery over the built-in profiles and their variants (real AmdBackend, fake tree, fake amdsmi)."""
+"""AMD discovery over the built-in profiles and their variants (real AmdDiscovery, fake tree, fake amdsmi)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpudra.model.inventory import Device, DeviceKind, Inventory, PartitionInfo, Semver, Vendor
-from gpudra.vendors.amd.discovery import AmdBackend
+from gpudra.vendors.amd.discovery import AmdDiscovery
 from gpudra.vendors.amd.driver import AmdDriver
 from gpudra.vendors.mock.amd_profile import AmdProfile, load_amd_profile, parse_amd_profile
 from gpudra.vendors.mock.driver import open_fake_hardware, open_mock
@@ -39,12 +39,12 @@ def variant(name: str, edit: Callable[[dict[str, Any]], None]) -> AmdProfile:
 @pytest.fixture
 def discover(tmp_path: Path) -> Iterator[Callable[[AmdProfile], Inventory]]:
     """Discover a profile with the real backend over its tree in tmp_path and its fake amdsmi (if any)."""
-    opened: list[AmdBackend] = []
+    opened: list[AmdDiscovery] = []
 
     def _discover(profile: AmdProfile) -> Inventory:
         root = tmp_path / f"sys{len(opened)}"
         write_amd_sysfs(root, profile)
-        backend = AmdBackend(root, FakeAmdSmi(profile) if profile.amdsmi is not None else None)
+        backend = AmdDiscovery(root, FakeAmdSmi(profile) if profile.amdsmi is not None else None)
         opened.append(backend)
         return backend.discover()
 
@@ -175,7 +175,7 @@ def test_amdsmi_that_cannot_initialise_is_logged_once(
     )
     write_amd_sysfs(tmp_path, profile)
     with caplog.at_level(logging.INFO):
-        backend = AmdBackend(tmp_path, FakeAmdSmi(profile))
+        backend = AmdDiscovery(tmp_path, FakeAmdSmi(profile))
         first, second = backend.discover(), backend.discover()
     backend.close()
     assert not backend.uses_amdsmi
@@ -334,7 +334,7 @@ def test_any_mix_of_modes_publishes_every_partition_with_a_drm_minor(
     ]
     with tempfile.TemporaryDirectory() as root:
         write_amd_sysfs(Path(root), profile)
-        backend = AmdBackend(Path(root), FakeAmdSmi(profile))
+        backend = AmdDiscovery(Path(root), FakeAmdSmi(profile))
         inventory = backend.discover()
         backend.close()
     assert [

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gpudra.model.inventory import Inventory
-from gpudra.vendors.amd.discovery import AmdBackend
+from gpudra.vendors.amd.discovery import AmdDiscovery
 from gpudra.vendors.base import DiscoveryError
 from gpudra.vendors.mock.amd_profile import AmdProfile, load_amd_profile
 from gpudra.vendors.mock.fake_amd_sysfs import write_amd_sysfs
@@ -29,7 +29,7 @@ def tree(tmp_path: Path, name: str) -> tuple[Path, AmdProfile]:
 
 
 def run(root: Path, profile: AmdProfile | None = None) -> Inventory:
-    backend = AmdBackend(root, FakeAmdSmi(profile) if profile is not None else None)
+    backend = AmdDiscovery(root, FakeAmdSmi(profile) if profile is not None else None)
     try:
         return backend.discover()
     finally:
@@ -157,7 +157,7 @@ def test_no_amdgpu_function_is_an_empty_inventory(tmp_path: Path) -> None:
 def test_closed_backend_refuses_to_discover(tmp_path: Path) -> None:
     root, profile = tree(tmp_path, "mi210-pcie")
     fake = FakeAmdSmi(profile)
-    backend = AmdBackend(root, fake)
+    backend = AmdDiscovery(root, fake)
     backend.close()
     backend.close()
     assert fake.calls.count("amdsmi_shut_down") == 1

@@ -81,8 +81,8 @@ class _Part:
     render: int
 
 
-class AmdBackend:
-    """A :class:`~gpudra.vendors.base.HardwareBackend` over sysfs/KFD and, optionally, an amdsmi module.
+class AmdDiscovery:
+    """One AMD discovery pass after another over sysfs/KFD and, optionally, an amdsmi module.
 
     ``amdsmi`` is the module from :func:`~gpudra.vendors.amd.smi.load_amdsmi` (or a ``FakeAmdSmi``), or
     ``None``; when ``amdsmi_init`` fails the backend says so once in the log and uses sysfs alone.

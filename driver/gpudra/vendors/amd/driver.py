@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gpudra.model.applied import AppliedState
 from gpudra.model.inventory import Inventory
-from gpudra.vendors.amd.discovery import AmdBackend
+from gpudra.vendors.amd.discovery import AmdDiscovery
 from gpudra.vendors.amd.edits import amd_device_edits
 from gpudra.vendors.base import ClaimDevice, ClaimIdentity, DeviceEdits, HostRoots, StaticDevices
 
@@ -19,7 +19,7 @@ class AmdDriver(StaticDevices):
     def __init__(
         self, sysfs_root: Path = Path("/sys"), amdsmi: object | None = None, roots: HostRoots | None = None
     ):
-        self._discovery = AmdBackend(sysfs_root, amdsmi)
+        self._discovery = AmdDiscovery(sysfs_root, amdsmi)
         self._roots = roots or HostRoots()
         self._lock = threading.Lock()
 
