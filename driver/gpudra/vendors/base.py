@@ -19,11 +19,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gpudra.model.applied import NOTHING_APPLIED, AppliedState
-from gpudra.model.cdi import ContainerEdits
 from gpudra.model.inventory import Device, Inventory
+
+if TYPE_CHECKING:  # the CDI model is needed at the first prepare, not to discover and publish
+    from gpudra.model.cdi import ContainerEdits
 
 
 class DiscoveryError(Exception):

@@ -9,7 +9,6 @@ from pathlib import Path
 from gpudra.model.applied import AppliedState
 from gpudra.model.inventory import Inventory
 from gpudra.vendors.amd.discovery import AmdDiscovery
-from gpudra.vendors.amd.edits import amd_device_edits
 from gpudra.vendors.base import ClaimDevice, ClaimIdentity, DeviceEdits, HostRoots, StaticDevices
 
 
@@ -36,6 +35,8 @@ class AmdDriver(StaticDevices):
             return self._discovery.discover()
 
     def edits(self, claim: ClaimIdentity, device: ClaimDevice, applied: AppliedState) -> DeviceEdits:
+        from gpudra.vendors.amd.edits import amd_device_edits  # at the first prepare, not at start-up
+
         return amd_device_edits(device.device, self._roots)
 
     def close(self) -> None:

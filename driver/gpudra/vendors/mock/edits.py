@@ -18,11 +18,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from gpudra.model.cdi import ContainerEdits, Mount
 from gpudra.model.inventory import Device
 from gpudra.vendors.base import ClaimIdentity
+
+if TYPE_CHECKING:
+    from gpudra.model.cdi import ContainerEdits
 
 ENV_PREFIX: Final = "GPUDRA_"
 #: Where a mock device's description file appears inside the container: ``<dir>/<claimUID>-<device>.json``.
@@ -47,6 +49,7 @@ def description_container_path(claim_uid: str, device_name: str) -> str:
 def mock_edits(device: Device, claim_uid: str, device_name: str, description_path: Path) -> ContainerEdits:
     """Edits for one mock device of one claim: environment variables and the device's description file,
     read-only; no device nodes. ``device_name`` is the allocated (published) name."""
+    from gpudra.model.cdi import ContainerEdits, Mount  # at the first prepare, not at start-up
     env = [
         f"{env_key(device_name, 'UUID')}={device.uuid}",
         f"{env_key(device_name, 'PRODUCT')}={device.product_name}",

@@ -69,6 +69,7 @@ class FakeNvmlBase:
         self._fresh_slots = itertools.count()
         self._slots = tuple(next(self._fresh_slots) for _ in profile.devices)  # device index -> slot
         self._index = {slot: i for i, slot in enumerate(self._slots)}
+        self._mig_keys: dict[int, tuple[DeviceProfile, tuple[str | int, ...]]] = {}
 
     def serve(self, profile: Profile) -> None:
         """Show ``profile``'s hardware from the next call on, as the same library with the same handles.
@@ -81,6 +82,7 @@ class FakeNvmlBase:
         slots = carried_slots(old, self._slots, [d.uuid for d in profile.devices], self._fresh_slots)
         self.profile, self._slots = profile, slots
         self._index = {slot: i for i, slot in enumerate(slots)}
+        self._mig_keys.clear()
 
     def __getattr__(self, name: str) -> Any:
         """Re-export pynvml's constants, error classes and structure types — never its functions."""
@@ -111,7 +113,7 @@ class FakeNvmlBase:
         device = self.device_of(key)
         self.device_errors(call, device)
         if key[0] == "mig":
-            self.mig_errors(call, device.mig_devices[_mig_index(device, key[2])])
+            self.mig_errors(call, device.mig_devices[self.mig_index(device, key[2])])
         return key
 
     # -- what a handle names now ----------------------------------------------------------------------
@@ -122,7 +124,7 @@ class FakeNvmlBase:
     def mig_handle(self, index: int, mig_index: int) -> Any:
         """The handle of MIG device ``mig_index`` of the GPU at ``index`` (both must exist)."""
         device = self.profile.devices[index]
-        return self.handle(("mig", self._slots[index], _mig_key(device, mig_index)))
+        return self.handle(("mig", self._slots[index], self.mig_keys(device)[mig_index]))
 
     def index_of(self, key: HandleKey) -> int:
         """The enumeration index of the GPU a handle key names; GPU_IS_LOST when it is gone."""
@@ -140,7 +142,28 @@ class FakeNvmlBase:
     def gpu_or_mig(self, call: str, handle: Any) -> tuple[DeviceProfile, MigDeviceProfile | None]:
         key = self.resolve(call, handle, ("gpu", "mig"))
         device = self.device_of(key)
-        return device, (device.mig_devices[_mig_index(device, key[2])] if key[0] == "mig" else None)
+        return device, (device.mig_devices[self.mig_index(device, key[2])] if key[0] == "mig" else None)
+
+    def mig_keys(self, device: DeviceProfile) -> tuple[str | int, ...]:
+        """What names each MIG device of ``device`` in a handle: its UUID when unique, else its position.
+        Computed once per device profile (handle lookups are the fake's hot path)."""
+        cached = self._mig_keys.get(id(device))
+        if cached is None or cached[0] is not device:  # a new profile object, or an id reused
+            counts = Counter(m.uuid for m in device.mig_devices)
+            keys = tuple(
+                m.uuid if m.uuid is not None and counts[m.uuid] == 1 else i
+                for i, m in enumerate(device.mig_devices)
+            )
+            cached = self._mig_keys[id(device)] = (device, keys)
+        return cached[1]
+
+    def mig_index(self, device: DeviceProfile, key: str | int) -> int:
+        """The index of the MIG device a handle names, now; INVALID_ARGUMENT when it is gone."""
+        if mig_enabled(device):
+            keys = self.mig_keys(device)
+            if key in keys:
+                return keys.index(key)
+        raise fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
 
     # -- faults -------------------------------------------------------------------------------------------
     def init(self, call: str) -> None:
@@ -192,18 +215,3 @@ def carried_slots(
         else:
             out.append(next(fresh))
     return tuple(out)
-
-
-def _mig_key(device: DeviceProfile, index: int) -> str | int:
-    uuid = device.mig_devices[index].uuid
-    unique = uuid is not None and sum(m.uuid == uuid for m in device.mig_devices) == 1
-    return uuid if unique and uuid is not None else index
-
-
-def _mig_index(device: DeviceProfile, key: str | int) -> int:
-    """The index of the MIG device a handle names, now; INVALID_ARGUMENT when it is gone."""
-    if mig_enabled(device):
-        for index in range(len(device.mig_devices)):
-            if _mig_key(device, index) == key:
-                return index
-    raise fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)

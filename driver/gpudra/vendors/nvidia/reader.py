@@ -47,7 +47,11 @@ class Reader:
 
     def value(self, function: str, *args: Any, what: str = "") -> Any:
         """Call ``function``; ``None`` for an unknown value; :class:`DeviceFailure` for a broken GPU."""
-        return self.outcome(function, *args, what=what)[0]
+        try:
+            return self._nvml.call(function, *args)
+        except NvmlError as err:
+            self._failed(err, what or function, ())
+            return None
 
     def outcome(
         self, function: str, *args: Any, what: str = "", expected: tuple[str, ...] = ()
@@ -60,11 +64,14 @@ class Reader:
         try:
             return self._nvml.call(function, *args), None
         except NvmlError as err:
-            if err.device_fatal:
-                raise DeviceFailure(str(err)) from err
-            if not err.value_absent and err.name not in expected:
-                self.warn(f"{what or function}: {function} failed ({err.message}); value omitted")
+            self._failed(err, what or function, expected)
             return None, err.name
+
+    def _failed(self, err: NvmlError, what: str, expected: tuple[str, ...]) -> None:
+        if err.device_fatal:
+            raise DeviceFailure(str(err)) from err
+        if not err.value_absent and err.name not in expected:
+            self.warn(f"{what}: {err.function} failed ({err.message}); value omitted")
 
 
 def text(value: object) -> str | None:
