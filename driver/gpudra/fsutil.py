@@ -30,13 +30,14 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+def atomic_write(path: Path | str, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically: temp file in the same directory, write, rename.
 
     ``durable`` fsyncs the temp file before the rename (never a torn file after a power cut); transient files
     skip it (see the module docstring). ``mode`` is applied exactly (the umask does not narrow it). Missing
     parent directories are created (only when missing: an ``mkdir`` per call costs time on the prepare path).
-    On any error the temp file is removed and the old content of ``path`` is untouched.
+    ``path`` may be text: no :class:`~pathlib.Path` needs to be parsed on the prepare path. On any error the
+    temp file is removed and the old content of ``path`` is untouched.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"atomic_write: data must be bytes, not {type(data).__name__}")
@@ -58,18 +59,19 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = 
         raise
 
 
-def _create_temp(path: Path) -> tuple[int, str]:
+def _create_temp(path: Path | str) -> tuple[int, str]:
     """A new hidden temp file next to ``path`` (a random name: two plugin instances share directories, and
     their pids may be equal in their own pid namespaces). Cheaper than :func:`tempfile.mkstemp`."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    parent, name = os.path.split(path)
     for _ in range(16):
-        tmp = os.path.join(path.parent, f".{path.name}.{os.urandom(6).hex()}{TEMP_SUFFIX}")
+        tmp = os.path.join(parent, f".{name}.{os.urandom(6).hex()}{TEMP_SUFFIX}")
         try:
             return os.open(tmp, flags, 0o600), tmp
         except FileExistsError:
             continue
         except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(parent, exist_ok=True)
             return os.open(tmp, flags, 0o600), tmp
     raise FileExistsError(f"no free temporary name next to {path}")
 

@@ -39,10 +39,6 @@ class Built:
     applied: AppliedState  # the applied state the edits were computed from
 
 
-def claim_devices(p: ClaimPlan) -> tuple[ClaimDevice, ...]:
-    return tuple(ClaimDevice(d.name, d.request, d.device, d.configs) for d in p.devices)
-
-
 class ClaimFiles:
     def __init__(self, files_dir: Path, state_dir: Path, cdi_writer: CdiWriter, driver: VendorDriver) -> None:
         # Built once: Path joins show up in the profile of every call.

@@ -26,7 +26,7 @@ from gpudra.planning.offer import Offer
 from gpudra.planning.plan import ClaimPlan, ClaimRef, PlanError
 from gpudra.state.cdi import CdiWriter
 from gpudra.state.checkpoint import CheckpointStore, ClaimRecord, PreparedDevice, Txn
-from gpudra.state.claimfiles import Built, ClaimFiles, claim_devices
+from gpudra.state.claimfiles import Built, ClaimFiles
 from gpudra.state.node import NodeStateStore
 from gpudra.vendors.base import ApplyError, ClaimDevice, EditsError, VendorDriver
 
@@ -150,7 +150,7 @@ class Preparer:
     def _try_plan(self, ref: ClaimRef, offer: Offer) -> _Ready | ClaimResult:
         try:
             p = self._plan(ref, offer)
-            devices = claim_devices(p)
+            devices = p.devices  # each planned device is what the vendor driver is given
             return _Ready(p, devices, self._try_build(p, devices, offer))
         except PlanError as e:
             log.warning("prepare %s: %s", ref, e)

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from gpudra.model.applied import NOTHING_APPLIED, AppliedState
-from gpudra.model.inventory import Device, Inventory
+from gpudra.model.inventory import Inventory
+from gpudra.planning.plan import DeviceToPrepare
 
 if TYPE_CHECKING:  # the CDI model is needed at the first prepare, not to discover and publish
     from gpudra.model.cdi import ContainerEdits
@@ -77,14 +78,10 @@ class DeviceEdits:
     extra_cdi_ids: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimDevice:
-    """One device of a claim as prepare hands it to the vendor driver."""
-
-    name: str  # the published device name
-    request: str  # as allocated: "gpu" or, for a prioritized list, "gpu/h100"
-    device: Device
-    configs: tuple[object, ...] = ()  # the decoded opaque configs that apply to it, in precedence order
+#: One device of a claim as prepare hands it to the vendor driver: its published ``name``, the ``request`` it
+#: was allocated for (``gpu``, or ``gpu/h100`` for a prioritized list), the ``device``, the decoded opaque
+#: ``configs`` that apply to it, and its sharing (``admin_access``, ``share_id``).
+ClaimDevice = DeviceToPrepare
 
 
 class Discoverer(Protocol):

@@ -17,13 +17,14 @@ nothing of this: its inner driver is the vendor driver, or that driver behind a
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
 from gpudra.fsutil import atomic_write
-from gpudra.model.applied import AppliedState, Change
+from gpudra.model.applied import NOTHING_APPLIED, AppliedState, Change
 from gpudra.model.inventory import Inventory
 from gpudra.vendors.base import (
     ApplyError,
@@ -50,7 +51,7 @@ class MockDriver:
 
     def __init__(self, inner: VendorDriver, files_dir: Path, on_close: Callable[[], None] | None = None):
         self._inner = inner
-        self._files_dir = files_dir
+        self._files_root = str(files_dir)  # paths are built as text on the prepare path (no Path parsing)
         self._on_close = on_close
 
     @property
@@ -67,17 +68,14 @@ class MockDriver:
     def edits(self, claim: ClaimIdentity, device: ClaimDevice, applied: AppliedState) -> DeviceEdits:
         for change in applied.of_kind(FILE_CHANGE):
             if change.device == device.name:
-                return DeviceEdits(
-                    mock_edits(device.device, claim.uid, device.name, Path(change.text("path")))
-                )
+                return DeviceEdits(mock_edits(device.device, claim.uid, device.name, change.text("path")))
         raise EditsError(f"device {device.name}: no description file was prepared for it")
 
     def intend(self, claim: ClaimIdentity, devices: Sequence[ClaimDevice]) -> AppliedState:
         inner = self._inner.intend(claim, devices)
+        root = self._files_root
         files = tuple(
-            Change.of(
-                FILE_CHANGE, d.name, path=str(self._files_dir / description_file_name(claim.uid, d.name))
-            )
+            Change.of(FILE_CHANGE, d.name, path=f"{root}/{description_file_name(claim.uid, d.name)}")
             for d in devices
         )
         return AppliedState(inner.changes + files, inner.created_devices)
@@ -92,9 +90,7 @@ class MockDriver:
             for change in files:
                 d = by_name[change.device]
                 atomic_write(
-                    Path(change.text("path")),
-                    device_description(claim, d.request, d.name, d.device),
-                    durable=False,
+                    change.text("path"), device_description(claim, d.request, d.name, d.device), durable=False
                 )
         except (OSError, KeyError) as e:
             self._remove(files, strict=False)  # best effort: the write error is the one to report
@@ -112,7 +108,9 @@ class MockDriver:
         """Remove the description files; ``strict``: raise for one that cannot go, else log it."""
         for change in files:
             try:
-                Path(change.text("path")).unlink(missing_ok=True)
+                os.unlink(change.text("path"))
+            except FileNotFoundError:
+                continue  # undone already (or never written: apply was cut short)
             except OSError as e:
                 if strict:
                     raise ApplyError(f"cannot remove {change.text('path')}: {e}") from e
@@ -127,7 +125,10 @@ class MockDriver:
 
 
 def _split(applied: AppliedState) -> tuple[AppliedState, tuple[Change, ...]]:
+    """The inner driver's part of ``applied``, and the description files."""
     files = applied.of_kind(FILE_CHANGE)
+    if len(files) == len(applied.changes) and not applied.created_devices:
+        return NOTHING_APPLIED, files  # the usual case: the devices of the fake hardware are static
     rest = tuple(c for c in applied.changes if c.kind != FILE_CHANGE)
     return AppliedState(rest, applied.created_devices), files
 

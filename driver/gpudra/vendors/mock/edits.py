@@ -46,7 +46,9 @@ def description_container_path(claim_uid: str, device_name: str) -> str:
     return f"{DEVICE_DESCRIPTION_DIR}/{description_file_name(claim_uid, device_name)}"
 
 
-def mock_edits(device: Device, claim_uid: str, device_name: str, description_path: Path) -> ContainerEdits:
+def mock_edits(
+    device: Device, claim_uid: str, device_name: str, description_path: str | Path
+) -> ContainerEdits:
     """Edits for one mock device of one claim: environment variables and the device's description file,
     read-only; no device nodes. ``device_name`` is the allocated (published) name."""
     from gpudra.model.cdi import ContainerEdits, Mount  # at the first prepare, not at start-up
