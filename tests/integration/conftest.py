@@ -31,6 +31,10 @@ class PluginProcess:
     api: FakeApiServer
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    #: Where the plugin reaches the API server, when not directly (e.g. a FaultProxy in front of ``api``).
+    server: str | None = None
+    #: Resource limits of the plugin process, as ``prlimit`` options (e.g. ``["--fsize=6000"]``).
+    limits: list[str] = field(default_factory=list)
 
     @property
     def registry(self) -> Path:
@@ -65,6 +69,8 @@ class PluginProcess:
 
     def start(self, wait: bool = True) -> PluginProcess:
         kubeconfig = self.api.write_kubeconfig(self.root / "kubeconfig")
+        if self.server is not None:
+            kubeconfig.write_text(kubeconfig.read_text().replace(self.api.url, self.server))
         cmd = [
             sys.executable,
             "-m",
@@ -89,6 +95,8 @@ class PluginProcess:
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("GPUDRA_")}
         with self.log_path.open("ab") as log:
+            if self.limits:
+                cmd = ["prlimit", *self.limits, "--", *cmd]
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         if wait:
             self.wait_ready()

@@ -46,6 +46,9 @@ class Backend:
     def unprepare(self, refs: list[ClaimRef]) -> dict[str, str | None]:
         return {}
 
+    def health(self) -> None:
+        self.prepare([])
+
 
 class Plugin:
     """Registration and DRA sockets served in this process, plus the probe server in front of them."""

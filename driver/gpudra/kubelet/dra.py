@@ -1,21 +1,30 @@
 """The DRAPlugin service in its v1 and v1beta1 versions: decode, call the Preparer, encode.
 
 Both versions carry identical messages under different proto packages; one implementation serves both.
-The gRPC error translation lives here: per-claim failures travel in the response's ``error`` field, and an
-unexpected exception fails only the call (INTERNAL with a message), never the server.
+The gRPC error translation lives here: per-claim failures travel in the response's ``error`` field, a body
+that is not a request is refused with INVALID_ARGUMENT and one warning line, and an unexpected exception
+fails only the call (INTERNAL with a message), never the server.
+
+Concurrency: the server runs :func:`server_threads` threads, but at most ``prepare_slots`` prepares that
+name claims run at once (they read claims from the API server and hold the GIL for their CPU work). The
+other threads are a reserve, so that a slow or unreachable API server, which keeps every slot waiting,
+never holds back an unprepare, a health probe's empty prepare, or a prepare answered without the API.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from gpudra._proto import dra_v1_pb2, dra_v1_pb2_grpc, dra_v1beta1_pb2, dra_v1beta1_pb2_grpc
+from gpudra._proto import dra_v1_pb2, dra_v1beta1_pb2
+from gpudra.kubelet.claimrefs import check_refs
 from gpudra.planning.devicemeta import top_request
 from gpudra.planning.plan import ClaimRef
 from gpudra.state.prepare import ClaimResult
@@ -23,6 +32,12 @@ from gpudra.state.prepare import ClaimResult
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+#: Threads beyond the prepare slots: unprepares, probes and prepares that need no slot.
+RESERVE_THREADS: Final = 16
+_SERVICES: Final = (
+    ("k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin", dra_v1_pb2),
+    ("k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin", dra_v1beta1_pb2),
+)
 
 
 class Metrics(Protocol):
@@ -50,10 +65,32 @@ _NULL_METRICS = NullMetrics()
 class PrepareBackend(Protocol):
     def prepare(self, refs: list[ClaimRef]) -> dict[str, ClaimResult]: ...
     def unprepare(self, refs: list[ClaimRef]) -> dict[str, str | None]: ...
+    def health(self) -> None:
+        """Raise when the plugin's own state cannot serve (its checkpoint unreadable); hang when it is
+        wedged (a lock never released). Never waits on the API server."""
+        ...
 
 
-def _refs(request: Any) -> list[ClaimRef]:
-    return [ClaimRef(namespace=c.namespace, name=c.name, uid=c.uid) for c in request.claims]
+def server_threads(prepare_slots: int) -> int:
+    """The DRA server's thread count for ``prepare_slots`` prepares at once."""
+    return prepare_slots + RESERVE_THREADS
+
+
+class _Undecodable:
+    """What a body that is not a request decodes to (gRPC would log a traceback for an exception)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _decoder(message: Any) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except DecodeError as e:
+            return _Undecodable(str(e))
+
+    return decode
 
 
 def _guard(method: str, context: grpc.ServicerContext, metrics: Metrics, fn: Callable[[], R]) -> R:
@@ -69,29 +106,56 @@ def _guard(method: str, context: grpc.ServicerContext, metrics: Metrics, fn: Cal
     return result
 
 
-class _Servicer:
-    """Shared implementation; ``pb`` is the generated message module of one API version."""
+def _refuse_undecodable(method: str, request: Any, context: grpc.ServicerContext) -> None:
+    if isinstance(request, _Undecodable):
+        log.warning("%s: refused a body that is not a request (%s)", method, request.reason)
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: cannot decode the request")
 
-    def __init__(self, backend: PrepareBackend, pb: ModuleType, metrics: Metrics) -> None:
+
+class _Servicer:
+    """One API version; ``pb`` is its generated message module."""
+
+    def __init__(
+        self, backend: PrepareBackend, pb: ModuleType, metrics: Metrics, slots: threading.Semaphore
+    ) -> None:
         self._backend = backend
         self._pb = pb
         self._metrics = metrics
+        self._slots = slots
 
     def NodePrepareResources(self, request: Any, context: grpc.ServicerContext) -> Any:
-        # An empty call is the health probe exercising the service: served in full, but not counted.
-        metrics = self._metrics if request.claims else _NULL_METRICS
-        return _guard("NodePrepareResources", context, metrics, lambda: self._prepare(request, metrics))
+        _refuse_undecodable("NodePrepareResources", request, context)
+        if not request.claims:  # the health probe: the plugin's own state, no slot, not counted
+            return _guard("NodePrepareResources", context, _NULL_METRICS, self._health)
+        return _guard("NodePrepareResources", context, self._metrics, lambda: self._prepare(request))
 
     def NodeUnprepareResources(self, request: Any, context: grpc.ServicerContext) -> Any:
+        _refuse_undecodable("NodeUnprepareResources", request, context)
         return _guard("NodeUnprepareResources", context, self._metrics, lambda: self._unprepare(request))
 
-    def _prepare(self, request: Any, metrics: Metrics) -> Any:
-        pb = self._pb
-        results = self._backend.prepare(_refs(request))
+    def _health(self) -> Any:
+        self._backend.health()
+        return self._pb.NodePrepareResourcesResponse()
+
+    def _prepare(self, request: Any) -> Any:
+        checked = check_refs(request.claims)
+        results: dict[str, ClaimResult] = {
+            uid: ClaimResult(error=why, error_kind="invalid") for uid, why in checked.errors.items()
+        }
+        if checked.refs:
+            with self._slots:
+                results.update(self._backend.prepare(checked.refs))
+        self._count_prepared(results)
+        return self._encode_prepared(results)
+
+    def _count_prepared(self, results: dict[str, ClaimResult]) -> None:
         failed = [r for r in results.values() if r.error is not None]
-        metrics.claims("NodePrepareResources", len(results) - len(failed), len(failed))
+        self._metrics.claims("NodePrepareResources", len(results) - len(failed), len(failed))
         for r in failed:
-            metrics.claim_error("NodePrepareResources", r.error_kind or "other")
+            self._metrics.claim_error("NodePrepareResources", r.error_kind or "other")
+
+    def _encode_prepared(self, results: dict[str, ClaimResult]) -> Any:
+        pb = self._pb
         response = pb.NodePrepareResourcesResponse()
         for uid, result in results.items():
             entry = response.claims[uid]
@@ -114,7 +178,10 @@ class _Servicer:
         return response
 
     def _unprepare(self, request: Any) -> Any:
-        results = self._backend.unprepare(_refs(request))
+        checked = check_refs(request.claims)
+        results: dict[str, str | None] = dict(checked.errors)
+        if checked.refs:
+            results.update(self._backend.unprepare(checked.refs))
         failed = sum(1 for e in results.values() if e)
         self._metrics.claims("NodeUnprepareResources", len(results) - failed, failed)
         for _ in range(failed):
@@ -127,54 +194,31 @@ class _Servicer:
         return response
 
 
-class _V1(dra_v1_pb2_grpc.DRAPluginServicer):
-    def __init__(self, impl: _Servicer) -> None:
-        self._impl = impl
-
-    def NodePrepareResources(
-        self, request: dra_v1_pb2.NodePrepareResourcesRequest, context: grpc.ServicerContext
-    ) -> dra_v1_pb2.NodePrepareResourcesResponse:
-        response: dra_v1_pb2.NodePrepareResourcesResponse = self._impl.NodePrepareResources(request, context)
-        return response
-
-    def NodeUnprepareResources(
-        self, request: dra_v1_pb2.NodeUnprepareResourcesRequest, context: grpc.ServicerContext
-    ) -> dra_v1_pb2.NodeUnprepareResourcesResponse:
-        response: dra_v1_pb2.NodeUnprepareResourcesResponse = self._impl.NodeUnprepareResources(
-            request, context
-        )
-        return response
-
-
-class _V1beta1(dra_v1beta1_pb2_grpc.DRAPluginServicer):
-    def __init__(self, impl: _Servicer) -> None:
-        self._impl = impl
-
-    def NodePrepareResources(
-        self, request: dra_v1beta1_pb2.NodePrepareResourcesRequest, context: grpc.ServicerContext
-    ) -> dra_v1beta1_pb2.NodePrepareResourcesResponse:
-        response: dra_v1beta1_pb2.NodePrepareResourcesResponse = self._impl.NodePrepareResources(
-            request, context
-        )
-        return response
-
-    def NodeUnprepareResources(
-        self, request: dra_v1beta1_pb2.NodeUnprepareResourcesRequest, context: grpc.ServicerContext
-    ) -> dra_v1beta1_pb2.NodeUnprepareResourcesResponse:
-        response: dra_v1beta1_pb2.NodeUnprepareResourcesResponse = self._impl.NodeUnprepareResources(
-            request, context
-        )
-        return response
+def _add(server: grpc.Server, service: str, pb: ModuleType, servicer: _Servicer) -> None:
+    handlers = {
+        "NodePrepareResources": grpc.unary_unary_rpc_method_handler(
+            servicer.NodePrepareResources,
+            request_deserializer=_decoder(pb.NodePrepareResourcesRequest),
+            response_serializer=pb.NodePrepareResourcesResponse.SerializeToString,
+        ),
+        "NodeUnprepareResources": grpc.unary_unary_rpc_method_handler(
+            servicer.NodeUnprepareResources,
+            request_deserializer=_decoder(pb.NodeUnprepareResourcesRequest),
+            response_serializer=pb.NodeUnprepareResourcesResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    # gRPC's faster method lookup, as the generated code registers it (grpc-stubs does not know it yet)
+    server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]
 
 
 def registrars(
-    backend: PrepareBackend, metrics: Metrics | None = None
+    backend: PrepareBackend, metrics: Metrics | None = None, prepare_slots: int = 4
 ) -> list[Callable[[grpc.Server], None]]:
-    """Add the v1 and v1beta1 DRAPlugin services to a server."""
+    """Add the v1 and v1beta1 DRAPlugin services to a server (run it with :func:`server_threads`)."""
     m = metrics or NullMetrics()
-    v1 = _V1(_Servicer(backend, dra_v1_pb2, m))
-    v1beta1 = _V1beta1(_Servicer(backend, dra_v1beta1_pb2, m))
-    return [
-        lambda s: dra_v1_pb2_grpc.add_DRAPluginServicer_to_server(v1, s),
-        lambda s: dra_v1beta1_pb2_grpc.add_DRAPluginServicer_to_server(v1beta1, s),
-    ]
+    slots = threading.BoundedSemaphore(prepare_slots)  # shared by both versions
+    def registrar(service: str, pb: ModuleType) -> Callable[[grpc.Server], None]:
+        return lambda server: _add(server, service, pb, _Servicer(backend, pb, m, slots))
+
+    return [registrar(service, pb) for service, pb in _SERVICES]

@@ -126,7 +126,9 @@ class Plugin:
             driver=self.driver, settings=settings, on_prepared=on_prepared,
         )  # fmt: skip
         preparer.collect_garbage()
-        self._dra = UnixServer(cfg.dra_socket, dra.registrars(preparer, metrics), cfg.grpc_workers)
+        # grpc_workers prepares at once; the reserve threads keep unprepare and probes free of them.
+        registrars = dra.registrars(preparer, metrics, prepare_slots=cfg.grpc_workers)
+        self._dra = UnixServer(cfg.dra_socket, registrars, dra.server_threads(cfg.grpc_workers))
         self._dra.start()
         self.registrar = Registrar(cfg.registration_socket, cfg.dra_socket)
         self.registrar.start()

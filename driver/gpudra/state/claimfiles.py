@@ -116,9 +116,19 @@ class ClaimFiles:
         shutil.rmtree(self._state_dir / "metadata" / claim_uid, ignore_errors=True)
 
     def _remove(self, claim_uid: str, files: Iterable[Path]) -> None:
-        self._cdi.remove(claim_uid)
+        """Every one of them, even after a failure; then the first failure is raised."""
+        first: OSError | None = None
+        try:
+            self._cdi.remove(claim_uid)
+        except OSError as e:
+            first = e
         for path in files:
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as e:
+                first = first or e
+        if first is not None:
+            raise first
 
 
 def _prepared_device(claim_uid: str, d: DeviceToPrepare, extra_ids: tuple[str, ...] = ()) -> PreparedDevice:

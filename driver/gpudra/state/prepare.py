@@ -117,21 +117,36 @@ class Preparer:
                 results[ref.uid] = outcome
             else:
                 ready.append(outcome)
-        if not ready:
-            return results
-        # Two short turns with the checkpoint lock around the changes and file writes, so that calls in
-        # flight queue for the lock only while they record: PrepareStarted (not synced yet), then
-        # PrepareCompleted (synced, with everything before it, once the lock is released).
-        with self._store.transaction(durable=False) as txn:
-            started = self._start(txn, ready, results)
+        if ready:
+            self._record_and_write(ready, offer, results)
+        return results
+
+    def _record_and_write(self, ready: list[_Ready], offer: Offer, results: dict[str, ClaimResult]) -> None:
+        """Two short turns with the checkpoint lock around the changes and file writes, so that calls in
+        flight queue for the lock only while they record: PrepareStarted (not synced yet), then
+        PrepareCompleted (synced, with everything before it, once the lock is released). A checkpoint that
+        cannot be written (a full or failing disk) fails the claims it would have recorded, not the call."""
+        try:
+            with self._store.transaction(durable=False) as txn:
+                started = self._start(txn, ready, results)
+        except OSError as e:
+            for r in ready:
+                results.setdefault(r.plan.ref.uid, _unrecorded(r.plan.ref, e))
+            return
         done = [(r, self._apply_and_write(r, built, offer)) for r, built in started]
-        if done:
+        if not done:
+            return
+        try:
             with self._store.transaction() as txn:
                 for r, written in done:
                     results[r.plan.ref.uid] = self._complete(txn, r, written)
                 txn.commit()
                 self._report(txn)
-        return results
+        except OSError as e:
+            for r, written in done:
+                if isinstance(written, Built):
+                    self._discard(r.plan.ref, written)
+                results[r.plan.ref.uid] = _unrecorded(r.plan.ref, e)
 
     def _report(self, txn: Txn) -> None:
         if self._on_prepared is None:
@@ -150,6 +165,8 @@ class Preparer:
     def _try_plan(self, ref: ClaimRef, offer: Offer) -> _Ready | ClaimResult:
         try:
             p = self._plan(ref, offer)
+            if isinstance(p, ClaimResult):
+                return p
             devices = p.devices  # each planned device is what the vendor driver is given
             return _Ready(p, devices, self._try_build(p, devices, offer))
         except PlanError as e:
@@ -159,14 +176,32 @@ class Preparer:
             log.exception("prepare %s: unexpected error", ref)
             return ClaimResult(error=f"internal error: {type(e).__name__}: {e}", error_kind="internal")
 
-    def _plan(self, ref: ClaimRef, offer: Offer) -> ClaimPlan:
+    def _plan(self, ref: ClaimRef, offer: Offer) -> ClaimPlan | ClaimResult:
         try:
             claim = self._claims.get_claim(ref.namespace, ref.name)
         except ClaimReadError as e:
             if e.not_found:
                 raise PlanError(f"ResourceClaim {ref.namespace}/{ref.name} not found", "not_found") from e
+            done = self._completed(ref)
+            if done is not None:
+                log.info("prepare %s: the API is unreachable (%s); answered from the checkpoint", ref, e)
+                return done
             raise PlanError(f"cannot read ResourceClaim {ref.namespace}/{ref.name}: {e}", "api") from e
         return plan.plan_claim(ref, claim, offer.devices, self._settings.node_name)
+
+    def _completed(self, ref: ClaimRef) -> ClaimResult | None:
+        """What this node answered for the claim before, when it completed preparing exactly this claim.
+
+        Safe without the API: a UID is never reused, and a claim's allocation cannot change while it is
+        prepared (deallocation needs every pod to release it, after the kubelet has unprepared it), so the
+        recorded devices are still the claim's. The kubelet asks again after its own restarts.
+        """
+        record = self._store.snapshot().get(ref.uid)
+        if record is None or record.state != "PrepareCompleted":
+            return None
+        if (record.namespace, record.name) != (ref.namespace, ref.name):
+            return None
+        return ClaimResult(devices=record.devices)
 
     def _try_build(
         self, p: ClaimPlan, devices: tuple[ClaimDevice, ...], offer: Offer
@@ -225,8 +260,12 @@ class Preparer:
         return built
 
     def _discard(self, ref: ClaimRef, built: Built) -> None:
-        """Undo a claim that will not complete: its files, then the driver's changes."""
-        self._files.remove_built(ref.uid, built)
+        """Undo a claim that will not complete: its files, then the driver's changes. Best effort, never
+        raising: the claim already fails for the first error, which is the one to report."""
+        try:
+            self._files.remove_built(ref.uid, built)
+        except OSError as e:
+            log.error("prepare %s: could not remove the files of a failed prepare: %s", ref, e)
         try:
             self._driver.undo(built.applied)
         except ApplyError as e:
@@ -254,11 +293,15 @@ class Preparer:
     def unprepare(self, refs: Sequence[ClaimRef]) -> dict[str, str | None]:
         """Undo prepare for each claim; an unknown claim is already unprepared (success)."""
         out: dict[str, str | None] = {}
-        with self._store.transaction() as txn:
-            for ref in refs:
-                out[ref.uid] = self._undo(txn, ref)
-            txn.commit()
-            self._report(txn)
+        try:
+            with self._store.transaction() as txn:
+                for ref in refs:
+                    out[ref.uid] = self._undo(txn, ref)
+                txn.commit()
+                self._report(txn)
+        except OSError as e:  # undone, but not recorded: the kubelet asks again, and undoing is idempotent
+            log.error("unprepare: the checkpoint cannot be written: %s", e)
+            return {ref.uid: f"cannot record the unprepare in the checkpoint: {e}" for ref in refs}
         return out
 
     def _undo(self, txn: Txn, ref: ClaimRef) -> str | None:
@@ -279,6 +322,11 @@ class Preparer:
 
     # ---- housekeeping -------------------------------------------------------------------------------
 
+    def health(self) -> None:
+        """The probes' check of the plugin's own state: the checkpoint can be locked and read. Raises when
+        it cannot; hangs while another process holds its lock. The API server plays no part."""
+        self._store.snapshot()
+
     def collect_garbage(self) -> list[str]:
         """Remove CDI specs on disk that no checkpoint entry owns (left by a crash). Returns claim UIDs."""
         removed = []
@@ -295,6 +343,11 @@ class Preparer:
         """UUIDs of the devices that exist because a recorded claim created them (never published as
         devices of their own; see :func:`gpudra.planning.offer.plan_offer`)."""
         return frozenset(u for rec in self._store.snapshot().values() for u in rec.applied.created_devices)
+
+
+def _unrecorded(ref: ClaimRef, error: OSError) -> ClaimResult:
+    log.error("prepare %s: the checkpoint cannot be written: %s", ref, error)
+    return ClaimResult(error=f"cannot record the claim in the checkpoint: {error}", error_kind="io")
 
 
 def _record(ref: ClaimRef, state: State, built: Built) -> ClaimRecord:
