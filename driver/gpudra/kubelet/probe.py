@@ -18,8 +18,12 @@ is logged. Two service names are known:
 Any other service name gets ``NOT_FOUND``, as the health protocol asks. ``Watch`` is left unimplemented:
 kubelet probes never call it.
 
-An empty prepare takes no lock and reads no claim, but it goes through the DRA server's thread pool and
-servicer; a wedged pool therefore fails the probe.
+An empty prepare reads no claim and never waits on the API server: the plugin answers it by checking its own
+state (the checkpoint can be locked and read; see ``Preparer.health``). It goes through the DRA server's
+threads and servicer, so a wedged server or a checkpoint lock held forever fails the probe, but prepares
+waiting on a slow API server do not: they hold at most ``--grpc-workers`` of the server's threads and the
+rest are kept for everything else (``gpudra.kubelet.dra``). So liveness reflects the plugin's own health,
+never the control plane's.
 """
 
 from __future__ import annotations
