@@ -19,7 +19,8 @@ def test_a_body_that_is_not_a_request_is_refused_in_one_line(plugin: PluginProce
     before = plugin.log()
     with grpc.insecure_channel(f"unix://{plugin.dra_socket}") as channel:
         for method in METHODS:
-            call = channel.unary_unary(f"/k8s.io.kubelet.pkg.apis.dra.{version}.DRAPlugin/{method}")
+            path = f"/k8s.io.kubelet.pkg.apis.dra.{version}.DRAPlugin/{method}"
+            call = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
             with pytest.raises(grpc.RpcError) as err:
                 call(b"\xff\xfe\x01 not protobuf", timeout=5)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

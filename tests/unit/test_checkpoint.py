@@ -312,12 +312,16 @@ def test_corrupt_file_is_moved_aside(
     aside = list(paths[0].parent.glob("checkpoint.json.corrupt-*"))
     assert len(aside) == 1
     assert aside[0].read_bytes() == content
-    assert not paths[0].exists()
     assert seen == [(aside[0], seen[0][1])]
     assert seen[0][1]
     assert "CORRUPT" in caplog.text
+    assert store.uncertain  # every claim the file held may be missing
+    assert _on_disk(paths[0])["claims"] == {}  # a fresh file that says so, at once
+    assert _on_disk(paths[0])["damage"] == {"claims": [], "uncertain": True}
     _save(store, _claim("a"))  # and life goes on
-    assert set(_store(paths).snapshot()) == {"a"}
+    again = _store(paths)
+    assert set(again.snapshot()) == {"a"}
+    assert again.uncertain  # a restart in this boot still knows
 
 
 def test_failing_corruption_callback_does_not_crash(paths: tuple[Path, Path]) -> None:

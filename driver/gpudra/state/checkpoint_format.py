@@ -1,29 +1,39 @@
-"""The checkpoint's file format, pure: values <-> JSON, schema versions and migrations.
+"""The checkpoint's records, pure: values <-> JSON, schema versions and migrations, the size limits.
 
-Version 3 (current) is a log of JSON lines, camelCase:
+Version 3 (current) is a log of JSON lines, camelCase (the log itself is :mod:`gpudra.state.checkpoint_log`):
 
-- line 1, the snapshot: ``{"version": 3, "bootId": …, "claims": {"<uid>": {"namespace", "name", "state",
-  "cdiSpec", "devices": [{"request", "pool", "device", "cdiDeviceIds", "adminAccess", "shareId"}],
-  "applied": {"changes": [{"kind", "device", "params": {…}}], "createdDevices": […]}}}}``, where
+- line 1, the snapshot: ``{"version": 3, "bootId": …, "damage": {…}, "claims": {"<uid>": {"namespace",
+  "name", "state", "cdiSpec", "devices": [{"request", "pool", "device", "cdiDeviceIds", "adminAccess",
+  "shareId"}], "applied": {"changes": [{"kind", "device", "params": {…}}], "createdDevices": […]}}}}``, where
   ``applied`` (what the vendor driver changed on the node for the claim, see :mod:`gpudra.model.applied`)
-  is left out when nothing was changed;
-- then one line per change: ``{"put": "<uid>", "claim": {…same entry…}}`` or ``{"del": "<uid>"}``.
+  is left out when nothing was changed, and ``damage`` (``{"claims": [uid, …], "uncertain": bool}``: what
+  earlier readers of this boot's checkpoint could not read, see :class:`Damage`) is left out when nothing
+  was damaged;
+- then one line per change: ``{"put": "<uid>", "n": 7, "claim": {…same entry…}}`` or ``{"del": "<uid>",
+  "n": 8}``; ``n`` numbers the changes since the snapshot, so a reader sees lines that went missing.
 
 Version 2 had no ``applied``: a version-2 claim changed nothing, so the migration is the identity. A version-2
-plugin reading a version-3 file (a rollback) keeps ``applied`` as an unknown field and writes it back.
-
-A change costs one small append instead of rewriting every claim held; the store compacts the log back into a
-snapshot from time to time (:func:`needs_compaction`). Only ``\n``-terminated lines count: a torn last line
-(a crash in the middle of an append) is not part of the checkpoint and is cut off by the next writer.
-Version 1 was the snapshot line alone, so a version-1 file is a version-2 log without changes. The other
-way round does not hold: a version-1 plugin reads a log with change lines as corrupt and moves it aside.
-During a rolling update from version 1 the kubelet sends its calls to the newer instance once it has
-registered, so the old one should not touch the file; if it does, the move is logged and raised as a Node
-Event, not silent.
+plugin reading a version-3 file (a rollback) keeps ``applied`` as an unknown field and writes it back. Older
+version-3 plugins ignore ``n`` in a change line and keep ``damage`` as an unknown top-level field; lines they
+append without ``n`` are simply not checked for gaps.
 
 Older files are brought forward by :data:`MIGRATIONS`. A file from a newer gpudra is read for the fields this
 code knows; its version and unknown fields (top level, per claim, per device) are kept in :class:`Extras` and
 written back unchanged, so a rollback never strips what the newer version recorded.
+
+A record is only written when this code reads it back exactly (:func:`encode_fragment`, :func:`wrong_field`):
+a value the decoder would reject (a numeric ``shareId``) fails that record's write, never the next start-up.
+
+Size limits. The claims a node holds are bounded by its devices and their sharing: pods per node (kubelet
+``--max-pods``, 110 by default, rarely over a few hundred) times a few claims each. A claim entry is ~0.4
+KiB with one device and an applied change (~3 KiB with eight), so 1,000 claims are a snapshot under 1 MiB.
+:data:`MAX_CHECKPOINT_BYTES` (8 MiB) holds over 12,000 such claims, or 2,500 claims of eight devices each:
+far above any real node. The log needs no more room than its snapshot: the writer compacts before an
+append would cross the limit and refuses a claim (EFBIG, the claim fails) rather than write a snapshot
+over it. Reading the largest file accepted peaks at ~9 x its size (the snapshot line, its text, the parsed
+JSON, the records; measured: +68 MiB for an 8.2 MB snapshot of 20,500 claims), well inside the DaemonSet's
+256 Mi limit; change lines are read one at a time. One change line holds one claim: :data:`MAX_CHANGE_BYTES`
+(1 MiB) is over 300 times the largest real one. A file over either limit was not written by gpudra.
 """
 
 from __future__ import annotations
@@ -34,18 +44,27 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, cast
 
-from gpudra.model.applied import NOTHING_APPLIED, AppliedState
+from gpudra.model.applied import AppliedState
 from gpudra.state.checkpoint_applied import AppliedFormatError, decode_applied, encode_applied
+from gpudra.state.checkpoint_records import (
+    PREPARE_COMPLETED,
+    PREPARE_STARTED,
+    ClaimRecord,
+    ClaimState,
+    PreparedDevice,
+    wrong_field,
+)
 
 log = logging.getLogger("gpudra.state.checkpoint")
 
 SCHEMA_VERSION: Final = 3
 
-ClaimState = Literal["PrepareStarted", "PrepareCompleted"]
-PREPARE_STARTED: Final = "PrepareStarted"
-PREPARE_COMPLETED: Final = "PrepareCompleted"
+#: The largest checkpoint file this code reads or writes (see the module docstring for the reasoning).
+MAX_CHECKPOINT_BYTES: Final = 8 * 1024 * 1024
+#: The largest change line (one claim) this code reads or writes.
+MAX_CHANGE_BYTES: Final = 1024 * 1024
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -64,37 +83,33 @@ def _v2_to_v3(doc: dict[str, Any]) -> dict[str, Any]:
 #: bump :data:`SCHEMA_VERSION`) with every format change.
 MIGRATIONS: Final[Mapping[int, Migration]] = MappingProxyType({1: _v1_to_v2, 2: _v2_to_v3})
 
-#: The log is compacted when it holds more change lines than this plus twice the claims held.
-COMPACTION_SLACK: Final = 64
-
 _CLAIM_KEYS: Final = frozenset({"namespace", "name", "state", "devices", "cdiSpec", "applied"})
 _DEVICE_KEYS: Final = frozenset({"request", "pool", "device", "cdiDeviceIds", "adminAccess", "shareId"})
-_TOP_KEYS: Final = frozenset({"version", "bootId", "claims"})
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedDevice:
-    request: str
-    pool: str
-    device: str
-    cdi_device_ids: tuple[str, ...]
-    admin_access: bool = False
-    share_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimRecord:
-    uid: str
-    namespace: str
-    name: str
-    state: ClaimState
-    devices: tuple[PreparedDevice, ...]
-    cdi_spec: str | None  # path of the claim's CDI spec file
-    applied: AppliedState = NOTHING_APPLIED  # what the vendor driver changed on the node for the claim
+_TOP_KEYS: Final = frozenset({"version", "bootId", "claims", "damage"})
 
 
 class CheckpointFormatError(ValueError):
     """The document is not a checkpoint this code can read (bad JSON, wrong shape, missing migration)."""
+
+
+class UnwritableRecord(ValueError):
+    """A claim record this code would not read back as it is: it is not written (fail that claim only)."""
+
+    def __init__(self, uid: object, reason: str) -> None:
+        super().__init__(f"claim {uid}: cannot be recorded in the checkpoint: {reason}")
+        self.uid = uid
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """One part of the checkpoint that could not be read: skipped, the rest still applies."""
+
+    where: str  # "line 7 (byte 1234)", "line 1 claims[<uid>]"
+    why: str
+    uid: str | None = None  # the claim it concerns, when known
+    raw: bytes = b""  # the text as found (the start of it, for a line over the limit)
+    lost: bool = False  # records may be missing entirely (a cut, or a skipped line whose claim is unknown)
 
 
 _DeviceKey = tuple[str, str, str]
@@ -110,6 +125,9 @@ class Extras:
     as_read: ClaimRecord | None = None  # ... kept while the record stays exactly as it was read
 
 
+NO_EXTRAS: Final = Extras()
+
+
 @dataclass(frozen=True, slots=True)
 class Content:
     version: int
@@ -117,9 +135,12 @@ class Content:
     claims: dict[str, ClaimRecord] = field(default_factory=dict)
     extras: Mapping[str, Extras] = field(default_factory=dict)
     top: Mapping[str, Any] = field(default_factory=dict)
-    dirty: bool = False  # memory differs from the file although no claim changed (reset, migration)
+    dirty: bool = False  # memory differs from the file although no claim changed (reset, migration, damage)
     rebooted: bool = False
     changes: int = 0  # change lines after the snapshot line
+    seq: int = 0  # the number of the last change line (its ``n``), 0 right after the snapshot
+    damaged: frozenset[str] = frozenset()  # claims whose record could not be read in this boot
+    uncertain: bool = False  # records may be missing entirely (see :class:`Damage`)
 
 
 def _need(entry: Mapping[str, Any], key: str, kind: type, where: str, optional: bool = False) -> Any:
@@ -152,19 +173,20 @@ def _decode_device(raw: object, where: str) -> tuple[PreparedDevice, Mapping[str
     return device, {k: v for k, v in raw.items() if k not in _DEVICE_KEYS}
 
 
-def _decode_state(raw: Mapping[str, Any], where: str, newer: bool) -> ClaimState:
+def _decode_state(raw: Mapping[str, Any], where: str, newer: bool, quiet: bool) -> ClaimState:
     state: str = _need(raw, "state", str, where)
     if state in (PREPARE_STARTED, PREPARE_COMPLETED):
         return cast(ClaimState, state)
     if not newer:
         raise CheckpointFormatError(f"{where}.state: unknown state {state!r}")
     # A newer gpudra may have more states; "started" is the safe reading: prepare again or undo it fully.
-    log.warning(
-        "checkpoint: %s has state %r unknown to this version; treating it as %s",
-        where,
-        state,
-        PREPARE_STARTED,
-    )
+    if not quiet:
+        log.warning(
+            "checkpoint: %s has state %r unknown to this version; treating it as %s",
+            where,
+            state,
+            PREPARE_STARTED,
+        )
     return PREPARE_STARTED
 
 
@@ -175,7 +197,8 @@ def _applied(raw: object, where: str) -> AppliedState:
         raise CheckpointFormatError(str(e)) from e
 
 
-def _decode_claim(uid: str, raw: object, newer: bool) -> tuple[ClaimRecord, Extras]:
+def decode_claim(uid: str, raw: object, newer: bool, quiet: bool = False) -> tuple[ClaimRecord, Extras]:
+    """One claim entry; raises :class:`CheckpointFormatError` naming the bad field."""
     where = f"claims[{uid}]"
     if not isinstance(raw, dict):
         raise CheckpointFormatError(f"{where}: expected an object")
@@ -185,7 +208,7 @@ def _decode_claim(uid: str, raw: object, newer: bool) -> tuple[ClaimRecord, Extr
         uid=uid,
         namespace=_need(raw, "namespace", str, where),
         name=_need(raw, "name", str, where),
-        state=_decode_state(raw, where, newer),
+        state=_decode_state(raw, where, newer, quiet),
         devices=tuple(d for d, _ in pairs),
         cdi_spec=_need(raw, "cdiSpec", str, where, optional=True),
         applied=_applied(raw.get("applied"), f"{where}.applied"),
@@ -219,23 +242,48 @@ def _migrate(
     return doc, version != start
 
 
-def decode_document(doc: object, known: int, migrations: Mapping[int, Migration]) -> Content:
+def _decode_damage(raw: object) -> tuple[frozenset[str], bool]:
+    """The snapshot's record of earlier damage. A mangled one is itself damage: all may be uncertain."""
+    if raw is None:
+        return frozenset(), False
+    claims = raw.get("claims", []) if isinstance(raw, dict) else None
+    uncertain = raw.get("uncertain", False) if isinstance(raw, dict) else None
+    if not isinstance(claims, list) or not all(isinstance(u, str) for u in claims):
+        return frozenset(), True
+    return frozenset(claims), uncertain is not False
+
+
+def decode_document(
+    doc: object, known: int, migrations: Mapping[int, Migration], damage: list[Damage] | None = None
+) -> Content:
+    """The snapshot document. A claim entry that does not decode raises, or, with ``damage``, is left out
+    and noted there (the other claims still count)."""
     if not isinstance(doc, dict):
         raise CheckpointFormatError("checkpoint: expected a JSON object")
     doc, migrated = _migrate(doc, known, migrations)
     version: int = doc["version"]
     raw_claims = _need(doc, "claims", dict, "checkpoint")
+    boot_id = _need(doc, "bootId", str, "checkpoint", optional=True)
+    damaged, uncertain = _decode_damage(doc.get("damage"))
     claims: dict[str, ClaimRecord] = {}
     extras: dict[str, Extras] = {}
     for uid, raw in raw_claims.items():
-        claims[uid], extras[uid] = _decode_claim(uid, raw, newer=version > known)
+        try:
+            claims[uid], extras[uid] = decode_claim(uid, raw, newer=version > known)
+        except CheckpointFormatError as exc:
+            if damage is None:
+                raise
+            text = json.dumps(raw, separators=(",", ":"))[:MAX_CHANGE_BYTES].encode()
+            damage.append(Damage(f"line 1 claims[{uid}]", str(exc), uid, text))
     return Content(
         version=version,
-        boot_id=_need(doc, "bootId", str, "checkpoint", optional=True),
+        boot_id=boot_id,
         claims=claims,
         extras=extras,
         top={k: v for k, v in doc.items() if k not in _TOP_KEYS},
         dirty=migrated,
+        damaged=damaged,
+        uncertain=uncertain,
     )
 
 
@@ -264,132 +312,44 @@ def encode_claim(record: ClaimRecord, extras: Extras) -> dict[str, Any]:
     }
 
 
-NO_EXTRAS = Extras()
+def encode_fragment(record: ClaimRecord, extras: Extras = NO_EXTRAS) -> bytes:
+    """The claim's JSON entry. Raises :class:`UnwritableRecord` for a record this code would not read back
+    exactly (a wrong type anywhere: a numeric ``shareId``), or one over the size limit."""
+    uid = record.uid
+    if type(uid) is not str or not uid:
+        raise UnwritableRecord(uid, f"the claim UID must be a non-empty string, not {uid!r}")
+    wrong = wrong_field(record) if type(record) is ClaimRecord else "not a ClaimRecord"
+    if wrong is not None:
+        raise UnwritableRecord(uid, wrong)
+    fragment = json.dumps(encode_claim(record, extras), separators=(",", ":")).encode()
+    if len(fragment) + 6 * len(uid) + 64 > MAX_CHANGE_BYTES:  # the change line: fragment, UID, framing
+        raise UnwritableRecord(uid, f"{len(fragment)} bytes, over the limit of {MAX_CHANGE_BYTES}")
+    return fragment
 
 
-def _encode_content(content: Content) -> dict[str, Any]:
+def encode_top(content: Content) -> dict[str, Any]:
+    """The snapshot's fields other than ``claims``."""
+    head: dict[str, Any] = {"version": content.version, "bootId": content.boot_id}
+    if content.damaged or content.uncertain:
+        head["damage"] = {"claims": sorted(content.damaged), "uncertain": content.uncertain}
+    return {**head, **content.top}
+
+
+def encode_document(content: Content) -> dict[str, Any]:
     claims: dict[str, Any] = {}
     for uid in sorted(content.claims):
         record = content.claims[uid]
         if record.uid != uid:
             raise ValueError(f"checkpoint: claim {record.uid} stored under the key {uid}")
-        claims[uid] = encode_claim(record, content.extras.get(uid, Extras()))
-    return {"version": content.version, "bootId": content.boot_id, "claims": claims, **content.top}
+        claims[uid] = encode_claim(record, content.extras.get(uid, NO_EXTRAS))
+    return {**encode_top(content), "claims": claims}
 
 
 def encode(claims: Mapping[str, ClaimRecord], boot_id: str | None) -> dict[str, Any]:
     """The JSON document (current schema) for ``claims``."""
-    return _encode_content(Content(version=SCHEMA_VERSION, boot_id=boot_id, claims=dict(claims)))
+    return encode_document(Content(version=SCHEMA_VERSION, boot_id=boot_id, claims=dict(claims)))
 
 
 def decode(document: object) -> dict[str, ClaimRecord]:
     """The claims in a checkpoint document; raises :class:`CheckpointFormatError`."""
     return decode_document(document, SCHEMA_VERSION, MIGRATIONS).claims
-
-
-# ---- version 2: the log ----------------------------------------------------------------------------------
-
-
-def _json_line(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode() + b"\n"
-
-
-def encode_put(record: ClaimRecord, extras: Extras = NO_EXTRAS) -> bytes:
-    """The change line recording ``record`` (added or replaced)."""
-    return _json_line({"put": record.uid, "claim": encode_claim(record, extras)})
-
-
-def encode_delete(uid: str) -> bytes:
-    """The change line recording that claim ``uid`` is gone."""
-    return _json_line({"del": uid})
-
-
-def needs_compaction(content: Content) -> bool:
-    """Whether the next write should rewrite the snapshot instead of appending (keeps the log O(claims))."""
-    return content.changes > COMPACTION_SLACK + 2 * len(content.claims)
-
-
-def _apply_line(
-    claims: dict[str, ClaimRecord], extras: dict[str, Extras], raw: bytes, newer: bool, where: str
-) -> None:
-    try:
-        change = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointFormatError(f"{where}: not JSON: {exc}") from exc
-    if isinstance(change, dict) and isinstance(change.get("put"), str):
-        uid: str = change["put"]
-        claims[uid], extras[uid] = _decode_claim(uid, change.get("claim"), newer)
-    elif isinstance(change, dict) and isinstance(change.get("del"), str):
-        claims.pop(change["del"], None)
-        extras.pop(change["del"], None)
-    elif newer:  # a change only a newer gpudra knows: keep reading what this version understands
-        log.warning("checkpoint: %s is a change unknown to this version; ignoring it", where)
-    else:
-        raise CheckpointFormatError(f"{where}: expected a put or del change, got {raw[:80]!r}")
-
-
-def apply_changes(content: Content, data: bytes, known: int = SCHEMA_VERSION) -> tuple[Content, int]:
-    """``content`` with the complete change lines at the start of ``data`` applied, and how many bytes they
-    took. A last line without its newline (a torn append) is left unread. ``content`` is not modified."""
-    end = data.rfind(b"\n") + 1
-    if end == 0:
-        return content, 0
-    claims, extras = dict(content.claims), dict(content.extras)
-    lines = data[:end].split(b"\n")[:-1]
-    newer = content.version > known
-    for number, raw in enumerate(lines, start=content.changes + 2):
-        _apply_line(claims, extras, raw, newer, f"line {number}")
-    applied = replace(content, claims=claims, extras=extras, changes=content.changes + len(lines))
-    return applied, end
-
-
-def decode_log(data: bytes, known: int, migrations: Mapping[int, Migration]) -> tuple[Content, int]:
-    """A whole checkpoint file: the snapshot line, then its changes. Returns the content and the bytes read
-    (everything but a torn last line). A version-1 file is one document, possibly not on one line."""
-    first = data.find(b"\n")
-    head = data if first < 0 else data[:first]
-    try:
-        doc = json.loads(head)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        try:
-            doc, first = json.loads(data), len(data) - 1  # a hand-written single document
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise CheckpointFormatError(f"not JSON: {exc}") from exc
-    if first < 0:
-        first = len(data) - 1
-    content = decode_document(doc, known, migrations)
-    changes, used = apply_changes(content, data[first + 1 :], known)
-    return changes, first + 1 + used
-
-
-def load_document(data: bytes) -> dict[str, Any]:
-    """A checkpoint file as one version-2 snapshot document (changes applied): for tools and tests."""
-    content, _ = decode_log(data, SCHEMA_VERSION, MIGRATIONS)
-    return _encode_content(content)
-
-
-#: Each claim's JSON fragment in the last snapshot, with the record and extras it encodes.
-Fragments = dict[str, tuple[ClaimRecord, Extras, bytes]]
-
-
-def encode_snapshot(content: Content, memo: Fragments) -> tuple[bytes, Fragments]:
-    """The snapshot line for ``content``, and the fragments to pass next time: a claim that has not changed
-    since ``memo`` is not encoded again, so a compaction costs the claims that changed."""
-    fragments: Fragments = {}
-    parts = []
-    for uid in sorted(content.claims):
-        record = content.claims[uid]
-        if record.uid != uid:
-            raise ValueError(f"checkpoint: claim {record.uid} stored under the key {uid}")
-        extras = content.extras.get(uid, NO_EXTRAS)
-        cached = memo.get(uid)
-        if cached is not None and cached[1] is extras and (cached[0] is record or cached[0] == record):
-            fragment = cached[2]
-        else:
-            fragment = json.dumps(encode_claim(record, extras), separators=(",", ":")).encode()
-        fragments[uid] = (record, extras, fragment)
-        parts.append(json.dumps(uid).encode() + b":" + fragment)
-    head = json.dumps(
-        {"version": content.version, "bootId": content.boot_id, **content.top}, separators=(",", ":")
-    ).encode()  # never empty: "version" is always there
-    return head[:-1] + b',"claims":{' + b",".join(parts) + b"}}\n", fragments

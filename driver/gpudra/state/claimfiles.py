@@ -108,8 +108,11 @@ class ClaimFiles:
         if record is not None:
             tops = {devicemeta.top_request(d.request) for d in record.devices}
             files = [self.metadata_path(claim_uid, top) for top in tops]
-        else:
-            files = list(self._metadata_root.glob(f"{claim_uid}_*.json"))
+        else:  # what a prepare writes under the claim's UID, including a driver's files in claims/
+            files = [
+                *self._metadata_root.glob(f"{claim_uid}_*.json"),
+                *self._claims_root.glob(f"{claim_uid}-*"),
+            ]
         # A claim prepared by an older build: a description file per claim, a directory of metadata.
         files.append(self._claims_root / f"{claim_uid}.json")
         self._remove(claim_uid, files)

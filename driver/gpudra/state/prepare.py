@@ -25,7 +25,7 @@ from gpudra.planning import plan
 from gpudra.planning.offer import Offer
 from gpudra.planning.plan import ClaimPlan, ClaimRef, PlanError
 from gpudra.state.cdi import CdiWriter
-from gpudra.state.checkpoint import CheckpointStore, ClaimRecord, PreparedDevice, Txn
+from gpudra.state.checkpoint import CheckpointStore, ClaimRecord, PreparedDevice, Txn, UnwritableRecord
 from gpudra.state.claimfiles import Built, ClaimFiles
 from gpudra.state.node import NodeStateStore
 from gpudra.vendors.base import ApplyError, ClaimDevice, EditsError, VendorDriver
@@ -235,7 +235,11 @@ class Preparer:
                 log.warning("prepare %s: %s", r.plan.ref, r.built.error)
                 results[uid] = r.built
                 continue
-            txn.put(_record(r.plan.ref, "PrepareStarted", r.built))
+            try:
+                txn.put(_record(r.plan.ref, "PrepareStarted", r.built))
+            except UnwritableRecord as e:  # a value the checkpoint could not read back: this claim only
+                results[uid] = _unrecordable(r.plan.ref, e)
+                continue
             started.append((r, r.built))
         txn.commit()
         return started
@@ -284,7 +288,12 @@ class Preparer:
         if isinstance(outcome, str):
             txn.remove(ref.uid)
             return ClaimResult(error=outcome, error_kind="io")
-        txn.put(_record(ref, "PrepareCompleted", outcome))
+        try:
+            txn.put(_record(ref, "PrepareCompleted", outcome))
+        except UnwritableRecord as e:
+            self._discard(ref, outcome)
+            txn.remove(ref.uid)
+            return _unrecordable(ref, e)
         log.debug("prepared %s: %s", ref, ", ".join(d.device for d in outcome.prepared))
         return ClaimResult(devices=outcome.prepared)
 
@@ -307,7 +316,7 @@ class Preparer:
     def _undo(self, txn: Txn, ref: ClaimRef) -> str | None:
         record = txn.get(ref.uid)
         if record is None:
-            return None
+            return self._undo_unrecorded(ref)
         try:
             self._driver.undo(record.applied)
             self._files.remove(ref.uid, record)
@@ -320,6 +329,19 @@ class Preparer:
         txn.remove(ref.uid)
         return None
 
+    def _undo_unrecorded(self, ref: ClaimRef) -> str | None:
+        """A claim without a record: never prepared here (success), or its record was lost to damage and
+        start-up kept its files; the kubelet unprepares only what no pod uses, so they go now."""
+        if not self._files.cdi.path_for(ref.uid).exists():
+            return None
+        try:
+            self._files.remove(ref.uid, None)
+        except OSError as e:
+            log.warning("unprepare %s: %s", ref, e)
+            return f"cannot remove CDI spec for claim {ref.uid}: {e}"
+        log.warning("unprepare %s: removed the files of a claim the checkpoint had lost", ref)
+        return None
+
     # ---- housekeeping -------------------------------------------------------------------------------
 
     def health(self) -> None:
@@ -328,21 +350,39 @@ class Preparer:
         self._store.snapshot()
 
     def collect_garbage(self) -> list[str]:
-        """Remove CDI specs on disk that no checkpoint entry owns (left by a crash). Returns claim UIDs."""
-        removed = []
+        """Remove CDI specs on disk that no checkpoint entry owns (left by a crash). Returns claim UIDs.
+
+        Never after damage: a spec whose record was lost (a damaged record, or records possibly missing
+        after a cut or a file moved aside) may belong to a running pod. Those are kept until the kubelet
+        unprepares the claim (unpreparing a claim without a record removes its files)."""
+        removed, kept = [], []
         with self._store.transaction() as txn:
             for uid in self._files.cdi.claim_uids_on_disk():
-                if txn.get(uid) is None:
-                    self._files.remove(uid, None)
-                    removed.append(uid)
+                if txn.get(uid) is not None:
+                    continue
+                if self._store.uncertain or uid in self._store.damaged:
+                    kept.append(uid)
+                    continue
+                self._files.remove(uid, None)
+                removed.append(uid)
         if removed:
             log.info("removed %d orphaned CDI spec(s): %s", len(removed), ", ".join(removed))
+        if kept:
+            log.warning(
+                "kept %d CDI spec(s) the damaged checkpoint cannot account for, until the kubelet "
+                "unprepares them: %s", len(kept), ", ".join(sorted(kept)),
+            )  # fmt: skip
         return removed
 
     def claim_created_devices(self) -> frozenset[str]:
         """UUIDs of the devices that exist because a recorded claim created them (never published as
         devices of their own; see :func:`gpudra.planning.offer.plan_offer`)."""
         return frozenset(u for rec in self._store.snapshot().values() for u in rec.applied.created_devices)
+
+
+def _unrecordable(ref: ClaimRef, error: UnwritableRecord) -> ClaimResult:
+    log.error("prepare %s: %s", ref, error)
+    return ClaimResult(error=f"cannot record the claim: {error}", error_kind="invalid")
 
 
 def _unrecorded(ref: ClaimRef, error: OSError) -> ClaimResult:
