@@ -76,9 +76,10 @@ _devices = st.builds(
     admin_access=st.booleans(),
     share_id=st.none() | _text,
 )
+_uids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9-]{0,40}", fullmatch=True)  # what may name a claim's files
 _records = st.builds(
     ClaimRecord,
-    uid=_text,
+    uid=_uids,
     namespace=_text,
     name=_text,
     state=st.sampled_from([PREPARE_STARTED, PREPARE_COMPLETED]),

@@ -20,7 +20,7 @@ from gpudra.state.checkpoint import (
     UnwritableRecord,
     load_document,
 )
-from gpudra.state.checkpoint_format import MAX_CHANGE_BYTES
+from gpudra.state.checkpoint_format import MAX_CHANGE_BYTES, encode
 
 BOOT = "5b0a3c1e-2f4d-4a6b-8c9d-0e1f2a3b4c5d"
 LOGGER = "gpudra.state.checkpoint"
@@ -255,3 +255,17 @@ def test_every_shape_the_decoder_rejects_is_refused_before_writing(
     with store.transaction() as txn, pytest.raises(UnwritableRecord):
         txn.put(bad)
     assert not paths[0].exists()
+
+
+def test_a_key_that_is_no_uid_costs_that_claim_only(tmp_path: Path) -> None:
+    """Checkpoint keys name files (the CDI spec, device metadata): ``../x`` must never be read as a claim."""
+    good = encode({"u-good": _bad_key_record("u-good")}, BOOT)
+    good["claims"]["../../etc/cron.d/x"] = good["claims"]["u-good"]
+    (tmp_path / "cp.json").write_text(json.dumps(good) + "\n")
+    store = CheckpointStore(tmp_path / "cp.json", tmp_path / "cp.lock", BOOT)
+    assert set(store.snapshot()) == {"u-good"}
+    assert "../../etc/cron.d/x" in store.damaged
+
+
+def _bad_key_record(uid: str) -> ClaimRecord:
+    return ClaimRecord(uid, "ns", "c", "PrepareCompleted", (), None)

@@ -47,6 +47,7 @@ from types import MappingProxyType
 from typing import Any, Final, cast
 
 from gpudra.model.applied import AppliedState
+from gpudra.model.cdi import is_claim_uid
 from gpudra.state.checkpoint_applied import AppliedFormatError, decode_applied, encode_applied
 from gpudra.state.checkpoint_records import (
     PREPARE_COMPLETED,
@@ -200,6 +201,8 @@ def _applied(raw: object, where: str) -> AppliedState:
 def decode_claim(uid: str, raw: object, newer: bool, quiet: bool = False) -> tuple[ClaimRecord, Extras]:
     """One claim entry; raises :class:`CheckpointFormatError` naming the bad field."""
     where = f"claims[{uid}]"
+    if not is_claim_uid(uid):  # it names files (CDI spec, metadata): never a path of its own
+        raise CheckpointFormatError(f"{where}: the key is not a Kubernetes UID")
     if not isinstance(raw, dict):
         raise CheckpointFormatError(f"{where}: expected an object")
     raw_devices: list[object] = _need(raw, "devices", list, where)
@@ -316,8 +319,8 @@ def encode_fragment(record: ClaimRecord, extras: Extras = NO_EXTRAS) -> bytes:
     """The claim's JSON entry. Raises :class:`UnwritableRecord` for a record this code would not read back
     exactly (a wrong type anywhere: a numeric ``shareId``), or one over the size limit."""
     uid = record.uid
-    if type(uid) is not str or not uid:
-        raise UnwritableRecord(uid, f"the claim UID must be a non-empty string, not {uid!r}")
+    if type(uid) is not str or not is_claim_uid(uid):
+        raise UnwritableRecord(uid, f"the claim UID must be a Kubernetes UID, not {uid!r}")
     wrong = wrong_field(record) if type(record) is ClaimRecord else "not a ClaimRecord"
     if wrong is not None:
         raise UnwritableRecord(uid, wrong)
