@@ -1,4 +1,7 @@
-"""Opaque config: which configs are ours, strict shape checks, precedence, request matching, decoding."""
+"""Opaque config: known kinds, decoding, precedence, request matching.
+
+The configs come from a claim's JSON through :func:`gpudra.planning.claimjson.check_claim`, which keeps ours
+and checks their shape (tests/unit/test_claim_json.py has the shape checks)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from hypothesis import strategies as st
 
 from gpudra.model import names
 from gpudra.model.k8stypes import DeviceAllocationConfiguration
-from gpudra.planning import config
+from gpudra.planning import claimjson, config
 
 API = "gpudra.io/v1alpha1"
 Source = Literal["FromClass", "FromClaim"]
@@ -63,6 +66,20 @@ def raw_entry(opaque: dict[str, object], source: Source = "FromClaim") -> Device
     return cast(DeviceAllocationConfiguration, {"source": source, "opaque": opaque})
 
 
+def ours(entries: list[DeviceAllocationConfiguration]) -> tuple[config.OpaqueConfig, ...]:
+    """Our configs among ``entries``, as the claim's JSON check hands them on."""
+    claim = {"status": {"allocation": {"devices": {"config": entries}}}}
+    return claimjson.check_claim(claim).configs
+
+
+def resolve(
+    entries: list[DeviceAllocationConfiguration],
+    requests: list[str],
+    kinds: Mapping[tuple[str, str], config.Decoder] = config.KNOWN_KINDS,
+) -> dict[str, tuple[object, ...]]:
+    return config.resolve(ours(entries), requests, kinds)
+
+
 def tags(resolved: dict[str, tuple[object, ...]], request: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for value in resolved[request]:
@@ -85,52 +102,22 @@ def tags(resolved: dict[str, tuple[object, ...]], request: str) -> dict[str, str
     ],
 )
 def test_other_drivers_configs_are_ignored_even_if_malformed(opaque: dict[str, object]) -> None:
-    assert config.parse_configs([raw_entry(opaque)]) == []
-    assert config.resolve([raw_entry(opaque), entry(tag="ours")], ["r"], KINDS) == {
-        "r": (Decoded("Alpha", "ours"),)
-    }
+    assert ours([raw_entry(opaque)]) == ()
+    assert resolve([raw_entry(opaque), entry(tag="ours")], ["r"], KINDS) == {"r": (Decoded("Alpha", "ours"),)}
 
 
 def test_entry_without_opaque_is_ignored() -> None:
     no_opaque: DeviceAllocationConfiguration = {"source": "FromClass", "requests": ["r"]}
-    assert config.parse_configs([no_opaque]) == []
-    assert config.resolve([no_opaque], ["r"], KINDS) == {"r": ()}
+    assert ours([no_opaque]) == ()
+    assert resolve([no_opaque], ["r"], KINDS) == {"r": ()}
 
 
-# ---- strict shape of our configs ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("params", [None, [1, 2], "apiVersion: x", 42])
-def test_parameters_must_be_an_object(params: object) -> None:
-    with pytest.raises(config.ConfigError, match=r"gpudra\.io: parameters must be an object"):
-        config.resolve([raw_entry({"driver": names.DRIVER_NAME, "parameters": params})], ["r"], KINDS)
-
-
-def test_missing_parameters_is_not_an_object() -> None:
-    with pytest.raises(config.ConfigError, match="parameters must be an object"):
-        config.parse_configs([raw_entry({"driver": names.DRIVER_NAME})])
-
-
-@pytest.mark.parametrize(
-    "params",
-    [
-        {"kind": "Alpha"},
-        {"apiVersion": API},
-        {},
-        {"apiVersion": "", "kind": "Alpha"},
-        {"apiVersion": API, "kind": ""},
-        {"apiVersion": 1, "kind": "Alpha"},
-        {"apiVersion": API, "kind": ["Alpha"]},
-    ],
-)
-def test_apiversion_and_kind_are_required_strings(params: dict[str, object]) -> None:
-    with pytest.raises(config.ConfigError, match=r"gpudra\.io: parameters need apiVersion and kind"):
-        config.resolve([raw_entry({"driver": names.DRIVER_NAME, "parameters": params})], ["r"], KINDS)
+# ---- known kinds and decoding ------------------------------------------------------------------------
 
 
 def test_unknown_kind_names_it_and_lists_known_kinds() -> None:
     with pytest.raises(config.ConfigError) as err:
-        config.resolve([entry(kind="Gamma")], ["r"], KINDS)
+        resolve([entry(kind="Gamma")], ["r"], KINDS)
     msg = str(err.value)
     assert "kind Gamma" in msg
     assert API in msg
@@ -143,23 +130,23 @@ def test_known_kind_under_another_api_version_is_unknown() -> None:
         {"driver": names.DRIVER_NAME, "parameters": {"apiVersion": "gpudra.io/v9", "kind": "Alpha"}}
     )
     with pytest.raises(config.ConfigError, match=r"unknown opaque config gpudra\.io/v9 kind Alpha"):
-        config.resolve([e], ["r"], KINDS)
+        resolve([e], ["r"], KINDS)
 
 
 def test_without_registered_kinds_every_config_of_ours_is_refused() -> None:
     with pytest.raises(config.ConfigError, match="none are defined yet") as err:
-        config.resolve([entry(kind="Alpha")], ["r"], {})
+        resolve([entry(kind="Alpha")], ["r"], {})
     assert "kind Alpha" in str(err.value)
 
 
 def test_default_registry_refuses_an_undefined_kind() -> None:
     with pytest.raises(config.ConfigError, match="kind NoSuchKindEver"):
-        config.resolve([entry(kind="NoSuchKindEver")], ["r"])
+        resolve([entry(kind="NoSuchKindEver")], ["r"])
 
 
 def test_unknown_kind_is_refused_even_when_it_applies_to_no_request() -> None:
     with pytest.raises(config.ConfigError, match="kind Gamma"):
-        config.resolve([entry(kind="Gamma", requests=["elsewhere"])], ["r"], KINDS)
+        resolve([entry(kind="Gamma", requests=["elsewhere"])], ["r"], KINDS)
 
 
 def test_decoder_error_propagates_as_config_error() -> None:
@@ -167,7 +154,7 @@ def test_decoder_error_propagates_as_config_error() -> None:
         {"driver": names.DRIVER_NAME, "parameters": {"apiVersion": API, "kind": "Beta", "tag": 7}}
     )
     with pytest.raises(config.ConfigError, match="Beta: tag must be a string"):
-        config.resolve([bad], ["r"], KINDS)
+        resolve([bad], ["r"], KINDS)
 
 
 def test_decoder_gets_the_whole_parameters_object_once_per_config() -> None:
@@ -180,37 +167,48 @@ def test_decoder_gets_the_whole_parameters_object_once_per_config() -> None:
     e = raw_entry(
         {"driver": names.DRIVER_NAME, "parameters": {"apiVersion": API, "kind": "Rec", "x": {"y": 1}}}
     )
-    out = config.resolve([e], ["a", "b", "c"], {(API, "Rec"): record})
+    out = resolve([e], ["a", "b", "c"], {(API, "Rec"): record})
     assert seen == [{"apiVersion": API, "kind": "Rec", "x": {"y": 1}}]
     assert out == {"a": ("decoded",), "b": ("decoded",), "c": ("decoded",)}
 
 
-# ---- parse_configs -----------------------------------------------------------------------------------
+# ---- what is handed on -------------------------------------------------------------------------------
 
 
-def test_parse_keeps_fields_and_defaults_source_to_claim() -> None:
+def test_check_keeps_fields_and_where_the_parameters_are() -> None:
     e = entry(kind="Beta", tag="t", requests=["a", "b/x"])
-    del e["source"]
-    (parsed,) = config.parse_configs([e])
-    assert parsed == config.OpaqueConfig(
+    (checked,) = ours([entry(driver="other.example.com"), e])
+    assert checked == config.OpaqueConfig(
         source="FromClaim",
         requests=("a", "b/x"),
         api_version=API,
         kind="Beta",
         parameters={"apiVersion": API, "kind": "Beta", "tag": "t"},
+        path="status.allocation.devices.config[1].opaque.parameters",
     )
 
 
-def test_parse_orders_class_before_claim_stably() -> None:
+def test_precedence_orders_class_before_claim_stably() -> None:
     entries = [
         entry(tag="claim-1"),
         entry(tag="class-1", source="FromClass"),
         entry(tag="claim-2"),
         entry(tag="class-2", source="FromClass"),
     ]
-    parsed = config.parse_configs(entries)
-    assert [c.parameters["tag"] for c in parsed] == ["class-1", "class-2", "claim-1", "claim-2"]
-    assert [c.source for c in parsed] == ["FromClass", "FromClass", "FromClaim", "FromClaim"]
+    ordered = config.by_precedence(ours(entries))
+    assert [c.parameters["tag"] for c in ordered] == ["class-1", "class-2", "claim-1", "claim-2"]
+    assert [c.source for c in ordered] == ["FromClass", "FromClass", "FromClaim", "FromClaim"]
+
+
+def test_errors_name_the_config_they_come_from() -> None:
+    where = r"^status\.allocation\.devices\.config\[{}\]\.opaque\.parameters: "
+    with pytest.raises(config.ConfigError, match=where.format(1) + "unknown opaque config"):
+        resolve([entry(tag="fine"), entry(kind="Gamma")], ["r"], KINDS)
+    bad = raw_entry(
+        {"driver": names.DRIVER_NAME, "parameters": {"apiVersion": API, "kind": "Beta", "tag": 7}}
+    )
+    with pytest.raises(config.ConfigError, match=where.format(0) + "Beta: tag must be a string"):
+        resolve([bad], ["r"], KINDS)
 
 
 # ---- request matching --------------------------------------------------------------------------------
@@ -241,19 +239,19 @@ def test_applies_to(requests: tuple[str, ...], request_name: str, applies: bool)
 
 def test_resolve_matches_subrequests_and_leaves_others_empty() -> None:
     entries = [entry(tag="main", requests=["gpu"]), entry(kind="Beta", tag="small", requests=["gpu/small"])]
-    out = config.resolve(entries, ["gpu/big", "gpu/small", "other"], KINDS)
+    out = resolve(entries, ["gpu/big", "gpu/small", "other"], KINDS)
     assert tags(out, "gpu/big") == {"Alpha": "main"}
     assert tags(out, "gpu/small") == {"Alpha": "main", "Beta": "small"}
     assert out["other"] == ()
 
 
 def test_empty_requests_applies_to_all() -> None:
-    out = config.resolve([entry(tag="all", requests=[])], ["a", "b/c"], KINDS)
+    out = resolve([entry(tag="all", requests=[])], ["a", "b/c"], KINDS)
     assert tags(out, "a") == tags(out, "b/c") == {"Alpha": "all"}
 
 
 def test_resolve_without_configs_maps_every_request_to_nothing() -> None:
-    assert config.resolve([], ["a", "b"], KINDS) == {"a": (), "b": ()}
+    assert resolve([], ["a", "b"], KINDS) == {"a": (), "b": ()}
 
 
 # ---- precedence --------------------------------------------------------------------------------------
@@ -261,12 +259,12 @@ def test_resolve_without_configs_maps_every_request_to_nothing() -> None:
 
 def test_claim_config_overrides_class_config_listed_after_it() -> None:
     entries = [entry(tag="claim"), entry(tag="class", source="FromClass")]
-    assert tags(config.resolve(entries, ["r"], KINDS), "r") == {"Alpha": "claim"}
+    assert tags(resolve(entries, ["r"], KINDS), "r") == {"Alpha": "claim"}
 
 
 def test_later_config_of_same_source_and_kind_wins() -> None:
     entries = [entry(tag="first", source="FromClass"), entry(tag="second", source="FromClass")]
-    assert tags(config.resolve(entries, ["r"], KINDS), "r") == {"Alpha": "second"}
+    assert tags(resolve(entries, ["r"], KINDS), "r") == {"Alpha": "second"}
 
 
 def test_precedence_is_per_kind_and_per_request() -> None:
@@ -275,7 +273,7 @@ def test_precedence_is_per_kind_and_per_request() -> None:
         entry(kind="Beta", tag="class-beta", source="FromClass"),
         entry(kind="Alpha", tag="claim-alpha-a", requests=["a"]),
     ]
-    out = config.resolve(entries, ["a", "b"], KINDS)
+    out = resolve(entries, ["a", "b"], KINDS)
     assert tags(out, "a") == {"Alpha": "claim-alpha-a", "Beta": "class-beta"}
     assert tags(out, "b") == {"Alpha": "class-alpha", "Beta": "class-beta"}
     assert len(out["a"]) == len(out["b"]) == 2
@@ -319,7 +317,7 @@ def _oracle(ours: list[Ours], request: str) -> dict[str, str]:
 @given(config_entries())
 def test_precedence_matches_oracle(generated: tuple[list[DeviceAllocationConfiguration], list[Ours]]) -> None:
     entries, ours = generated
-    out = config.resolve(entries, REQUESTS, KINDS)
+    out = resolve(entries, REQUESTS, KINDS)
     assert set(out) == set(REQUESTS)
     for request in REQUESTS:
         expected = _oracle(ours, request)

@@ -27,6 +27,7 @@ from gpudra.planning.plan import (
 
 POOL = "node-a"
 UID = "1111-aaaa"
+SHARE = "5e0c1a9e-0000-4000-8000-000000000007"  # share IDs are UIDs in normalized form
 REF = ClaimRef("team", "train", UID)
 API = "gpudra.io/v1alpha1"
 
@@ -140,13 +141,14 @@ def test_wrong_pool_names_device_and_both_pools() -> None:
     with pytest.raises(PlanError) as err:
         plan(claim([result("gpu-0"), result("gpu-1", pool="node-b")]))
     msg = str(err.value)
+    assert msg.startswith("status.allocation.devices.results[1].pool: ")
     assert "node-b/gpu-1" in msg
     assert "'node-b'" in msg
     assert f"publishes pool {POOL!r}" in msg
 
 
 def test_unknown_device_names_it() -> None:
-    with pytest.raises(PlanError, match=r"device gpu-9 is not on this node"):
+    with pytest.raises(PlanError, match=r"^status\.allocation\.devices\.results\[1\]\.device: device gpu-9 "):
         plan(claim([result("gpu-0"), result("gpu-9")]))
 
 
@@ -156,13 +158,18 @@ def test_bad_config_becomes_plan_error_with_its_message() -> None:
     assert isinstance(err.value.__cause__, config.ConfigError)
 
 
-def test_config_without_kind_becomes_plan_error() -> None:
+def test_config_without_kind_is_malformed_and_names_the_field() -> None:
     bad = cast(
         DeviceAllocationConfiguration,
         {"source": "FromClaim", "opaque": {"driver": names.DRIVER_NAME, "parameters": {"apiVersion": API}}},
     )
-    with pytest.raises(PlanError, match="parameters need apiVersion and kind"):
+    with pytest.raises(PlanError) as err:
         plan(claim([result("gpu-0")], [bad]))
+    assert str(err.value) == (
+        "ResourceClaim team/train is malformed: "
+        "status.allocation.devices.config[0].opaque.parameters.kind: required value is missing"
+    )
+    assert err.value.kind == "invalid"
 
 
 def test_default_registry_refuses_our_configs() -> None:
@@ -178,7 +185,7 @@ def test_multi_device_claim_with_configs_per_request() -> None:
         [
             result("gpu-0", request="train"),
             result("nic-0", request="net", driver="net.example.com", pool="other"),
-            result("gpu-2", request="train", shareID="share-7"),
+            result("gpu-2", request="train", shareID=SHARE),
             result("gpu-3", request="debug/any", adminAccess=True),
         ],
         [
@@ -194,17 +201,23 @@ def test_multi_device_claim_with_configs_per_request() -> None:
         REF,
         (
             DeviceToPrepare("train", POOL, "gpu-0", DEVICES["gpu-0"], configs=train),
-            DeviceToPrepare("train", POOL, "gpu-2", DEVICES["gpu-2"], share_id="share-7", configs=train),
+            DeviceToPrepare("train", POOL, "gpu-2", DEVICES["gpu-2"], share_id=SHARE, configs=train),
             DeviceToPrepare("debug/any", POOL, "gpu-3", DEVICES["gpu-3"], admin_access=True, configs=debug),
         ),
     )
 
 
-def test_empty_share_id_and_false_admin_access_mean_exclusive() -> None:
-    (d,) = plan(claim([result("gpu-1", shareID="", adminAccess=False)])).devices
+def test_no_share_id_and_false_admin_access_mean_exclusive() -> None:
+    (d,) = plan(claim([result("gpu-1", adminAccess=False)])).devices
     assert d.share_id is None
     assert d.admin_access is False
     assert d.configs == ()
+
+
+def test_an_empty_share_id_is_no_uid_and_refused() -> None:
+    """The API refuses an empty shareID (it is not a UID); reading it as "no share ID" would guess."""
+    with pytest.raises(PlanError, match=r"results\[0\]\.shareID: invalid value \"\": must be a UID"):
+        plan(claim([result("gpu-1", shareID="")]))
 
 
 def test_results_of_other_drivers_need_not_be_in_our_pool_or_inventory() -> None:
@@ -212,13 +225,17 @@ def test_results_of_other_drivers_need_not_be_in_our_pool_or_inventory() -> None
     assert [d.name for d in plan(c).devices] == ["gpu-1"]
 
 
+def _ours(dev: str, req: str, admin: bool, share: str | None) -> DeviceRequestAllocationResult:
+    return result(dev, request=req, adminAccess=admin, **({} if share is None else {"shareID": share}))
+
+
 _OUR_RESULTS = st.lists(
     st.builds(
-        lambda dev, req, admin, share: result(dev, request=req, adminAccess=admin, shareID=share),
+        _ours,
         st.sampled_from(sorted(DEVICES)),
         st.sampled_from(["a", "b", "a/x"]),
         st.booleans(),
-        st.sampled_from(["", "s1", "s2"]),
+        st.sampled_from([None, SHARE, SHARE.replace("7", "8")]),
     ),
     min_size=1,
     max_size=5,
@@ -236,7 +253,7 @@ def test_plan_keeps_our_results_in_order(
         mixed.append(r)
     planned = plan(claim(mixed)).devices
     assert [(d.request, d.name, d.admin_access, d.share_id) for d in planned] == [
-        (r["request"], r["device"], r["adminAccess"], r["shareID"] or None) for r in ours
+        (r["request"], r["device"], r["adminAccess"], r.get("shareID")) for r in ours
     ]
     assert all(d.device is DEVICES[d.name] and d.pool == POOL for d in planned)
 

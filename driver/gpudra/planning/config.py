@@ -1,8 +1,9 @@
 """Opaque device configuration: which of a claim's configs apply to which request, decoded strictly.
 
 Pure. A ResourceClaim's allocation carries the configs of its DeviceClasses (``source: FromClass``) and of
-the claim itself (``FromClaim``). Configs for other drivers are ignored; for ours each entry must be a known
-``apiVersion``/``kind`` with valid fields, otherwise the claim fails to prepare with a message saying why.
+the claim itself (``FromClaim``). :mod:`gpudra.planning.claimjson` reads them from the claim's JSON, checks
+their shape and keeps the ones for our driver as :class:`OpaqueConfig`; here each must be a known
+``apiVersion``/``kind`` its decoder accepts, otherwise the claim fails to prepare with a message saying why.
 Precedence: class configs first, then claim configs, each in list order — a later config of the same kind
 overrides an earlier one for the requests it names.
 """
@@ -12,9 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from gpudra.model import names
-from gpudra.model.k8stypes import DeviceAllocationConfiguration
 
 
 class ConfigError(ValueError):
@@ -30,11 +28,14 @@ KNOWN_KINDS: Mapping[tuple[str, str], Decoder] = {}
 
 @dataclass(frozen=True, slots=True)
 class OpaqueConfig:
+    """An opaque config for our driver, its shape checked (see :mod:`gpudra.planning.claimjson`)."""
+
     source: str  # "FromClass" | "FromClaim"
     requests: tuple[str, ...]  # empty: applies to every request
     api_version: str
     kind: str
     parameters: Mapping[str, Any]
+    path: str = ""  # where the claim holds the parameters, for messages
 
     def applies_to(self, request: str) -> bool:
         """A config naming request ``r`` also applies to its subrequests ``r/<sub>``."""
@@ -43,44 +44,36 @@ class OpaqueConfig:
         parent = request.split("/", 1)[0]
         return request in self.requests or parent in self.requests
 
-
-def _parse_one(entry: DeviceAllocationConfiguration) -> OpaqueConfig | None:
-    opaque = entry.get("opaque")
-    if opaque is None or opaque.get("driver") != names.DRIVER_NAME:
-        return None
-    params = opaque.get("parameters")
-    if not isinstance(params, Mapping):
-        raise ConfigError("opaque config for gpudra.io: parameters must be an object")
-    api_version, kind = params.get("apiVersion"), params.get("kind")
-    if not isinstance(api_version, str) or not isinstance(kind, str) or not api_version or not kind:
-        raise ConfigError("opaque config for gpudra.io: parameters need apiVersion and kind")
-    source = entry.get("source", "FromClaim")
-    return OpaqueConfig(source, tuple(entry.get("requests", [])), api_version, kind, params)
+    def where(self) -> str:
+        return f"{self.path}: " if self.path else ""
 
 
-def parse_configs(entries: Iterable[DeviceAllocationConfiguration]) -> list[OpaqueConfig]:
-    """Our driver's configs in precedence order (FromClass before FromClaim, stable within each)."""
-    ours = [c for c in (_parse_one(e) for e in entries) if c is not None]
-    return sorted(ours, key=lambda c: 0 if c.source == "FromClass" else 1)
+def by_precedence(configs: Iterable[OpaqueConfig]) -> list[OpaqueConfig]:
+    """Lowest precedence first: FromClass before FromClaim, stable within each."""
+    return sorted(configs, key=lambda c: 0 if c.source == "FromClass" else 1)
+
+
+def _decode(cfg: OpaqueConfig, kinds: Mapping[tuple[str, str], Decoder]) -> object:
+    decoder = kinds.get((cfg.api_version, cfg.kind))
+    if decoder is None:
+        known = ", ".join(f"{v}/{k}" for v, k in sorted(kinds)) or "none are defined yet"
+        raise ConfigError(
+            f"{cfg.where()}unknown opaque config {cfg.api_version} kind {cfg.kind} for driver gpudra.io "
+            f"(known kinds: {known})"
+        )
+    try:
+        return decoder(cfg.parameters)
+    except ConfigError as e:
+        raise ConfigError(f"{cfg.where()}{e}") from e
 
 
 def resolve(
-    entries: Iterable[DeviceAllocationConfiguration],
+    configs: Iterable[OpaqueConfig],
     requests: Iterable[str],
     kinds: Mapping[tuple[str, str], Decoder] = KNOWN_KINDS,
 ) -> dict[str, tuple[object, ...]]:
     """For each request, the decoded configs that apply, one per kind, the highest-precedence one winning."""
-    configs = parse_configs(entries)
-    decoded: list[tuple[OpaqueConfig, object]] = []
-    for cfg in configs:
-        decoder = kinds.get((cfg.api_version, cfg.kind))
-        if decoder is None:
-            known = ", ".join(f"{v}/{k}" for v, k in sorted(kinds)) or "none are defined yet"
-            raise ConfigError(
-                f"unknown opaque config {cfg.api_version} kind {cfg.kind} for driver gpudra.io "
-                f"(known kinds: {known})"
-            )
-        decoded.append((cfg, decoder(cfg.parameters)))
+    decoded = [(cfg, _decode(cfg, kinds)) for cfg in by_precedence(configs)]
     out: dict[str, tuple[object, ...]] = {}
     for request in requests:
         by_kind: dict[tuple[str, str], object] = {}

@@ -24,6 +24,7 @@ from typing import Final
 
 from gpudra.model import names
 from gpudra.model.k8stypes import DeviceAttribute
+from gpudra.planning import claimnames
 
 CONTAINER_ROOT: Final = "/var/run/kubernetes.io/dra-device-attributes"
 #: Set by the ResourceClaim controller on claims it generates from a template: pod.spec.resourceClaims[].name
@@ -45,12 +46,23 @@ def top_request(request: str) -> str:
 
 
 def container_path(claim_name: str, pod_claim_name: str | None, request: str) -> str:
-    """Where the file for ``request`` appears in the container."""
+    """Where the file for ``request`` appears in the container.
+
+    Each name is one path component, so it must have its API format (the plan checks them, naming the
+    field); a name that does not raises ValueError rather than build a path outside :data:`CONTAINER_ROOT`.
+    """
     if pod_claim_name:
-        base = f"{CONTAINER_ROOT}/resourceclaimtemplates/{pod_claim_name}"
+        base = f"{CONTAINER_ROOT}/resourceclaimtemplates/{_component(pod_claim_name, claimnames.DNS_LABEL)}"
     else:
-        base = f"{CONTAINER_ROOT}/resourceclaims/{claim_name}"
-    return f"{base}/{top_request(request)}/{FILE_NAME}"
+        base = f"{CONTAINER_ROOT}/resourceclaims/{_component(claim_name, claimnames.DNS_SUBDOMAIN)}"
+    return f"{base}/{_component(top_request(request), claimnames.DNS_LABEL)}/{FILE_NAME}"
+
+
+def _component(name: str, fmt: claimnames.NameFormat) -> str:
+    problem = fmt.problem(name)
+    if problem is not None:
+        raise ValueError(f"device metadata path: {problem}")
+    return name
 
 
 def metadata_stream(

@@ -1,20 +1,21 @@
 """What a claim needs from this node: the pure half of prepare.
 
-From the ResourceClaim JSON, the node's inventory and what is already prepared, decide which devices to
-prepare for the claim — or why it cannot be. No I/O: :mod:`gpudra.state.prepare` does the fetching and
+From the ResourceClaim JSON (checked field by field in :mod:`gpudra.planning.claimjson`), the node's inventory
+and what is already prepared, decide which devices to prepare for the claim — or why it cannot be. Every
+error names the claim field it comes from. No I/O: :mod:`gpudra.state.prepare` does the fetching and
 writing.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gpudra.model import names
 from gpudra.model.inventory import Device
-from gpudra.model.k8stypes import DeviceRequestAllocationResult, ResourceClaim
-from gpudra.planning import config
-from gpudra.planning.devicemeta import POD_CLAIM_NAME_ANNOTATION
+from gpudra.model.k8stypes import ResourceClaim
+from gpudra.planning import claimjson, claimnames, config
 
 
 class PlanError(Exception):
@@ -71,57 +72,90 @@ def plan_claim(
     pool_name: str,
     config_kinds: Mapping[tuple[str, str], config.Decoder] = config.KNOWN_KINDS,
 ) -> ClaimPlan:
-    """Validate the claim against the kubelet's view and turn its allocation for gpudra.io into a plan."""
-    uid = claim.get("metadata", {}).get("uid")
-    if uid != ref.uid:
+    """Validate the claim against the kubelet's view and turn its allocation for gpudra.io into a plan.
+
+    Every name that becomes part of a path or is recorded is checked first: the kubelet's reference here,
+    the claim's fields in :func:`gpudra.planning.claimjson.check_claim`.
+    """
+    _check_ref(ref)
+    try:
+        checked = claimjson.check_claim(claim)
+    except claimjson.ClaimJsonError as e:
+        raise PlanError(f"ResourceClaim {ref.namespace}/{ref.name} is malformed: {e}", "invalid") from e
+    if checked.uid != ref.uid:
         raise PlanError(
-            f"ResourceClaim {ref.namespace}/{ref.name} has UID {uid}, the kubelet asked for {ref.uid}",
+            f"ResourceClaim {ref.namespace}/{ref.name} has UID {checked.uid}, "
+            f"the kubelet asked for {ref.uid}",
             "uid_mismatch",
         )
-    allocation = claim.get("status", {}).get("allocation", {}).get("devices", {})
-    results = [r for r in allocation.get("results", []) if r.get("driver") == names.DRIVER_NAME]
-    if not results:
+    _check_same_claim(ref, checked)
+    if not checked.devices:
         raise PlanError(
             f"ResourceClaim {ref} is not allocated any device of driver {names.DRIVER_NAME}", "not_allocated"
         )
-    requests = {r.get("request", "") for r in results}
+    requests = {d.request for d in checked.devices}
     try:
-        configs = config.resolve(allocation.get("config", []), requests, config_kinds)
+        configs = config.resolve(checked.configs, requests, config_kinds)
     except config.ConfigError as e:
         raise PlanError(str(e), "config") from e
-    annotations = claim.get("metadata", {}).get("annotations", {})
     return ClaimPlan(
         ref,
-        tuple(_device_to_prepare(r, devices, pool_name, configs) for r in results),
-        annotations.get(POD_CLAIM_NAME_ANNOTATION) or None,
+        tuple(_device_to_prepare(d, devices, pool_name, configs) for d in checked.devices),
+        checked.pod_claim_name,
     )
 
 
+def _check_ref(ref: ClaimRef) -> None:
+    """The kubelet's reference: its UID, namespace and name become file names and container paths."""
+    for field, value, fmt in (
+        ("uid", ref.uid, claimnames.CLAIM_UID),
+        ("namespace", ref.namespace, claimnames.DNS_LABEL),
+        ("name", ref.name, claimnames.DNS_SUBDOMAIN),
+    ):
+        problem = fmt.problem(value)
+        if problem is not None:
+            raise PlanError(f"the kubelet's claim reference: {field}: {problem}", "invalid")
+
+
+def _check_same_claim(ref: ClaimRef, checked: claimjson.CheckedClaim) -> None:
+    """The API answered for the claim the kubelet named (the UID is checked before)."""
+    pairs = (("namespace", checked.namespace, ref.namespace), ("name", checked.name, ref.name))
+    for field, got, want in pairs:
+        if got is not None and got != want:
+            raise PlanError(
+                f"ResourceClaim {ref.namespace}/{ref.name}: metadata.{field} is {json.dumps(got)}, "
+                f"the kubelet asked for {json.dumps(want)}",
+                "uid_mismatch",
+            )
+
+
 def _device_to_prepare(
-    r: DeviceRequestAllocationResult,
+    d: claimjson.AllocatedDevice,
     devices: Mapping[str, Device],
     pool_name: str,
     configs: Mapping[str, tuple[object, ...]],
 ) -> DeviceToPrepare:
-    pool, name, request = r.get("pool", ""), r.get("device", ""), r.get("request", "")
-    if pool != pool_name:
+    if d.pool != pool_name:
         raise PlanError(
-            f"device {pool}/{name} is in pool {pool!r}, this node publishes pool {pool_name!r}",
+            f"{d.path}.pool: device {d.pool}/{d.device} is in pool {d.pool!r}, "
+            f"this node publishes pool {pool_name!r}",
             "unknown_device",
         )
-    dev = devices.get(name)
+    dev = devices.get(d.device)
     if dev is None:
         raise PlanError(
-            f"device {name} is not on this node (it may have been removed since allocation)", "unknown_device"
+            f"{d.path}.device: device {d.device} is not on this node "
+            "(it may have been removed since allocation)",
+            "unknown_device",
         )
     return DeviceToPrepare(
-        request=request,
-        pool=pool,
-        name=name,
+        request=d.request,
+        pool=d.pool,
+        name=d.device,
         device=dev,
-        admin_access=bool(r.get("adminAccess", False)),
-        share_id=r.get("shareID") or None,
-        configs=configs.get(request, ()),
+        admin_access=d.admin_access,
+        share_id=d.share_id,
+        configs=configs.get(d.request, ()),
     )
 
 
