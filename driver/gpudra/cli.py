@@ -2,7 +2,10 @@
 live in :mod:`gpudra.devtools`.)
 
 Every ``run`` flag has an environment twin (``NODE_NAME``, ``KUBECONFIG``, ``GPUDRA_*``) so a DaemonSet can
-configure it from the downward API; a flag given on the command line wins over its twin.
+configure it from the downward API; a flag given on the command line wins over its twin, and both go through
+the same validator (:mod:`gpudra.runtime.flags`). An error that stops the command is one line, ``gpudra:
+<what> — <what to do>`` (JSON with ``--log-format json``): exit 2 for a bad flag, 1 when the node keeps the
+plugin from starting (:mod:`gpudra.runtime.errors`).
 """
 
 from __future__ import annotations
@@ -13,176 +16,157 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Final, NoReturn
 
 from gpudra import __version__
 from gpudra.runtime import logs
+from gpudra.runtime.errors import FatalError, UsageError
+from gpudra.runtime.flags import (
+    ABSOLUTE_PATH,
+    ABSOLUTE_PATHS,
+    BOOLEAN,
+    FILE,
+    IP_ADDRESS,
+    NODE_NAME,
+    POD_UID,
+    TEXT,
+    Opt,
+    choice,
+    count,
+    port,
+    resolve,
+    seconds,
+)
 from gpudra.vendors.base import HostRoots, VendorDriver
 
 BACKENDS = ("auto", "nvml", "amd", "mock")
 
+COMMON_OPTS: Final = (
+    Opt("--verbose", "GPUDRA_VERBOSITY", count(0, 9, "a verbosity"), "0",
+        "more logging: -v info, -vv debug, -vvv library debug", action="count", short="-v"),
+    Opt("--log-format", "GPUDRA_LOG_FORMAT", choice("text", "json"), "text", "log line format: text or json"),
+)  # fmt: skip
+BACKEND_OPTS: Final = (
+    Opt("--backend", "GPUDRA_BACKEND", choice(*BACKENDS), "auto", "hardware backend: " + ", ".join(BACKENDS)),
+    Opt("--profile", "GPUDRA_PROFILE", TEXT, None, "mock hardware profile: a built-in name or a JSON file"),
+    Opt("--sysfs-root", "GPUDRA_SYSFS_ROOT", ABSOLUTE_PATH, "/sys",
+        "sysfs mount to read PCI/NUMA placement from"),
+)  # fmt: skip
+RUN_OPTS: Final = (
+    Opt("--node-name", "NODE_NAME", NODE_NAME, None, "this node's name (required)"),
+    Opt("--kubeconfig", "KUBECONFIG", FILE, None, "kubeconfig file; in-cluster config when unset"),
+    Opt("--plugins-dir", "GPUDRA_PLUGINS_DIR", ABSOLUTE_PATH, "/var/lib/kubelet/plugins",
+        "kubelet plugins dir (DRA socket)"),
+    Opt("--registry-dir", "GPUDRA_REGISTRY_DIR", ABSOLUTE_PATH, "/var/lib/kubelet/plugins_registry",
+        "kubelet registry dir"),
+    Opt("--cdi-root", "GPUDRA_CDI_ROOT", ABSOLUTE_PATH, "/var/run/cdi", "where CDI specs are written"),
+    Opt("--state-dir", "GPUDRA_STATE_DIR", ABSOLUTE_PATH, None,
+        "checkpoint dir (default: <plugins-dir>/gpudra.io)"),
+    Opt("--run-dir", "GPUDRA_RUN_DIR", ABSOLUTE_PATH, None,
+        "per-boot files containers mount; tmpfs is best, e.g. /var/run/gpudra.io (default: state dir)"),
+    Opt("--dev-root", "GPUDRA_DEV_ROOT", ABSOLUTE_PATH, "/dev", "host /dev as this process sees it"),
+    Opt("--proc-root", "GPUDRA_PROC_ROOT", ABSOLUTE_PATH, "/proc",
+        "host /proc (NVIDIA MIG capability minors)"),
+    Opt("--driver-root", "GPUDRA_DRIVER_ROOT", ABSOLUTE_PATH, "/",
+        "NVIDIA driver root (/run/nvidia/driver with the operator)"),
+    Opt("--host-driver-root", "GPUDRA_HOST_DRIVER_ROOT", ABSOLUTE_PATH, None,
+        "the NVIDIA driver root as the host sees it, when mounted elsewhere here"),
+    Opt("--cdi-spec-dirs", "GPUDRA_CDI_SPEC_DIRS", ABSOLUTE_PATHS, "/etc/cdi:/var/run/cdi",
+        "colon-separated dirs with the NVIDIA Container Toolkit's CDI specs"),
+    Opt("--amd-additional-gids", "GPUDRA_AMD_ADDITIONAL_GIDS", BOOLEAN, "true",
+        "AMD: add the render node's group via CDI additionalGids; needs a runtime that knows CDI 0.7.0 "
+        "(containerd >= 1.7.16 or 2.x, CRI-O >= 1.30)", action="bool"),
+    Opt("--pod-uid", "GPUDRA_POD_UID", POD_UID, None, "per-pod socket names for rolling updates"),
+    Opt("--metrics-port", "GPUDRA_METRICS_PORT", port("to turn metrics off"), "0",
+        "serve Prometheus metrics on this port; 0 disables"),
+    Opt("--metrics-address", "GPUDRA_METRICS_ADDRESS", IP_ADDRESS, "127.0.0.1",
+        "address the metrics port listens on (default: loopback only; the DaemonSet gives the pod IP)"),
+    Opt("--probe-port", "GPUDRA_PROBE_PORT", port("to turn the probe endpoint off"), "0",
+        "serve grpc.health.v1 for kubelet gRPC probes on this port; 0 disables"),
+    Opt("--probe-address", "GPUDRA_PROBE_ADDRESS", IP_ADDRESS, "::",
+        "address the probe port listens on: where the kubelet connects, the pod IP (default: all)"),
+    Opt("--rediscover-interval", "GPUDRA_REDISCOVER_INTERVAL",
+        seconds(zero_ok=True, what="seconds between re-discovery passes, or 0 for none"), "60",
+        "seconds between re-discovery passes, which republish changed hardware (a lost GPU, a new MIG "
+        "layout); 0 turns them off (SIGHUP still triggers one)"),
+    Opt("--rediscover-pending-interval", "GPUDRA_REDISCOVER_PENDING_INTERVAL",
+        seconds(zero_ok=False, what="a number of seconds above 0"), "15",
+        "while NVLink fabric registration is pending: seconds to the first re-discovery, doubling up to "
+        "--rediscover-interval"),
+    Opt("--grpc-workers", "GPUDRA_GRPC_WORKERS", count(1, 64, "kubelet calls served at once"), "4",
+        "kubelet calls served at once (default 4; see docs/benchmarks.md)"),
+)  # fmt: skip
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value else default
+
+def _discover_opts() -> tuple[Opt, ...]:
+    hostname = socket.gethostname()
+    return (Opt("--node-name", "NODE_NAME", TEXT, hostname, "node the slices are for (default: hostname)"),)
 
 
-def _add_backend_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default=_env("GPUDRA_BACKEND", "auto"),
-        help="hardware backend [env GPUDRA_BACKEND] (default: auto)",
-    )
-    p.add_argument(
-        "--profile",
-        default=_env("GPUDRA_PROFILE"),
-        help="mock hardware profile: a built-in name or a JSON file [env GPUDRA_PROFILE]",
-    )
-    p.add_argument(
-        "--sysfs-root",
-        type=Path,
-        default=Path(_env("GPUDRA_SYSFS_ROOT", "/sys") or "/sys"),
-        help="sysfs mount to read PCI/NUMA placement from [env GPUDRA_SYSFS_ROOT]",
-    )
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an error is one line (:class:`UsageError`) instead of the usage text and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, f"see `{self.prog} --help`")
 
 
-def _add_common_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "-v",
-        "--verbose",
-        action="count",
-        default=int(_env("GPUDRA_VERBOSITY", "0") or 0),
-        help="more logging: -v info, -vv debug, -vvv library debug [env GPUDRA_VERBOSITY]",
-    )
-    p.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default=_env("GPUDRA_LOG_FORMAT", "text"),
-        help="log line format [env GPUDRA_LOG_FORMAT]",
-    )
+def _add(p: argparse.ArgumentParser, opts: Sequence[Opt]) -> None:
+    for opt in opts:
+        names = [opt.short, opt.flag] if opt.short else [opt.flag]
+        help_text = f"{opt.help} [env {opt.env}]"
+        if opt.action == "count":
+            p.add_argument(*names, dest=opt.dest, action="count", default=None, help=help_text)
+        elif opt.action == "bool":
+            p.add_argument(*names, dest=opt.dest, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            p.add_argument(*names, dest=opt.dest, default=None, metavar=opt.dest.upper(), help=help_text)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gpudra", description="Kubernetes DRA driver for NVIDIA and AMD GPUs"
-    )
+    parser = _Parser(prog="gpudra", description="Kubernetes DRA driver for NVIDIA and AMD GPUs")
     parser.add_argument("--version", action="version", version=f"gpudra {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-
     d = sub.add_parser("discover", help="show the GPUs found, or the ResourceSlices that would be published")
-    _add_backend_flags(d)
-    _add_common_flags(d)
+    _add(d, (*COMMON_OPTS, *BACKEND_OPTS, *_discover_opts()))
     d.add_argument("-o", "--output", choices=("table", "yaml", "json"), default="table")
-    d.add_argument(
-        "--node-name",
-        default=_env("NODE_NAME", socket.gethostname()),
-        help="node the slices are for (default: hostname) [env NODE_NAME]",
-    )
-
     r = sub.add_parser("run", help="run the kubelet plugin")
-    _add_backend_flags(r)
-    _add_common_flags(r)
-    r.add_argument("--node-name", default=_env("NODE_NAME"), help="this node's name [env NODE_NAME]")
-    r.add_argument(
-        "--kubeconfig",
-        type=Path,
-        default=_env("KUBECONFIG"),
-        help="kubeconfig file; in-cluster config when unset [env KUBECONFIG]",
-    )
-    for flag, env, default, what in (
-        (
-            "--plugins-dir",
-            "GPUDRA_PLUGINS_DIR",
-            "/var/lib/kubelet/plugins",
-            "kubelet plugins dir (DRA socket)",
-        ),
-        (
-            "--registry-dir",
-            "GPUDRA_REGISTRY_DIR",
-            "/var/lib/kubelet/plugins_registry",
-            "kubelet registry dir",
-        ),
-        ("--cdi-root", "GPUDRA_CDI_ROOT", "/var/run/cdi", "where CDI specs are written"),
-        ("--state-dir", "GPUDRA_STATE_DIR", None, "checkpoint dir (default: <plugins-dir>/gpudra.io)"),
-        (
-            "--run-dir",
-            "GPUDRA_RUN_DIR",
-            None,
-            "per-boot files containers mount; tmpfs is best, e.g. /var/run/gpudra.io (default: state dir)",
-        ),
-        ("--dev-root", "GPUDRA_DEV_ROOT", "/dev", "host /dev as this process sees it"),
-        ("--proc-root", "GPUDRA_PROC_ROOT", "/proc", "host /proc (NVIDIA MIG capability minors)"),
-        (
-            "--driver-root",
-            "GPUDRA_DRIVER_ROOT",
-            "/",
-            "NVIDIA driver root (/run/nvidia/driver with the operator)",
-        ),
-        (
-            "--host-driver-root",
-            "GPUDRA_HOST_DRIVER_ROOT",
-            None,
-            "the NVIDIA driver root as the host sees it, when mounted elsewhere here",
-        ),
-    ):
-        value = _env(env, default)
-        r.add_argument(flag, type=Path, default=Path(value) if value else None, help=f"{what} [env {env}]")
-    r.add_argument(
-        "--cdi-spec-dirs",
-        default=_env("GPUDRA_CDI_SPEC_DIRS", "/etc/cdi:/var/run/cdi"),
-        help="colon-separated dirs with the NVIDIA Container Toolkit's CDI specs [env GPUDRA_CDI_SPEC_DIRS]",
-    )
-    r.add_argument(
-        "--amd-additional-gids",
-        action=argparse.BooleanOptionalAction,
-        default=(_env("GPUDRA_AMD_ADDITIONAL_GIDS", "true") or "true").lower() not in ("0", "false", "no"),
-        help="AMD: add the render node's group via CDI additionalGids; needs a runtime that knows CDI "
-        "0.7.0 (containerd >= 1.7.16 or 2.x, CRI-O >= 1.30) [env GPUDRA_AMD_ADDITIONAL_GIDS]",
-    )
-    r.add_argument(
-        "--pod-uid",
-        default=_env("GPUDRA_POD_UID"),
-        help="per-pod socket names for rolling updates [env GPUDRA_POD_UID]",
-    )
-    r.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(_env("GPUDRA_METRICS_PORT", "0") or 0),
-        help="serve Prometheus metrics on this port; 0 disables [env GPUDRA_METRICS_PORT]",
-    )
-    r.add_argument(
-        "--probe-port",
-        type=int,
-        default=int(_env("GPUDRA_PROBE_PORT", "0") or 0),
-        help="serve grpc.health.v1 for kubelet gRPC probes on this port; 0 disables [env GPUDRA_PROBE_PORT]",
-    )
-    r.add_argument(
-        "--rediscover-interval",
-        type=float,
-        default=float(_env("GPUDRA_REDISCOVER_INTERVAL", "60") or 60),
-        help="seconds between re-discovery passes, which republish changed hardware (a lost GPU, a new MIG "
-        "layout); 0 turns them off (SIGHUP still triggers one) [env GPUDRA_REDISCOVER_INTERVAL]",
-    )
-    r.add_argument(
-        "--rediscover-pending-interval",
-        type=float,
-        default=float(_env("GPUDRA_REDISCOVER_PENDING_INTERVAL", "15") or 15),
-        help="while NVLink fabric registration is pending: seconds to the first re-discovery, doubling up "
-        "to --rediscover-interval [env GPUDRA_REDISCOVER_PENDING_INTERVAL]",
-    )
-    r.add_argument(
-        "--grpc-workers",
-        type=int,
-        default=int(_env("GPUDRA_GRPC_WORKERS", "4") or 4),
-        help="kubelet calls served at once (default 4; see docs/benchmarks.md) [env GPUDRA_GRPC_WORKERS]",
-    )
+    _add(r, (*COMMON_OPTS, *BACKEND_OPTS, *RUN_OPTS))
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> argparse.Namespace:
+    """The command line, each option resolved from its flag, its environment twin or its default, and
+    checked by one validator. Raises :class:`UsageError`."""
+    env = os.environ if environ is None else environ
     args = _parser().parse_args(argv)
+    command_opts = RUN_OPTS if args.command == "run" else _discover_opts()
+    for opt in (*COMMON_OPTS, *BACKEND_OPTS, *command_opts):
+        setattr(args, opt.dest, resolve(opt, getattr(args, opt.dest), env))
+    return args
+
+
+def _log_format_hint(argv: Sequence[str]) -> str:
+    """The log format asked for, before the command line is known to parse (for the error saying it does
+    not)."""
+    for i, arg in enumerate(argv):
+        if arg == "--log-format" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--log-format="):
+            return arg.partition("=")[2]
+    return os.environ.get("GPUDRA_LOG_FORMAT") or "text"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parse_args(argv)
+    except UsageError as e:
+        logs.fatal(e.what, e.fix, _log_format_hint(argv))
+        return e.exit_code
     logs.setup(args.verbose, args.log_format)
     from gpudra.vendors.base import DiscoveryError
 
@@ -191,8 +175,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _discover(args)
         return _run(args)
     except DiscoveryError as e:
-        print(f"gpudra: {e}", file=sys.stderr)
+        fix = "check --backend (GPUDRA_BACKEND) and the GPU driver on this node"
+        logs.fatal(f"discovery failed: {e}", fix, args.log_format)
         return 2
+    except FatalError as e:
+        logs.fatal(e.what, e.fix, args.log_format)
+        return e.exit_code
 
 
 def _open_driver(
@@ -230,11 +218,11 @@ def _discover(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from gpudra.runtime.app import Plugin, serve
-    from gpudra.runtime.config import RunConfig
+    from gpudra.runtime.config import RunConfig, check
 
     if not args.node_name:
-        print("gpudra: --node-name (or NODE_NAME) is required", file=sys.stderr)
-        return 2
+        fix = "pass --node-name or set NODE_NAME (the DaemonSet sets it from spec.nodeName)"
+        raise UsageError("--node-name is not set", fix)
     cfg = RunConfig(
         node_name=args.node_name,
         kubeconfig=args.kubeconfig,
@@ -247,17 +235,24 @@ def _run(args: argparse.Namespace) -> int:
         proc_root=args.proc_root,
         driver_root=args.driver_root,
         host_driver_root=args.host_driver_root,
-        cdi_spec_dirs=tuple(Path(d) for d in args.cdi_spec_dirs.split(":") if d),
+        cdi_spec_dirs=args.cdi_spec_dirs,
         amd_additional_gids=args.amd_additional_gids,
         pod_uid=args.pod_uid,
         metrics_port=args.metrics_port,
-        grpc_workers=max(1, args.grpc_workers),
+        metrics_address=args.metrics_address,
+        grpc_workers=args.grpc_workers,
         probe_port=args.probe_port,
-        rediscover_interval_s=max(0.0, args.rediscover_interval),
-        rediscover_initial_s=max(0.01, args.rediscover_pending_interval),
+        probe_address=args.probe_address,
+        rediscover_interval_s=args.rediscover_interval,
+        rediscover_initial_s=args.rediscover_pending_interval,
     )
+    check(cfg)
     driver = _open_driver(args, cfg.host_roots, cfg.effective_run_dir / "claims")
-    code = serve(Plugin(cfg, driver))
+    try:
+        code = serve(Plugin(cfg, driver))
+    except FatalError as e:
+        logs.fatal(e.what, e.fix, args.log_format)
+        code = e.exit_code
     # Everything that matters is on disk (atomic writes) and the sockets are gone. Skip the interpreter's
     # teardown of gRPC and its threads, which costs ~100 ms: the DaemonSet budget for SIGTERM is 25 ms.
     logging.shutdown()

@@ -319,26 +319,41 @@ def test_nodes_are_chosen_by_default_nfd_labels(overlay: tuple[str, dict[str, An
     assert {"key": taint, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
 
 
+#: What the downward API gives, by field (a pod's UID, a node name and a pod IP of the right shapes).
+DOWNWARD = {
+    "spec.nodeName": "node-a",
+    "metadata.uid": "0b3c5d1e-7f2a-4c6b-9e8d-1a2b3c4d5e6f",
+    "status.podIP": "10.1.2.3",
+}
+
+
 def test_cli_reads_the_daemonset_environment(
     overlay: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The env twins the DaemonSet sets are those ``gpudra run`` reads (defaults are read at parse time)."""
+    """The env twins the DaemonSet sets are those ``gpudra run`` reads, and each passes its validator."""
     c = _plugin(overlay[1]["DaemonSet"])
     for key in list(os.environ):
         if key.startswith("GPUDRA_"):
             monkeypatch.delenv(key)
     for key, value in _env(c).items():
-        monkeypatch.setenv(key, value if isinstance(value, str) else "from-downward-api")
-    args = cli._parser().parse_args(c["args"])
+        monkeypatch.setenv(key, value if isinstance(value, str) else DOWNWARD[value["fieldRef"]["fieldPath"]])
+    args = cli.parse_args(c["args"])
     env = _env(c)
     assert args.command == "run"
-    assert args.node_name == "from-downward-api"
+    assert args.node_name == "node-a"
     assert args.backend == env["GPUDRA_BACKEND"]
-    assert args.pod_uid == "from-downward-api"
+    assert args.pod_uid == DOWNWARD["metadata.uid"]
     assert (args.probe_port, args.metrics_port) == (
         int(env["GPUDRA_PROBE_PORT"]),
         int(env["GPUDRA_METRICS_PORT"]),
     )
+    # Both listen on the pod IP: where the kubelet's gRPC probe connects, and where Prometheus scrapes.
+    assert (
+        env["GPUDRA_PROBE_ADDRESS"]
+        == env["GPUDRA_METRICS_ADDRESS"]
+        == {"fieldRef": {"fieldPath": "status.podIP"}}
+    )
+    assert args.probe_address == args.metrics_address == "10.1.2.3"
     assert str(args.plugins_dir) == env["GPUDRA_PLUGINS_DIR"]
     assert str(args.cdi_root) == env["GPUDRA_CDI_ROOT"]
     assert str(args.sysfs_root) == env["GPUDRA_SYSFS_ROOT"]

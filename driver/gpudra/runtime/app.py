@@ -1,9 +1,16 @@
 """Wiring and lifecycle of the kubelet plugin: the only module that knows every layer.
 
-Start order: discover, open the checkpoint (devices claims created are not published as devices of their
-own), make the node state and start publishing it (its own threads), clean the state dir (orphaned CDI
-specs), serve the DRA socket, and only then offer the registration socket — the kubelet may call the DRA
-service the moment it sees us — then start re-discovery. Stop order is the reverse; slices stay in the API.
+Start order: load the API configuration, check everything local the plugin needs (directories, sockets,
+ports: :mod:`gpudra.runtime.preflight`), discover, open the checkpoint (devices claims created are not
+published as devices of their own), make the node state and start publishing it (its own threads), clean the
+leftovers of a killed predecessor and the state dir (orphaned CDI specs), serve the DRA socket, and only then
+offer the registration socket — the kubelet may call the DRA service the moment it sees us — then start
+re-discovery. Stop order is the reverse; slices stay in the API.
+
+Nothing is published before every local check passed: the scheduler places claims on a node whose devices
+it sees, so a plugin that cannot serve them must fail first. A start-up failure is a
+:class:`~gpudra.runtime.errors.StartupError` (one line for the log, exit 1) and, once the API client exists,
+a Warning Event on the Node.
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ from gpudra.kube.client import KubeClient, load_config
 from gpudra.kube.publisher import Publisher
 from gpudra.model.inventory import Inventory
 from gpudra.planning.offer import plan_offer
+from gpudra.runtime import preflight
 from gpudra.runtime.config import RunConfig
+from gpudra.runtime.errors import StartupError
 from gpudra.runtime.metrics import Metrics, NullMetrics
 from gpudra.runtime.metrics import create as create_metrics
-from gpudra.state.checkpoint import CheckpointStore, read_boot_id
+from gpudra.state.checkpoint import CheckpointStore, CheckpointUnavailable, read_boot_id
 from gpudra.state.node import NodeStateStore
 from gpudra.state.rediscovery import Rediscovery
 from gpudra.vendors.base import VendorDriver
@@ -57,16 +66,19 @@ class Plugin:
         self._probe: ProbeServerLike | None = None
 
     def start(self) -> None:
+        """Start everything, or raise :class:`StartupError` (after a Node Event, when the API is known)."""
+        self.kube = kube = connect(self.cfg)
+        try:
+            self._start(kube)
+        except StartupError as e:
+            kube.node_event(self.cfg.node_name, None, e.reason, str(e))
+            raise
+
+    def _start(self, kube: KubeClient) -> None:
         cfg = self.cfg
-        self.metrics = metrics = create_metrics(cfg.metrics_port)
-        t0 = time.monotonic()
-        inv = self.driver.discover()
-        self._discovered(time.monotonic() - t0, inv)
-        took_ms = (time.monotonic() - t0) * 1000
-        log.info("discovered %d device(s) in %.1f ms via %s", len(inv.devices), took_ms, self.driver.name)
-        for warning in inv.warnings:
-            log.warning("discovery: %s", warning)
-        self.kube = kube = KubeClient(load_config(cfg.kubeconfig))
+        preflight.check(cfg)
+        self.metrics = metrics = self._serve_metrics()
+        inv = self._discover()
         store = self._checkpoint(kube)
         created = frozenset(u for rec in store.snapshot().values() for u in rec.applied.created_devices)
         self.node = node = NodeStateStore(plan_offer(inv, created))
@@ -87,24 +99,52 @@ class Plugin:
         self.rediscovery.start()
         log.info("gpudra serving: DRA %s, registration %s", cfg.dra_socket, cfg.registration_socket)
 
+    def _serve_metrics(self) -> Metrics:
+        cfg = self.cfg
+        try:
+            return create_metrics(cfg.metrics_port, cfg.metrics_address)
+        except OSError as e:  # taken since the start-up check
+            raise preflight.port_error(
+                "--metrics-port", "--metrics-address", cfg.metrics_address, cfg.metrics_port, e
+            ) from e
+
+    def _discover(self) -> Inventory:
+        t0 = time.monotonic()
+        inv = self.driver.discover()
+        self._discovered(time.monotonic() - t0, inv)
+        took_ms = (time.monotonic() - t0) * 1000
+        log.info("discovered %d device(s) in %.1f ms via %s", len(inv.devices), took_ms, self.driver.name)
+        for warning in inv.warnings:
+            log.warning("discovery: %s", warning)
+        return inv
+
     def _discovered(self, seconds: float, inv: Inventory) -> None:
         self.metrics.discovery(seconds, len(inv.devices))
 
     def _checkpoint(self, kube: KubeClient) -> CheckpointStore:
+        """The checkpoint store; a checkpoint that cannot be used and was not moved aside (the store does
+        that where it can, and says so with ``on_corrupt``) ends the start-up."""
         cfg = self.cfg
         state = cfg.effective_state_dir
-        state.mkdir(parents=True, exist_ok=True)
-        return CheckpointStore(
-            state / "checkpoint.json",
-            state / "checkpoint.lock",
-            read_boot_id(),
-            on_corrupt=lambda path, why: kube.node_event(
-                cfg.node_name,
-                None,
-                "GpudraCheckpointCorrupted",
-                f"gpudra moved a corrupted checkpoint aside to {path}: {why}",
-            ),
-        )
+        try:
+            return CheckpointStore(
+                state / "checkpoint.json",
+                state / "checkpoint.lock",
+                read_boot_id(),
+                on_corrupt=lambda path, why: kube.node_event(
+                    cfg.node_name,
+                    None,
+                    "GpudraCheckpointCorrupted",
+                    f"gpudra moved a corrupted checkpoint aside to {path}: {why}",
+                ),
+            )
+        except CheckpointUnavailable as e:
+            what = f"checkpoint {e.path} cannot be used: {e.reason}"
+            raise StartupError(what, e.fix, "GpudraCheckpointUnavailable") from e
+        except OSError as e:
+            what = f"the checkpoint in {state} cannot be used: {e.strerror or e}"
+            fix = f"check {state} and the files in it (their owner, mode, `lsattr`, and the disk)"
+            raise StartupError(what, fix, "GpudraCheckpointUnavailable") from e
 
     def _serve_kubelet(
         self, kube: KubeClient, node: NodeStateStore, store: CheckpointStore, metrics: Metrics
@@ -125,20 +165,38 @@ class Plugin:
             ApiClaims(kube), node, store, CdiWriter(cfg.cdi_root),
             driver=self.driver, settings=settings, on_prepared=on_prepared,
         )  # fmt: skip
+        removed = preflight.remove_leftovers(cfg)
+        if removed:
+            log.info("removed %d leftover temp file(s) of interrupted writes", removed)
         preparer.collect_garbage()
         # grpc_workers prepares at once; the reserve threads keep unprepare and probes free of them.
         registrars = dra.registrars(preparer, metrics, prepare_slots=cfg.grpc_workers)
         self._dra = UnixServer(cfg.dra_socket, registrars, dra.server_threads(cfg.grpc_workers))
-        self._dra.start()
         self.registrar = Registrar(cfg.registration_socket, cfg.dra_socket)
-        self.registrar.start()
+        try:
+            self._dra.start()
+            self.registrar.start()
+        except OSError as e:  # the start-up check passed, so something changed since: say which path
+            what = f"cannot offer the kubelet sockets: {e.strerror or e}"
+            raise StartupError(what, "check the path named, then restart the plugin") from e
         if cfg.probe_port:
-            from gpudra.kubelet.probe import PluginChecker, ProbeServer  # grpc_health only when probes are on
-
-            checker = PluginChecker(cfg.registration_socket, cfg.dra_socket, self.registrar.registered.is_set)
-            self._probe = ProbeServer(cfg.probe_port, checker)
-            self._probe.start()
+            self._probe = self._serve_probe()
         return preparer
+
+    def _serve_probe(self) -> ProbeServerLike:
+        from gpudra.kubelet.probe import PluginChecker, ProbeServer  # grpc_health only when probes are on
+
+        cfg = self.cfg
+        assert self.registrar is not None
+        checker = PluginChecker(cfg.registration_socket, cfg.dra_socket, self.registrar.registered.is_set)
+        probe = ProbeServer(cfg.probe_port, checker, host=cfg.probe_host)
+        try:
+            probe.start()
+        except OSError as e:
+            raise preflight.port_error(
+                "--probe-port", "--probe-address", cfg.probe_address, cfg.probe_port, e
+            ) from e
+        return probe
 
     def rediscover(self) -> None:
         """Discover again now (SIGHUP); the pass runs on the re-discovery thread."""
@@ -160,6 +218,21 @@ class Plugin:
         self.driver.close()
 
 
+def connect(cfg: RunConfig) -> KubeClient:
+    """The API client from ``--kubeconfig`` or the pod's service account. Raises StartupError."""
+    try:
+        return KubeClient(load_config(cfg.kubeconfig))
+    except Exception as e:  # a file a human wrote: YAML, lightkube and OS errors alike mean "fix the file"
+        reason = " ".join(str(e).split())[:300] or type(e).__name__
+        if cfg.kubeconfig is not None:
+            what = f"cannot use the kubeconfig {cfg.kubeconfig}: {reason}"
+            fix = "give --kubeconfig (or KUBECONFIG) a valid kubeconfig file"
+        else:
+            what = f"no API server configuration: not in a pod with a service account token, and {reason}"
+            fix = "run in the DaemonSet (in-cluster config), or give --kubeconfig (or KUBECONFIG)"
+        raise StartupError(what, fix) from e
+
+
 def serve(plugin: Plugin) -> int:
     """Run until SIGTERM or SIGINT; SIGHUP discovers again. Returns the process exit code.
 
@@ -170,8 +243,10 @@ def serve(plugin: Plugin) -> int:
     """
     stops = {signal.SIGTERM, signal.SIGINT}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {*stops, signal.SIGHUP})
+    started = False
     try:
         plugin.start()
+        started = True
         # What start-up built (modules, inventory, slices) lives as long as the process: keep it out of the
         # cyclic GC's reach. A full collection walked it in ~20 ms on synthetic-256, inside some kubelet call.
         gc.freeze()
@@ -182,6 +257,7 @@ def serve(plugin: Plugin) -> int:
     finally:
         t0 = time.monotonic()
         plugin.stop()
-        log.info("stopped in %.1f ms", (time.monotonic() - t0) * 1000)
+        # After a failed start the error's own line is the one that matters (the caller prints it).
+        (log.info if started else log.debug)("stopped in %.1f ms", (time.monotonic() - t0) * 1000)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return 0

@@ -1,13 +1,28 @@
-"""``gpudra run``'s configuration: paths, ports, intervals, and what follows from them."""
+"""``gpudra run``'s configuration: paths, ports, intervals, and what follows from them.
+
+Bind addresses: the kubelet's gRPC probe has no host field, it always dials the pod's IP, so the probe must
+listen there. Without the downward API the plugin cannot know that IP, so the probe listens on all
+addresses by default (``::``, IPv4 too). In a pod network namespace that is the pod IP and loopback; with
+``hostNetwork`` it would be every address of the node, which is why the DaemonSet sets
+``GPUDRA_PROBE_ADDRESS`` to ``status.podIP`` (the node's address then: exactly where the kubelet connects).
+The probe only says SERVING or NOT_SERVING. Metrics say more (the node's devices, claim rates): they listen
+on loopback unless an address is given; the DaemonSet gives the pod IP, where Prometheus scrapes.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from gpudra.kubelet.paths import fit_socket_path, socket_name
 from gpudra.model import names
+from gpudra.runtime.errors import UsageError
 from gpudra.vendors.base import HostRoots
+
+#: All addresses, IPv6 and IPv4 (gRPC falls back to IPv4 alone where IPv6 is off).
+ALL_ADDRESSES: Final = "::"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +43,8 @@ class RunConfig:
     pod_uid: str | None = None  # set during rolling updates: per-pod socket names
     metrics_port: int = 0  # 0: no metrics endpoint
     probe_port: int = 0  # 0: no grpc.health.v1 endpoint for kubelet probes
+    metrics_address: str = "127.0.0.1"  # an IP literal; see the module docstring for both defaults
+    probe_address: str = ALL_ADDRESSES
     # Calls served at once. Each holds the GIL for its CPU work, so more workers add contention: with 8
     # calls in flight on 2 cores, 8 workers prepared 270 claims/s at 3.3 ms CPU each, 4 workers 300-360
     # at 2.8-3.1 ms, 2 workers 320-370 at 2.4-2.7 ms. 4 keeps calls waiting on a slow API server apart.
@@ -53,8 +70,12 @@ class RunConfig:
 
     @property
     def registration_socket(self) -> Path:
-        stem = f"{names.DRIVER_NAME}-{self.pod_uid}" if self.pod_uid else names.DRIVER_NAME
-        return fit_socket_path(self.registry_dir, f"{stem}-reg.sock")
+        return fit_socket_path(self.registry_dir, _registration_name(self.pod_uid))
+
+    @property
+    def probe_host(self) -> str:
+        """The probe address as gRPC wants it (IPv6 in brackets)."""
+        return grpc_host(self.probe_address)
 
     @property
     def host_roots(self) -> HostRoots:
@@ -66,3 +87,30 @@ class RunConfig:
             cdi_dirs=self.cdi_spec_dirs,
             additional_gids=self.amd_additional_gids,
         )
+
+
+def _registration_name(pod_uid: str | None) -> str:
+    stem = f"{names.DRIVER_NAME}-{pod_uid}" if pod_uid else names.DRIVER_NAME
+    return f"{stem}-reg.sock"
+
+
+def grpc_host(address: str) -> str:
+    return f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
+
+
+def check(cfg: RunConfig) -> None:
+    """What no flag shows alone: raises :class:`UsageError`."""
+    if cfg.metrics_port and cfg.metrics_port == cfg.probe_port:
+        raise UsageError(
+            f"--metrics-port and --probe-port are both {cfg.metrics_port}",
+            "give them different ports (GPUDRA_METRICS_PORT, GPUDRA_PROBE_PORT)",
+        )
+    for flag, directory, name in (
+        ("--plugins-dir", cfg.plugin_dir, socket_name("dra", cfg.pod_uid)),
+        ("--registry-dir", cfg.registry_dir, _registration_name(cfg.pod_uid)),
+    ):
+        try:
+            fit_socket_path(directory, name)
+        except ValueError as e:
+            fix = f"choose a shorter {flag} (a unix socket path has at most 107 bytes)"
+            raise UsageError(str(e), fix) from None

@@ -2,6 +2,9 @@
 
 Verbosity: 0 = warnings and the few lifecycle lines at INFO from gpudra itself (default), 1 (-v) = INFO
 for everything, 2 (-vv) = DEBUG (one line per prepared claim), 3+ = DEBUG including gRPC/HTTP libraries.
+
+An error that ends the process is one line too (:func:`fatal`): ``gpudra: <what> — <what to do>``, or with
+the JSON format one object carrying ``what`` and ``fix`` as well.
 """
 
 from __future__ import annotations
@@ -9,13 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
+
+
+def _timestamp(created: float) -> str:
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -38,3 +46,18 @@ def setup(verbosity: int = 0, fmt: str = "text") -> None:
     if verbosity < 3:
         for noisy in ("httpx2", "httpcore2", "grpc"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def fatal(what: str, fix: str, fmt: str = "text") -> None:
+    """Print the one line of an error that ends the process, to stderr (the pod's log)."""
+    if fmt == "json":
+        entry = {
+            "ts": _timestamp(time.time()),
+            "level": "error",
+            "logger": "gpudra",
+            "msg": f"{what} — {fix}",
+        }
+        line = json.dumps({**entry, "what": what, "fix": fix})
+    else:
+        line = f"gpudra: {what} — {fix}"
+    print(line.replace("\n", " "), file=sys.stderr, flush=True)

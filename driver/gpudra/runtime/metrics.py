@@ -1,4 +1,5 @@
-"""Prometheus metrics, served on ``--metrics-port`` (off by default).
+"""Prometheus metrics, served on ``--metrics-address``:``--metrics-port`` (off by default; loopback unless an
+address is given, see :mod:`gpudra.runtime.config`).
 
 prometheus-client is imported only when metrics are enabled: it costs ~14 MiB of RSS, which the plugin does
 not pay when nobody scrapes it. With metrics off every call goes to :class:`NullMetrics`.
@@ -56,7 +57,8 @@ class NullMetrics:
 
 
 class PrometheusMetrics:
-    def __init__(self, port: int, addr: str = "0.0.0.0") -> None:
+    def __init__(self, port: int, addr: str = "127.0.0.1") -> None:
+        """Raises OSError when ``addr:port`` cannot be bound."""
         import prometheus_client as prom
 
         self._calls = prom.Histogram(
@@ -105,5 +107,6 @@ class PrometheusMetrics:
         self._devices.set(devices)
 
 
-def create(port: int) -> Metrics:
-    return PrometheusMetrics(port) if port > 0 else NullMetrics()
+def create(port: int, address: str = "127.0.0.1") -> Metrics:
+    """Raises OSError when the port cannot be bound."""
+    return PrometheusMetrics(port, address) if port > 0 else NullMetrics()
