@@ -129,7 +129,7 @@ def test_corrupted_checkpoint_is_moved_aside(api: FakeApiServer, plugin: PluginP
     involved = event()[0]["involvedObject"]
     assert isinstance(involved, dict)
     assert (involved["kind"], involved["name"]) == ("Node", NODE)
-    assert "moved a corrupted checkpoint aside" in str(event()[0]["message"])
+    assert "checkpoint was damaged or unusable" in str(event()[0]["message"])
 
 
 def test_sigterm_stops_cleanly_and_removes_sockets(plugin: PluginProcess) -> None:

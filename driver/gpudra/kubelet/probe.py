@@ -142,7 +142,9 @@ class ProbeServer:
         self.port = 0
 
     def start(self) -> int:
-        server = grpc.server(ThreadPoolExecutor(self._max_workers, thread_name_prefix="probe"))
+        # No SO_REUSEPORT (gRPC's default): a second process must not share, or steal, the probe port.
+        pool = ThreadPoolExecutor(self._max_workers, thread_name_prefix="probe")
+        server = grpc.server(pool, options=[("grpc.so_reuseport", 0)])
         health_pb2_grpc.add_HealthServicer_to_server(_HealthServicer(self._checker), server)
         port = server.add_insecure_port(f"{self._host}:{self._requested}")
         if port == 0:

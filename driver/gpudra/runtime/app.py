@@ -135,7 +135,7 @@ class Plugin:
                     cfg.node_name,
                     None,
                     "GpudraCheckpointCorrupted",
-                    f"gpudra moved a corrupted checkpoint aside to {path}: {why}",
+                    f"gpudra's checkpoint was damaged or unusable; what it could not use is at {path}: {why}",
                 ),
             )
         except CheckpointUnavailable as e:
