@@ -35,6 +35,8 @@ class PluginProcess:
     server: str | None = None
     #: Resource limits of the plugin process, as ``prlimit`` options (e.g. ``["--fsize=6000"]``).
     limits: list[str] = field(default_factory=list)
+    #: Environment of the plugin process on top of the test's (whose GPUDRA_* variables are never passed).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def registry(self) -> Path:
@@ -93,7 +95,7 @@ class PluginProcess:
             str(self.cdi_root),
             *self.extra_args,
         ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GPUDRA_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GPUDRA_")} | self.env
         with self.log_path.open("ab") as log:
             if self.limits:
                 cmd = ["prlimit", *self.limits, "--", *cmd]

@@ -266,7 +266,12 @@ def test_a_dropped_keep_alive_connection_is_retried_transparently(tmp_path: Path
     [
         (403, status(403, "Forbidden", "no access"), "Forbidden", "no access"),
         (500, status(500, "InternalError", "it broke"), "InternalError", "it broke"),
-        (502, b"<html>bad gateway</html>", "", "HTTP 502 Bad Gateway: <html>bad gateway</html>"),
+        (
+            502,
+            b"<html>bad gateway</html>",
+            "",
+            "HTTP 502 Bad Gateway, not a Kubernetes Status (application/json): <html>bad gateway</html>",
+        ),
     ],
 )
 def test_errors_keep_the_status_code_reason_and_message(

@@ -1,9 +1,11 @@
-"""``KubeClient.get_claim``'s keep-alive transport over TLS: a throwaway CA and client certificates made with
-the ``openssl`` CLI, a real handshake against the scripted server of :mod:`tests.unit.test_kube_http`."""
+"""``KubeClient.get_claim``'s keep-alive transport, and the watch stream, over TLS: a throwaway CA and client
+certificates made with the ``openssl`` CLI, a real handshake against the scripted server of
+:mod:`tests.unit.test_kube_http`."""
 
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import ssl
 import subprocess
@@ -106,3 +108,26 @@ def test_tls_with_the_wrong_ca_is_unreachable(pki: Pki, tmp_path: Path) -> None:
         assert len(server.seen) == 1
     assert err.value.code is None
     assert "SSLCertVerificationError" in str(err.value)
+
+
+def test_the_watch_stream_uses_the_same_tls_client_certificate_and_token(pki: Pki, tmp_path: Path) -> None:
+    event = {"type": "ADDED", "object": {"metadata": {"name": "s1", "resourceVersion": "2"}}}
+    cluster = {"certificate-authority-data": _data(pki.ca)}
+    user = {
+        "client-certificate-data": _data(pki.client_cert),
+        "client-key-data": _data(pki.client_key),
+        "token": "t0k",
+    }
+    line = json.dumps(event).encode() + b"\n"
+    with (
+        scripted(lambda path, auth: (200, line, True), pki.server_context()) as server,
+        client(write_kubeconfig(tmp_path / "kc", server.url, cluster, **user)) as kube,
+    ):
+        first = next(iter(kube.watch_slices("node-a", "1")))  # the one event; then the server hangs up
+    assert (first.type, first.object.get("metadata", {}).get("name")) == ("ADDED", "s1")
+    seen = server.seen[0]
+    assert seen.client_cert == ssl.PEM_cert_to_DER_cert(pki.client_cert.read_text())
+    assert seen.auth == "Bearer t0k"
+    assert seen.path.startswith("/apis/resource.k8s.io/v1/resourceslices?")
+    assert "watch=true" in seen.path
+    assert "allowWatchBookmarks=true" in seen.path

@@ -6,11 +6,14 @@ Every lightkube / httpx2 failure leaves this module as a :class:`KubeError`.
 
 The ResourceClaim GET of every NodePrepareResources call goes over :mod:`gpudra.kube.http` (keep-alive
 stdlib connections, one per thread) instead, when that transport can authenticate like lightkube; its
-replies and failures are translated here too, into the same :class:`KubeError` shapes.
+replies and failures are translated here too, into the same :class:`KubeError` shapes: one line each,
+whatever answered (:mod:`gpudra.kube.errors`). The ResourceSlice watch is one HTTP stream with the bounds
+of :mod:`gpudra.kube.watch` (server timeout, read timeout, TCP keepalive).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import logging
@@ -21,14 +24,21 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import httpx2
-from lightkube import ApiError, Client, KubeConfig
+from lightkube import Client, KubeConfig
 from lightkube.config.kubeconfig import SingleConfig
 from lightkube.config.models import Cluster
+from lightkube.core.selector import build_selector
 from lightkube.generic_resource import create_global_resource, create_namespaced_resource
 
+from gpudra.kube import errors
 from gpudra.kube import http as kube_http
+from gpudra.kube import watch as kube_watch
+from gpudra.kube.errors import KubeError
+from gpudra.kube.watch import ApiTimeouts
 from gpudra.model import names
 from gpudra.model.k8stypes import ResourceClaim, ResourceSlice
+
+__all__ = ["ApiTimeouts", "KubeClient", "KubeError", "WatchEvent", "load_config"]  # KubeError: catch it here
 
 log = logging.getLogger(__name__)
 
@@ -40,68 +50,29 @@ _EventRes = create_namespaced_resource("", "v1", "Event", "events")
 T = TypeVar("T")
 
 
-class KubeError(Exception):
-    """An API call failed. ``code`` is the HTTP status, or None when the server was not reached."""
-
-    def __init__(self, message: str, code: int | None = None, reason: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-
-    @property
-    def not_found(self) -> bool:
-        return self.code == 404
-
-    @property
-    def conflict(self) -> bool:
-        return self.code == 409
-
-    @property
-    def transient(self) -> bool:
-        """Worth retrying: unreachable, throttled, or a server-side failure."""
-        return self.code is None or self.code == 429 or self.code >= 500
-
-
 def _translate(op: str, fn: Callable[[], T]) -> T:
     try:
         return fn()
-    except ApiError as e:
-        status = e.status
-        raise KubeError(f"{op}: {status.message}", status.code, status.reason or "") from e
-    except httpx2.HTTPError as e:
-        raise KubeError(f"{op}: {type(e).__name__}: {e}") from e
-
-
-def _status_error(op: str, reply: kube_http.Reply) -> KubeError:
-    """A non-2xx answer: the Kubernetes ``Status`` it carries, or the bare HTTP status when it has none."""
-    try:
-        status = json.loads(reply.body)
-    except ValueError:
-        status = None
-    if not isinstance(status, dict):
-        text = reply.body[:200].decode("utf-8", "replace").strip()
-        return KubeError(f"{op}: HTTP {reply.status} {reply.reason}: {text}", reply.status)
-    message, code, reason = status.get("message"), status.get("code"), status.get("reason")
-    return KubeError(
-        f"{op}: {message}",
-        code if isinstance(code, int) else reply.status,
-        reason if isinstance(reason, str) else "",
-    )
+    except Exception as e:
+        error = errors.from_client(op, e)
+        if error is None:  # not an API failure: a bug, raised as it is
+            raise
+        raise error from e
 
 
 def _get_json(getter: kube_http.JsonGetter, op: str, path: str) -> dict[str, Any]:
     try:
         reply = getter.get(path)
     except (OSError, http.client.HTTPException) as e:
-        raise KubeError(f"{op}: {type(e).__name__}: {e}") from e
+        raise KubeError(f"{op}: {type(e).__name__}: {errors.one_line(str(e)) or 'no detail'}") from e
     if not 200 <= reply.status < 300:
-        raise _status_error(op, reply)
+        raise errors.answer_error(op, reply.status, reply.reason, reply.content_type, reply.body)
     try:
         obj = json.loads(reply.body)
     except ValueError as e:
-        raise KubeError(f"{op}: the answer is not JSON: {e}") from e
+        raise errors.undecodable(op, f"not JSON: {e}", reply.body) from e
     if not isinstance(obj, dict):
-        raise KubeError(f"{op}: the answer is not a JSON object")
+        raise errors.undecodable(op, "not a JSON object", reply.body)
     return obj
 
 
@@ -134,21 +105,31 @@ def load_config(kubeconfig: Path | None) -> KubeConfig:
 class KubeClient:
     """The API calls gpudra makes, nothing more (matching the RBAC the DaemonSet grants)."""
 
-    def __init__(self, config: KubeConfig, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, config: KubeConfig, timeout_s: float | None = None, *, timeouts: ApiTimeouts | None = None
+    ) -> None:
+        """``timeouts``: the default :class:`ApiTimeouts` with its hidden environment variables applied;
+        ``timeout_s`` (each request) overrides its ``request_s``."""
         single = config.get()
         if single is None:  # get() without a default raises instead; this keeps mypy informed
             raise KubeError("the kubeconfig selects no context")
+        timeouts = timeouts or ApiTimeouts.from_env()
+        if timeout_s is not None:
+            timeouts = dataclasses.replace(timeouts, request_s=timeout_s)
+        self._timeouts = timeouts
         self._client = Client(
             _lightkube_config(single),
-            timeout=httpx2.Timeout(timeout_s),
+            timeout=httpx2.Timeout(timeouts.request_s),
             field_manager=names.DRIVER_NAME,
             trust_env=False,
         )
         # None: exec / basic / auth-provider auth, which only lightkube does; get_claim then uses lightkube
-        self._claims = kube_http.from_config(single, timeout_s)
+        self._claims = kube_http.from_config(single, timeouts.request_s)
+        self._watches = kube_watch.stream_client(_lightkube_config(single), timeouts)
 
     def close(self) -> None:
         self._client.close()
+        self._watches.close()
         if self._claims is not None:
             self._claims.close()
 
@@ -182,16 +163,17 @@ class KubeClient:
         return _translate("list ResourceSlices", run)
 
     def watch_slices(self, node_name: str, resource_version: str) -> Iterator[WatchEvent]:
-        """Stream changes after ``resource_version``; raises KubeError when the stream breaks."""
-        stream = self._client.watch(
-            _SliceRes, fields=self._slice_fields(node_name), resource_version=resource_version
-        )
-        while True:
-            item = _translate("watch ResourceSlices", lambda: next(stream, None))
-            if item is None:
-                return
-            kind, obj = item
-            yield WatchEvent(kind, cast(ResourceSlice, _plain(obj)))
+        """Stream changes after ``resource_version`` until the server ends the watch (``timeoutSeconds``);
+        raises KubeError when the stream breaks or stays silent too long (see :mod:`gpudra.kube.watch`)."""
+        params = {
+            "resourceVersion": resource_version,
+            "fieldSelector": build_selector(self._slice_fields(node_name), for_fields=True),
+        }
+        path = "/apis/resource.k8s.io/v1/resourceslices"
+        for kind, obj in kube_watch.events(
+            self._watches, "watch ResourceSlices", path, params, self._timeouts
+        ):
+            yield WatchEvent(kind, cast(ResourceSlice, obj))
 
     def create_slice(self, obj: ResourceSlice) -> ResourceSlice:
         name = obj.get("metadata", {}).get("name", "")

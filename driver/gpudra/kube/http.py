@@ -50,6 +50,7 @@ class Reply:
     status: int
     reason: str
     body: bytes
+    content_type: str = ""  # the Content-Type header ("" when there is none: an answer from a proxy, say)
 
 
 def path_segment(value: str) -> str:
@@ -196,7 +197,7 @@ def _exchange(conn: http.client.HTTPConnection, target: str, headers: dict[str, 
     conn.request("GET", target, headers=headers)
     resp = conn.getresponse()
     body = resp.read()
-    return Reply(resp.status, resp.reason, body)
+    return Reply(resp.status, resp.reason, body, resp.getheader("Content-Type", ""))
 
 
 def endpoint(config: SingleConfig) -> Endpoint | None:

@@ -1,9 +1,11 @@
 """Keeps this node's ResourceSlices in the API equal to what the node state offers.
 
 Two background threads. The watcher lists our slices, reconciles, then watches them: a slice someone deletes
-or edits is put back. The follower waits for a new version of the node state (re-discovery found changed
-hardware) and reconciles it: a changed offer gets a new pool generation. Nothing is requested while nothing
-changes (the watch stays open). When the API is unreachable both retry with capped exponential backoff.
+or edits is put back. Each watch ends within minutes (the server's timeout), or sooner when it stays silent
+past the server's bookmark interval (a dead connection); the watcher then lists and reconciles again. The
+follower waits for a new version of the node state (re-discovery found changed hardware) and reconciles it:
+a changed offer gets a new pool generation. Nothing is written while nothing changes. When the API is
+unreachable both retry with capped exponential backoff, which starts afresh once the API answers again.
 Slices are left in place on shutdown: the kubelet removes them if the plugin stays away, and a restart
 finds them current.
 """
@@ -148,8 +150,11 @@ class Publisher:
         delays = self._backoff.delays()
         while not self._stop.is_set():
             try:
-                self._session()
+                rv = self._sync()
+                # The API answered: a failure of the watch that follows starts the backoff afresh. A watch
+                # the server ends (timeoutSeconds) returns here, and the next list follows at once.
                 delays = self._backoff.delays()
+                self._follow_watch(rv)
             except KubeError as e:
                 if self._stop.is_set():
                     return
@@ -161,8 +166,8 @@ class Publisher:
                 log.exception("ResourceSlice publishing failed unexpectedly; retrying in %.1fs", delay)
                 self._stop.wait(delay)
 
-    def _session(self) -> None:
-        """List, reconcile, then follow the watch until it ends or something needs reconciling again."""
+    def _sync(self) -> str:
+        """List our slices and reconcile them; the list's resourceVersion, to watch from."""
         if self._node_uid is None:
             self._node_uid = self._api.get_node_uid(self._node)
         items, rv = self._api.list_slices(self._node)
@@ -171,6 +176,13 @@ class Publisher:
             self._written_rv.clear()
         self._reconcile()
         self.synced.set()
+        return rv
+
+    def _follow_watch(self, rv: str) -> None:
+        """Reconcile after each change the watch reports, until the watch ends (then the caller lists again).
+
+        The watch cannot hang on a dead connection: it has a server-side timeout, a read timeout longer than
+        the server's bookmark interval, and TCP keepalive (:mod:`gpudra.kube.watch`)."""
         for event in self._api.watch_slices(self._node, rv):
             if self._stop.is_set():
                 return
@@ -262,7 +274,8 @@ class Publisher:
         self.dropped_fields = sorted(set(self.dropped_fields) | set(dropped))
         log.error(
             "the API server dropped fields of ResourceSlice %s (a feature gate is probably off): %s",
-            name, ", ".join(dropped) or "(values changed)",
+            name,
+            ", ".join(dropped) or "(values changed)",
         )
 
     def _remember(self, name: str, obj: ResourceSlice) -> None:
