@@ -53,6 +53,11 @@ BACKEND_OPTS: Final = (
     Opt("--profile", "GPUDRA_PROFILE", TEXT, None, "mock hardware profile: a built-in name or a JSON file"),
     Opt("--sysfs-root", "GPUDRA_SYSFS_ROOT", ABSOLUTE_PATH, "/sys",
         "sysfs mount to read PCI/NUMA placement from"),
+    Opt("--mig-management", "GPUDRA_MIG_MANAGEMENT", choice("dynamic", "static"), "dynamic",
+        "dynamic: publish MIG-capable GPUs whole and as every MIG placement, and create the MIG device a "
+        "claim gets at prepare (needs the DRAPartitionableDevices gate, on from Kubernetes 1.36; falls back "
+        "to static when the cluster drops counters); static: publish the MIG layout an admin made, never "
+        "change it"),
 )  # fmt: skip
 RUN_OPTS: Final = (
     Opt("--node-name", "NODE_NAME", NODE_NAME, None, "this node's name (required)"),
@@ -194,6 +199,7 @@ def _open_driver(
 def _discover(args: argparse.Namespace) -> int:
     from gpudra.planning import slices
     from gpudra.planning.offer import plan_offer
+    from gpudra.planning.partitions import MigPolicy
     from gpudra.runtime.tables import inventory_table
 
     driver = _open_driver(args)
@@ -206,7 +212,8 @@ def _discover(args: argparse.Namespace) -> int:
         for warning in inv.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         return 0
-    objs = slices.plan_slices(plan_offer(inv), args.node_name, None, 1)
+    policy = MigPolicy(dynamic=args.mig_management == "dynamic")
+    objs = slices.plan_slices(plan_offer(inv, policy=policy), args.node_name, None, 1)
     if args.output == "json":
         print(json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}, indent=2))
     else:
@@ -245,6 +252,7 @@ def _run(args: argparse.Namespace) -> int:
         probe_address=args.probe_address,
         rediscover_interval_s=args.rediscover_interval,
         rediscover_initial_s=args.rediscover_pending_interval,
+        mig_dynamic=args.mig_management == "dynamic",
     )
     check(cfg)
     driver = _open_driver(args, cfg.host_roots, cfg.effective_run_dir / "claims")

@@ -57,6 +57,15 @@ PINNED = {
     "CAP_ENCODERS": "encoders",
     "CAP_JPEG_ENGINES": "jpegEngines",
     "CAP_OFA_ENGINES": "ofaEngines",
+    # dynamic MIG counters (Kueue quota names them)
+    "COUNTER_MEMORY_SLICE_PREFIX": "memory-slice-",
+    "COUNTER_COMPUTE_SLICES": "compute-slices",
+    "COUNTER_MEMORY": "memory",
+    "COUNTER_COPY_ENGINES": "copy-engines",
+    "COUNTER_DECODERS": "decoders",
+    "COUNTER_ENCODERS": "encoders",
+    "COUNTER_JPEG_ENGINES": "jpeg-engines",
+    "COUNTER_OFA_ENGINES": "ofa-engines",
     "CAP_COMPUTE_UNITS": "computeUnits",
     "CAP_SIMD_UNITS": "simdUnits",
     "CAP_MEMORY_POOL": "memoryPool",
@@ -259,3 +268,10 @@ def test_local_fabric_domain_differs_for_different_islands(uuids: list[str]) -> 
     half = len(uuids) // 2
     assert names.local_fabric_domain(uuids[:half]) != names.local_fabric_domain(uuids[half:])
     assert names.local_fabric_domain(uuids) != names.local_fabric_domain(uuids[1:])
+
+
+def test_counter_names_and_counter_set_names() -> None:
+    assert names.memory_slice_counter(0) == "memory-slice-0"
+    assert names.memory_slice_counter(7) == "memory-slice-7"
+    uuid = "GPU-bb61b538-f5d8-4b43-8f5b-7d2f3a2c9e10"
+    assert names.mig_counter_set_name(uuid) == "gpu-bb61b538-f5d8-4b43-8f5b-7d2f3a2c9e10"

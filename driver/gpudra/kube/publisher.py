@@ -73,6 +73,10 @@ def _same_plan(a: list[ResourceSlice], b: list[ResourceSlice]) -> bool:
     return all(slicediff.slice_content_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
+class _Replan(Exception):
+    """The node state changed while a plan was being written (see ``on_dropped``)."""
+
+
 class Publisher:
     def __init__(
         self,
@@ -83,6 +87,7 @@ class Publisher:
         backoff: Backoff | None = None,
         on_published: Callable[[int], None] | None = None,
         planner: Planner = slices.plan_slices,
+        on_dropped: Callable[[list[str]], bool] | None = None,
     ) -> None:
         self._api = api
         self._node = node_name
@@ -90,6 +95,9 @@ class Publisher:
         self._backoff = backoff or Backoff()
         self._on_published = on_published
         self._planner = planner
+        #: told the fields a write lost; True when it changed the node state so that the plan must be redone
+        #: (dynamic MIG falls back to static when the cluster drops counters)
+        self._on_dropped = on_dropped
         # per slice: (what we sent, what the server kept) when the server dropped some of it
         self._accepted: dict[str, tuple[ResourceSlice, ResourceSlice]] = {}
         self.dropped_fields: list[str] = []  # fields the API server silently dropped (feature gates off)
@@ -222,7 +230,11 @@ class Publisher:
             if self._published is None or not _same_plan(desired, self._published):
                 gen += 1
                 desired = self._desired(gen)
-            self._write(desired)
+            try:
+                self._write(desired)
+            except _Replan:  # the node state changed under this plan: its follower publishes the new one
+                self._generation, self._published = gen, None
+                return
             self._generation, self._published = gen, desired
         if self._on_published is not None:
             self._on_published(gen)
@@ -244,8 +256,10 @@ class Publisher:
         )
 
     def _write(self, desired: list[ResourceSlice]) -> None:
+        """Counter-set slices first: when the cluster drops counters (its partitionable-devices gate is off),
+        that is seen before any device that relies on them is published without them."""
         wanted = {_name(s) for s in desired}
-        for obj in desired:
+        for obj in sorted(desired, key=lambda s: "sharedCounters" not in s.get("spec", {})):
             name = _name(obj)
             have = self._actual.get(name)
             if have is not None and self._in_sync(obj, have):
@@ -253,7 +267,9 @@ class Publisher:
             written = self._create(obj) if have is None else self._replace(obj, have)
             self._actual[name] = written
             self._remember(name, written)
-            self._check_dropped(obj, written)
+            dropped = self._check_dropped(obj, written)
+            if dropped and self._on_dropped is not None and self._on_dropped(dropped):
+                raise _Replan
         for name in sorted(set(self._actual) - wanted):
             try:
                 self._api.delete_slice(name)
@@ -263,12 +279,12 @@ class Publisher:
             self._remember(name, self._actual.pop(name))
         log.info("published %d ResourceSlice(s) for node %s", len(desired), self._node)
 
-    def _check_dropped(self, sent: ResourceSlice, kept: ResourceSlice) -> None:
+    def _check_dropped(self, sent: ResourceSlice, kept: ResourceSlice) -> list[str]:
         """Read back what the server stored: a feature gate that is off makes it drop fields silently."""
         name = _name(sent)
         if slicediff.slice_content_equal(sent, kept):
             self._accepted.pop(name, None)
-            return
+            return []
         self._accepted[name] = (sent, kept)
         dropped = slicediff.dropped_fields(sent, kept)
         self.dropped_fields = sorted(set(self.dropped_fields) | set(dropped))
@@ -277,6 +293,7 @@ class Publisher:
             name,
             ", ".join(dropped) or "(values changed)",
         )
+        return dropped
 
     def _remember(self, name: str, obj: ResourceSlice) -> None:
         rv = _rv(obj)

@@ -22,6 +22,8 @@ from typing import Final
 
 Scalar = str | int | bool
 
+#: Parameter of a change that creates the device it names (a dynamic MIG device): ``creates=True``.
+CREATES: Final = "creates"
 _KIND: Final = re.compile(r"[a-z][a-z0-9.-]{0,62}")
 _KEY: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 MAX_TEXT: Final = 4096
@@ -119,6 +121,12 @@ class AppliedState:
 
     def of_kind(self, kind: str) -> tuple[Change, ...]:
         return tuple(c for c in self.changes if c.kind == kind)
+
+    @property
+    def creating(self) -> tuple[str, ...]:
+        """Published names of the devices this claim creates (its changes with ``creates=True``), known
+        before they exist: the device a dynamic MIG placement becomes is published under that name too."""
+        return tuple(c.device for c in self.changes if c.get(CREATES) is True and c.device)
 
 
 NOTHING_APPLIED: Final = AppliedState()

@@ -60,14 +60,17 @@ class MigInfo:
     gi_profile_id: int  # NVML GPU-instance profile id (e.g. 19 for 1g.10gb on H100)
     placement_start: int  # first memory slice of the GPU instance
     placement_size: int
-    gi_id: int  # GPU instance id on the parent
-    ci_id: int  # compute instance id inside the GPU instance
+    #: GPU instance id on the parent; None for a device published to be created at prepare (dynamic MIG):
+    #: the hardware assigns the ids when prepare creates the instances
+    gi_id: int | None
+    ci_id: int | None  # compute instance id inside the GPU instance; None as gi_id
     ci_profile_id: int | None = None
     parent_minor: int | None = None  # /dev/nvidia<minor> of the parent
     ci_placement_start: int | None = None  # first compute slice of the compute instance inside its GI
     #: True: the compute instance spans its whole GPU instance (the usual one CI per GI); False: the GI is
     #: split into several compute instances; None: unknown. Device names encode the CI only when not True.
     ci_spans_gpu_instance: bool | None = None
+    gi_slices: int | None = None  # compute slices of the GPU instance (its profile's sliceCount)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,29 @@ class EngineCounts:
     encoders: int | None = None
     jpeg_engines: int | None = None
     ofa_engines: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MigPlacement:
+    """Where a GPU instance may sit: its first memory slice and how many memory slices it spans."""
+
+    start: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class MigProfile:
+    """One GPU-instance profile a MIG-capable GPU supports, as NVML describes it, with every placement NVML
+    allows for it (``nvmlDeviceGetGpuInstancePossiblePlacements``). What a dynamic MIG device of this
+    profile gets is exactly this: its compute slices, memory, SMs and engines."""
+
+    name: str  # "1g.10gb", "1g.10gb+me" (without NVML's "MIG " prefix)
+    gi_profile_id: int  # NVML GPU-instance profile id (19 for 1g.10gb on H100)
+    compute_slices: int
+    memory_bytes: int | None
+    multiprocessors: int | None
+    engines: EngineCounts
+    placements: tuple[MigPlacement, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +140,9 @@ class Device:
     mig: MigInfo | None = None
     mig_capable: bool | None = None
     mig_enabled: bool | None = None
+    #: A MIG-capable GPU: every GPU-instance profile it supports with its placements (empty when NVML did
+    #: not give the whole table: such a GPU is never partitioned at prepare)
+    mig_profiles: tuple[MigProfile, ...] = ()
     addressing_mode: str | None = None  # NVML addressing mode name, when reported
     engines: EngineCounts | None = None
     # fabric: a vendor-neutral id of the high-bandwidth domain (NVLink clique / node-local NVLink island /
@@ -126,6 +155,12 @@ class Device:
     compute_units: int | None = None
     simd_units: int | None = None
     partition: PartitionInfo | None = None
+
+    @property
+    def created_at_prepare(self) -> bool:
+        """A MIG device published before it exists (dynamic MIG): prepare creates it at its placement, and
+        its UUID and instance ids are known only then (``uuid`` is "")."""
+        return self.mig is not None and self.mig.gi_id is None
 
 
 @dataclass(frozen=True, slots=True)

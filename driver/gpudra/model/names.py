@@ -82,6 +82,21 @@ CAP_COMPUTE_UNITS: Final = "computeUnits"
 CAP_SIMD_UNITS: Final = "simdUnits"
 CAP_MEMORY_POOL: Final = "memoryPool"
 
+# Counters of a MIG-capable GPU published for dynamic MIG (KEP-4815 partitionable devices). One counter set
+# per GPU, named like the GPU's device (:func:`mig_counter_set_name`); its whole-GPU device consumes every counter
+# in full, each MIG placement what the hardware gives that GPU instance. Kueue's partitionable-device quota
+# names these keys, so they are public API like the attributes (docs/dynamic-mig.md lists them).
+#: One counter per memory slice, ``memory-slice-0`` .. ``memory-slice-<n-1>`` (value 1): placements that
+#: share a memory slice cannot both be allocated.
+COUNTER_MEMORY_SLICE_PREFIX: Final = "memory-slice-"
+COUNTER_COMPUTE_SLICES: Final = "compute-slices"  # the GPU's compute slices (7 on A100/H100)
+COUNTER_MEMORY: Final = "memory"  # bytes of device memory
+COUNTER_COPY_ENGINES: Final = "copy-engines"
+COUNTER_DECODERS: Final = "decoders"
+COUNTER_ENCODERS: Final = "encoders"
+COUNTER_JPEG_ENGINES: Final = "jpeg-engines"
+COUNTER_OFA_ENGINES: Final = "ofa-engines"
+
 # DeviceClass names shipped in deviceclasses/.
 CLASS_GPU: Final = "gpu.gpudra.io"  # any full GPU, both vendors
 CLASS_NVIDIA: Final = "nvidia.gpudra.io"
@@ -145,6 +160,16 @@ def mig_device_name(
     if ci_profile_id is not None:
         parts += [str(ci_profile_id), str(ci_start)]
     return dns_label("-".join(parts))
+
+
+def memory_slice_counter(index: int) -> str:
+    """Counter name of memory slice ``index`` of a MIG-capable GPU: ``memory-slice-<index>``."""
+    return f"{COUNTER_MEMORY_SLICE_PREFIX}{index}"
+
+
+def mig_counter_set_name(gpu_uuid: str) -> str:
+    """Name of a GPU's counter set (dynamic MIG): the GPU's device name, e.g. ``gpu-bb61b538-...``."""
+    return gpu_device_name(gpu_uuid)
 
 
 def clique_fabric_domain(cluster_uuid: str, clique_id: int) -> str:

@@ -108,10 +108,11 @@ def build_device(dev: Device, inv: Inventory) -> DeviceEntry:
     Every attribute and capacity this function can write adds up to 21 + 7 = 28, within the API's 32
     (a full NVIDIA GPU publishes at most 19 + 2, a MIG device 17 + 7).
     """
-    if not dev.uuid:
+    if not dev.uuid and not dev.created_at_prepare:
         raise ValueError(f"device at index {dev.index} has no UUID, so it has no stable name")
     if dev.kind is DeviceKind.MIG and (dev.mig is None or not dev.parent_uuid):
         raise ValueError(f"MIG device {dev.uuid!r} has no parent or placement, so it has no stable name")
+    # A MIG device created at prepare has no UUID yet: its entry has no uuid attribute (never a made-up one).
     entry = _Entry(device_name(dev))
     _identity(entry, dev, inv)
     if dev.kind is DeviceKind.MIG:

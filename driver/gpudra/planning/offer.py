@@ -9,6 +9,11 @@ attributes into the device metadata. Both read the same :class:`Offer`, so they 
 Left out, with a warning: a device without a UUID (no stable name), a MIG device without parent or placement,
 devices whose names would clash. Left out silently: a GPU in MIG mode (published as its MIG devices) and a
 device a claim created (it is already allocated, as part of the device that claim was given).
+
+Under a dynamic :class:`~gpudra.planning.partitions.MigPolicy`, a MIG-capable GPU that gpudra partitions
+offers itself whole and every MIG placement, all drawing on its counter set (:mod:`.partitions`); its
+``migEnabled`` attribute is not published, because prepare switches MIG mode as the allocated device needs
+and the published devices must not change when it does.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from gpudra.model import k8stypes
+from gpudra.model import k8stypes, names
 from gpudra.model.inventory import Device, DeviceKind, Inventory
 from gpudra.planning.devices import build_device
+from gpudra.planning.partitions import STATIC_MIG, DynamicGpu, MigPolicy, claim_made, dynamic_gpu
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +38,9 @@ class Offer:
     devices: Mapping[str, Device] = field(default_factory=dict)
     entries: Mapping[str, k8stypes.Device] = field(default_factory=dict)  # the ResourceSlice entries
     warnings: tuple[str, ...] = ()
+    #: counter sets of the GPUs partitioned at prepare, by name (published in slices of their own)
+    counter_sets: Mapping[str, k8stypes.CounterSet] = field(default_factory=dict)
+    policy: MigPolicy = STATIC_MIG
 
     def attributes(self, name: str) -> Mapping[str, k8stypes.DeviceAttribute]:
         entry = self.entries.get(name)
@@ -39,15 +48,32 @@ class Offer:
 
     def same_offer(self, other: Offer) -> bool:
         """Whether ``other`` offers the same devices with the same published content."""
-        return self.devices == other.devices and self.entries == other.entries
+        return (
+            self.devices == other.devices
+            and self.entries == other.entries
+            and self.counter_sets == other.counter_sets
+        )
+
+    @property
+    def dynamic_gpus(self) -> tuple[str, ...]:
+        """UUIDs of the GPUs partitioned at prepare (whose counter sets are published)."""
+        return tuple(d.uuid for d in self.devices.values() if d.kind is DeviceKind.GPU and d.uuid and
+                     names.mig_counter_set_name(d.uuid) in self.counter_sets)  # fmt: skip
 
 
 def _candidates(
-    inv: Inventory, claim_created: AbstractSet[str]
-) -> tuple[list[tuple[Device, k8stypes.Device]], list[str]]:
+    inv: Inventory, claim_created: AbstractSet[str], policy: MigPolicy
+) -> tuple[list[tuple[Device, k8stypes.Device]], list[str], list[DynamicGpu]]:
     found: list[tuple[Device, k8stypes.Device]] = []
     warnings: list[str] = []
+    dynamic: list[DynamicGpu] = []
     for dev in inv.devices:
+        partitioned = dynamic_gpu(dev, inv.devices, claim_created) if policy.dynamic else None
+        if partitioned is not None:
+            dynamic.append(partitioned)
+            warnings.extend(partitioned.warnings)
+            found.extend(_partitionable(partitioned, inv, warnings))
+            continue
         if not dev.uuid:
             warnings.append(f"device at index {dev.index}: no UUID, so no stable name; not published")
         elif dev.kind is DeviceKind.MIG and (dev.mig is None or not dev.parent_uuid):
@@ -56,18 +82,39 @@ def _candidates(
             )
         elif dev.kind is DeviceKind.GPU and dev.mig_enabled:
             continue  # a MIG-enabled GPU is published as its MIG devices, never whole
-        elif dev.uuid in claim_created:
+        elif dev.uuid in claim_created or claim_made(dev, claim_created):
             continue  # made by prepare for a claim: part of a device already published and allocated
         else:
             entry = build_device(dev, inv)
             found.append((dev, entry.device))
             warnings.extend(entry.warnings)
-    return found, warnings
+    return found, warnings, dynamic
 
 
-def plan_offer(inv: Inventory, claim_created: AbstractSet[str] = frozenset()) -> Offer:
-    """What ``inv`` offers; ``claim_created`` holds the UUIDs of devices prepare created for claims."""
-    found, warnings = _candidates(inv, claim_created)
+def _partitionable(
+    gpu: DynamicGpu, inv: Inventory, warnings: list[str]
+) -> list[tuple[Device, k8stypes.Device]]:
+    """The whole GPU and its MIG placements, each with what it consumes of the GPU's counter set."""
+    whole = build_device(gpu.gpu, inv)
+    warnings.extend(whole.warnings)
+    entry = whole.device
+    entry.get("attributes", {}).pop(names.ATTR_MIG_ENABLED, None)
+    entry["consumesCounters"] = [gpu.whole]
+    out = [(gpu.gpu, entry)]
+    for slot, use in gpu.slots:
+        built = build_device(slot, inv)
+        warnings.extend(built.warnings)
+        built.device["consumesCounters"] = [use]
+        out.append((slot, built.device))
+    return out
+
+
+def plan_offer(
+    inv: Inventory, claim_created: AbstractSet[str] = frozenset(), policy: MigPolicy = STATIC_MIG
+) -> Offer:
+    """What ``inv`` offers under ``policy``; ``claim_created`` holds the UUIDs of devices prepare created
+    for claims and the published names of the MIG devices claims created or are creating."""
+    found, warnings, dynamic = _candidates(inv, claim_created, policy)
     counts = Counter(entry["name"] for _, entry in found)
     clashes = sorted(name for name, count in counts.items() if count > 1)
     if clashes:
@@ -78,6 +125,6 @@ def plan_offer(inv: Inventory, claim_created: AbstractSet[str] = frozenset()) ->
         devices=MappingProxyType({name: d for name, d, _ in kept}),
         entries=MappingProxyType({name: e for name, _, e in kept}),
         warnings=tuple(warnings),
+        counter_sets=MappingProxyType({g.counter_set["name"]: g.counter_set for g in dynamic}),
+        policy=policy,
     )
-
-

@@ -29,6 +29,8 @@ LABEL_NODE: Final = f"{names.DRIVER_NAME}/node"
 MAX_DEVICES_PER_SLICE: Final = 128
 #: From 1.35 a slice in which any device uses taints or consumesCounters holds at most 64 devices.
 MAX_DEVICES_PER_SLICE_RESTRICTED: Final = 64
+#: From 1.35 counter sets live in slices of their own (no devices), at most 8 per slice.
+MAX_COUNTER_SETS_PER_SLICE: Final = 8
 _RESTRICTED_DEVICE_FIELDS: Final = ("taints", "consumesCounters")
 
 _INT64_MAX: Final = 2**63 - 1
@@ -88,8 +90,11 @@ def pool_slices(
     node_uid: str | None,
     generation: int,
     max_devices_per_slice: int = MAX_DEVICES_PER_SLICE,
+    *,
+    counter_sets: Sequence[k8stypes.CounterSet] = (),
 ) -> list[k8stypes.ResourceSlice]:
-    """Spread built devices, sorted by name, over the slices of the node's pool (at least one slice)."""
+    """Spread built devices, sorted by name, over the slices of the node's pool (at least one slice); then
+    the counter sets, sorted by name, in slices of their own (the 1.35+ layout), eight to a slice."""
     if not is_dns_subdomain(node_name):
         raise ValueError(f"node name {node_name!r} is not a DNS subdomain")
     if node_uid is not None and not node_uid:
@@ -104,20 +109,40 @@ def pool_slices(
         raise ValueError(f"duplicate device names in one pool: {duplicates}")
     size = _chunk_size(ordered, max_devices_per_slice)
     chunks = [ordered[i : i + size] for i in range(0, len(ordered), size)] or [[]]
-    return [
-        {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "metadata": _metadata(node_name, node_uid, index),
-            "spec": {
-                "driver": names.DRIVER_NAME,
-                "nodeName": node_name,
-                "pool": {"name": node_name, "generation": generation, "resourceSliceCount": len(chunks)},
-                "devices": copy.deepcopy(chunk),
-            },
-        }
-        for index, chunk in enumerate(chunks)
+    sets = sorted(counter_sets, key=lambda c: c["name"])
+    set_chunks = [
+        sets[i : i + MAX_COUNTER_SETS_PER_SLICE] for i in range(0, len(sets), MAX_COUNTER_SETS_PER_SLICE)
     ]
+    total = len(chunks) + len(set_chunks)
+    out: list[k8stypes.ResourceSlice] = []
+    for index, chunk in enumerate(chunks):
+        spec = _spec(node_name, generation, total)
+        spec["devices"] = copy.deepcopy(chunk)
+        out.append(_slice(node_name, node_uid, index, spec))
+    for index, set_chunk in enumerate(set_chunks, start=len(chunks)):
+        spec = _spec(node_name, generation, total)
+        spec["sharedCounters"] = copy.deepcopy(set_chunk)
+        out.append(_slice(node_name, node_uid, index, spec))
+    return out
+
+
+def _spec(node_name: str, generation: int, count: int) -> k8stypes.ResourceSliceSpec:
+    return {
+        "driver": names.DRIVER_NAME,
+        "nodeName": node_name,
+        "pool": {"name": node_name, "generation": generation, "resourceSliceCount": count},
+    }
+
+
+def _slice(
+    node_name: str, node_uid: str | None, index: int, spec: k8stypes.ResourceSliceSpec
+) -> k8stypes.ResourceSlice:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": _metadata(node_name, node_uid, index),
+        "spec": spec,
+    }
 
 
 @dataclass(frozen=True)
@@ -136,7 +161,10 @@ def plan_pool(
     max_devices_per_slice: int = MAX_DEVICES_PER_SLICE,
 ) -> SlicePlan:
     """All slices of the node's pool for what the node offers; no device gives one empty slice."""
-    slices = pool_slices(list(offer.entries.values()), node_name, node_uid, generation, max_devices_per_slice)
+    slices = pool_slices(
+        list(offer.entries.values()), node_name, node_uid, generation, max_devices_per_slice,
+        counter_sets=list(offer.counter_sets.values()),
+    )  # fmt: skip
     return SlicePlan(tuple(slices), offer.warnings)
 
 

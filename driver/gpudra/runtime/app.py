@@ -19,6 +19,8 @@ import gc
 import logging
 import signal
 import time
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Protocol
 
 from gpudra.kube.client import KubeClient, load_config
@@ -30,6 +32,7 @@ from gpudra.runtime.config import RunConfig
 from gpudra.runtime.errors import StartupError
 from gpudra.runtime.metrics import Metrics, NullMetrics
 from gpudra.runtime.metrics import create as create_metrics
+from gpudra.runtime.migmode import MigManagement
 from gpudra.state.checkpoint import CheckpointStore, CheckpointUnavailable, read_boot_id
 from gpudra.state.node import NodeStateStore
 from gpudra.state.rediscovery import Rediscovery
@@ -80,24 +83,39 @@ class Plugin:
         self.metrics = metrics = self._serve_metrics()
         inv = self._discover()
         store = self._checkpoint(kube)
-        created = frozenset(u for rec in store.snapshot().values() for u in rec.applied.created_devices)
-        self.node = node = NodeStateStore(plan_offer(inv, created))
+        created = store.claim_created
+        mig = self._mig_management(kube, created, metrics)
+        self.node = node = mig.node = NodeStateStore(plan_offer(inv, created(), mig.policy))
+        metrics.mig_management(mig.policy.dynamic, len(node.current.offer.dynamic_gpus))
         # Publishing runs in its own threads and needs only the node state and the API: start it before the
         # modules of the kubelet side are even imported (gRPC, protos, prepare: ~0.1 s), so the scheduler
         # sees the devices sooner. The kubelet calls nothing before the registration socket exists.
-        self.publisher = Publisher(kube, cfg.node_name, node, on_published=metrics.slices_published)
+        self.publisher = Publisher(
+            kube, cfg.node_name, node, on_published=metrics.slices_published, on_dropped=mig.on_dropped
+        )
         self.publisher.start()
-        preparer = self._serve_kubelet(kube, node, store, metrics)
+        self._serve_kubelet(kube, node, store, metrics)
         self.rediscovery = Rediscovery(
             self.driver,
             node,
-            claim_created=preparer.claim_created_devices,
+            policy=lambda: mig.policy,
+            claim_created=created,
             interval_s=cfg.rediscover_interval_s,
             fabric_initial_s=cfg.rediscover_initial_s,
             on_pass=self._discovered,
         )
         self.rediscovery.start()
         log.info("gpudra serving: DRA %s, registration %s", cfg.dra_socket, cfg.registration_socket)
+
+    def _mig_management(
+        self, kube: KubeClient, created: Callable[[], AbstractSet[str]], metrics: Metrics
+    ) -> MigManagement:
+        name = self.cfg.node_name
+        return MigManagement(
+            self.cfg.mig_dynamic, created,
+            event=lambda reason, message: kube.node_event(name, None, reason, message),
+            metric=lambda dynamic: metrics.mig_management(dynamic, 0),
+        )  # fmt: skip
 
     def _serve_metrics(self) -> Metrics:
         cfg = self.cfg
@@ -168,6 +186,7 @@ class Plugin:
         removed = preflight.remove_leftovers(cfg)
         if removed:
             log.info("removed %d leftover temp file(s) of interrupted writes", removed)
+        preparer.roll_back_interrupted()
         preparer.collect_garbage()
         # grpc_workers prepares at once; the reserve threads keep unprepare and probes free of them.
         registrars = dra.registrars(preparer, metrics, prepare_slots=cfg.grpc_workers)

@@ -51,6 +51,7 @@ class RunConfig:
     grpc_workers: int = 4
     rediscover_interval_s: float = 60.0  # between re-discovery passes; 0: only on SIGHUP (and fabric)
     rediscover_initial_s: float = 15.0  # first re-discovery while NVLink fabric registration is pending
+    mig_dynamic: bool = True  # --mig-management dynamic (partitionable devices) or static
 
     @property
     def plugin_dir(self) -> Path:

@@ -35,6 +35,9 @@ class Metrics(Protocol):
 
     def discovery(self, seconds: float, devices: int) -> None: ...
 
+    def mig_management(self, dynamic: bool, dynamic_gpus: int) -> None:
+        """The MIG management in effect (dynamic, or static after a fall-back) and the GPUs it partitions."""
+
 
 class NullMetrics:
     def call(self, method: str, seconds: float, ok: bool) -> None:
@@ -53,6 +56,9 @@ class NullMetrics:
         return None
 
     def discovery(self, seconds: float, devices: int) -> None:
+        return None
+
+    def mig_management(self, dynamic: bool, dynamic_gpus: int) -> None:
         return None
 
 
@@ -78,6 +84,12 @@ class PrometheusMetrics:
         self._generation = prom.Gauge("gpudra_slice_pool_generation", "Current ResourceSlice pool generation")
         self._discovery = prom.Gauge("gpudra_discovery_duration_seconds", "Duration of the last discovery")
         self._devices = prom.Gauge("gpudra_devices", "Devices found by the last discovery")
+        self._mig_dynamic = prom.Gauge(
+            "gpudra_mig_dynamic",
+            "1 while MIG devices are created at prepare (dynamic MIG), 0 with static MIG (configured, or "
+            "fallen back because the cluster drops partitionable-device fields)",
+        )
+        self._mig_gpus = prom.Gauge("gpudra_mig_dynamic_gpus", "GPUs published as partitionable devices")
         prom.Info("gpudra_build", "Build information").info({"version": __version__})
         prom.start_http_server(port, addr)
         log.info("serving Prometheus metrics on %s:%d", addr, port)
@@ -105,6 +117,10 @@ class PrometheusMetrics:
     def discovery(self, seconds: float, devices: int) -> None:
         self._discovery.set(seconds)
         self._devices.set(devices)
+
+    def mig_management(self, dynamic: bool, dynamic_gpus: int) -> None:
+        self._mig_dynamic.set(1 if dynamic else 0)
+        self._mig_gpus.set(dynamic_gpus)
 
 
 def create(port: int, address: str = "127.0.0.1") -> Metrics:

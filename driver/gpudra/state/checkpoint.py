@@ -212,6 +212,16 @@ class CheckpointStore:
             with self._locked(fcntl.LOCK_EX):
                 return dict(self._file.load(repair=True).claims)
 
+    def claim_created(self) -> frozenset[str]:
+        """UUIDs of the devices recorded claims created, and the published names of the devices recorded
+        claims create or are creating: never published as devices of their own (see
+        :func:`gpudra.planning.offer.plan_offer`)."""
+        return frozenset(
+            x
+            for rec in self.snapshot().values()
+            for x in (*rec.applied.created_devices, *rec.applied.creating)
+        )
+
     def close(self) -> None:
         """Let go of the open checkpoint file (the store reopens it when used again)."""
         with self._mutex:

@@ -12,6 +12,7 @@ recorded state and removes exactly the recorded files.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from gpudra.model.k8stypes import ResourceClaim
 from gpudra.planning import plan
 from gpudra.planning.offer import Offer
 from gpudra.planning.plan import ClaimPlan, ClaimRef, PlanError
+from gpudra.state import recovery
 from gpudra.state.cdi import CdiWriter
 from gpudra.state.checkpoint import CheckpointStore, ClaimRecord, PreparedDevice, Txn, UnwritableRecord
 from gpudra.state.claimfiles import Built, ClaimFiles
@@ -99,6 +101,8 @@ class Preparer:
         self._files = ClaimFiles(settings.files_dir, settings.state_dir, cdi_writer, driver)
         self._on_prepared = on_prepared  # devices held by completed claims, by type (for the metrics)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="claim-get")
+        self._inflight: set[str] = set()  # claims this process is preparing (PrepareStarted, not done)
+        self._inflight_lock = threading.Lock()
 
     # ---- prepare ------------------------------------------------------------------------------------
 
@@ -133,6 +137,15 @@ class Preparer:
             for r in ready:
                 results.setdefault(r.plan.ref.uid, _unrecorded(r.plan.ref, e))
             return
+        try:
+            self._apply_and_complete(started, offer, results)
+        finally:
+            with self._inflight_lock:
+                self._inflight.difference_update(r.plan.ref.uid for r, _ in started)
+
+    def _apply_and_complete(
+        self, started: list[tuple[_Ready, Built]], offer: Offer, results: dict[str, ClaimResult]
+    ) -> None:
         done = [(r, self._apply_and_write(r, built, offer)) for r, built in started]
         if not done:
             return
@@ -203,9 +216,7 @@ class Preparer:
             return None
         return ClaimResult(devices=record.devices)
 
-    def _try_build(
-        self, p: ClaimPlan, devices: tuple[ClaimDevice, ...], offer: Offer
-    ) -> Built | ClaimResult:
+    def _try_build(self, p: ClaimPlan, devices: tuple[ClaimDevice, ...], offer: Offer) -> Built | ClaimResult:
         try:
             intended = self._driver.intend(p.ref, devices)
             return self._files.build(p, devices, offer, intended)
@@ -225,6 +236,11 @@ class Preparer:
             if done is not None and done.state == "PrepareCompleted":
                 results[uid] = ClaimResult(devices=done.devices)
                 continue
+            if done is not None:  # PrepareStarted: a call in flight, or what a crash left half done
+                failed = self._busy_or_roll_back(txn, done)
+                if failed is not None:
+                    results[uid] = failed
+                    continue
             wanted = {d.name for d in r.plan.devices}
             conflict = plan.find_conflict(r.plan, _uses(txn.claims.values(), wanted))
             if conflict is not None:
@@ -241,8 +257,34 @@ class Preparer:
                 results[uid] = _unrecordable(r.plan.ref, e)
                 continue
             started.append((r, r.built))
+            with self._inflight_lock:
+                self._inflight.add(uid)
         txn.commit()
         return started
+
+    def _busy_or_roll_back(self, txn: Txn, record: ClaimRecord) -> ClaimResult | None:
+        """A PrepareStarted record of a claim asked for again: an error while another call of this process
+        prepares it; else undo what it intended (a crash cut that prepare short), so it can start afresh."""
+        with self._inflight_lock:
+            busy = record.uid in self._inflight
+        if busy:
+            msg = f"claim {record.uid} is being prepared by another call; try again"
+            return ClaimResult(error=msg, error_kind="in_progress")
+        return (
+            None
+            if self._roll_back(txn, record)
+            else ClaimResult(
+                error=f"cannot undo an earlier, interrupted prepare of claim {record.uid}",
+                error_kind="device",
+            )
+        )
+
+    def _roll_back(self, txn: Txn, record: ClaimRecord) -> bool:
+        return recovery.roll_back(txn, record, self._driver, self._files)
+
+    def roll_back_interrupted(self) -> list[str]:
+        """At start: undo every prepare a crash left half done (see :mod:`gpudra.state.recovery`)."""
+        return recovery.roll_back_interrupted(self._store, self._driver, self._files)
 
     def _apply_and_write(self, r: _Ready, built: Built, offer: Offer) -> Built | str:
         """No lock held: the driver's changes, then the claim's files. Returns what was built (with the
@@ -350,34 +392,14 @@ class Preparer:
         self._store.snapshot()
 
     def collect_garbage(self) -> list[str]:
-        """Remove CDI specs on disk that no checkpoint entry owns (left by a crash). Returns claim UIDs.
-
-        Never after damage: a spec whose record was lost (a damaged record, or records possibly missing
-        after a cut or a file moved aside) may belong to a running pod. Those are kept until the kubelet
-        unprepares the claim (unpreparing a claim without a record removes its files)."""
-        removed, kept = [], []
-        with self._store.transaction() as txn:
-            for uid in self._files.cdi.claim_uids_on_disk():
-                if txn.get(uid) is not None:
-                    continue
-                if self._store.uncertain or uid in self._store.damaged:
-                    kept.append(uid)
-                    continue
-                self._files.remove(uid, None)
-                removed.append(uid)
-        if removed:
-            log.info("removed %d orphaned CDI spec(s): %s", len(removed), ", ".join(removed))
-        if kept:
-            log.warning(
-                "kept %d CDI spec(s) the damaged checkpoint cannot account for, until the kubelet "
-                "unprepares them: %s", len(kept), ", ".join(sorted(kept)),
-            )  # fmt: skip
-        return removed
+        """Remove CDI specs no checkpoint entry owns (see :func:`gpudra.state.recovery.collect_garbage`)."""
+        return recovery.collect_garbage(self._store, self._files)
 
     def claim_created_devices(self) -> frozenset[str]:
-        """UUIDs of the devices that exist because a recorded claim created them (never published as
-        devices of their own; see :func:`gpudra.planning.offer.plan_offer`)."""
-        return frozenset(u for rec in self._store.snapshot().values() for u in rec.applied.created_devices)
+        """UUIDs of the devices that exist because a recorded claim created them, and the published names
+        of the devices recorded claims create or are creating (never published as devices of their own;
+        see :func:`gpudra.planning.offer.plan_offer`)."""
+        return self._store.claim_created()
 
 
 def _unrecordable(ref: ClaimRef, error: UnwritableRecord) -> ClaimResult:
@@ -404,4 +426,3 @@ def _uses(records: Iterable[ClaimRecord], devices: AbstractSet[str]) -> list[pla
         for d in rec.devices
         if d.device in devices
     ]
-

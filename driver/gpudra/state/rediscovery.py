@@ -13,7 +13,8 @@ When it runs:
   doubling up to the interval (or ``fabric_max_s`` when the periodic pass is off), until it settles.
 
 Devices prepare created for claims (dynamic MIG) are told apart by ``claim_created`` and never published as
-devices of their own. One thread: passes never overlap. A failed pass keeps the current state and logs.
+devices of their own; ``policy`` is the node's MIG management in effect (it falls back to static when the
+cluster drops counters). One thread: passes never overlap. A failed pass keeps the current state and logs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Set as AbstractSet
 
 from gpudra.model.inventory import Inventory
 from gpudra.planning.offer import plan_offer
+from gpudra.planning.partitions import MigPolicy
 from gpudra.state.node import NodeState, NodeStateStore
 from gpudra.vendors.base import Discoverer
 
@@ -39,6 +41,7 @@ class Rediscovery:
         node: NodeStateStore,
         *,
         claim_created: Callable[[], AbstractSet[str]] = frozenset,
+        policy: Callable[[], MigPolicy] = lambda: MigPolicy(dynamic=False),
         interval_s: float = 60.0,
         fabric_initial_s: float = 15.0,
         fabric_max_s: float = 300.0,
@@ -47,6 +50,7 @@ class Rediscovery:
         self._driver = driver
         self._node = node
         self._claim_created = claim_created
+        self._policy = policy
         self._interval_s = interval_s
         self._fabric_initial_s = fabric_initial_s
         self._fabric_max_s = min(fabric_max_s, interval_s) if interval_s > 0 else fabric_max_s
@@ -81,7 +85,7 @@ class Rediscovery:
         if self._on_pass is not None:
             self._on_pass(time.monotonic() - t0, inv)
         before = self._node.current.offer
-        state = self._node.offer(plan_offer(inv, self._claim_created()))
+        state = self._node.offer(plan_offer(inv, self._claim_created(), self._policy()))
         took_ms = (time.monotonic() - t0) * 1000
         outcome = "changed" if state is not None else "unchanged"
         log.debug("re-discovery pass: %d device(s) in %.1f ms, %s", len(inv.devices), took_ms, outcome)

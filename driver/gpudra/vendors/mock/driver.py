@@ -38,6 +38,7 @@ from gpudra.vendors.base import (
 from gpudra.vendors.mock.edits import description_file_name, device_description, mock_edits
 from gpudra.vendors.mock.hotswap import HotSwapDriver, ProfileFile, is_builtin, load_node_profile
 from gpudra.vendors.mock.node import FakeNode, NodeProfile
+from gpudra.vendors.nvidia.mig_dynamic import created_device
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,10 @@ class MockDriver:
         return self._inner.discover()
 
     def edits(self, claim: ClaimIdentity, device: ClaimDevice, applied: AppliedState) -> DeviceEdits:
+        dev = created_device(device.device, device.name, applied.changes)  # a MIG device made at prepare
         for change in applied.of_kind(FILE_CHANGE):
             if change.device == device.name:
-                return DeviceEdits(mock_edits(device.device, claim.uid, device.name, change.text("path")))
+                return DeviceEdits(mock_edits(dev, claim.uid, device.name, change.text("path")))
         raise EditsError(f"device {device.name}: no description file was prepared for it")
 
     def intend(self, claim: ClaimIdentity, devices: Sequence[ClaimDevice]) -> AppliedState:
@@ -89,8 +91,9 @@ class MockDriver:
         try:
             for change in files:
                 d = by_name[change.device]
+                dev = created_device(d.device, d.name, inner.changes)
                 atomic_write(
-                    change.text("path"), device_description(claim, d.request, d.name, d.device), durable=False
+                    change.text("path"), device_description(claim, d.request, d.name, dev), durable=False
                 )
         except (OSError, KeyError) as e:
             self._remove(files, strict=False)  # best effort: the write error is the one to report

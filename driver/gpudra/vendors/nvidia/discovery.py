@@ -19,12 +19,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from gpudra.model.inventory import Device, DeviceKind, Inventory, PciPlacement, Semver, Vendor
+from gpudra.model.inventory import Device, DeviceKind, Inventory, MigProfile, PciPlacement, Semver, Vendor
 from gpudra.vendors import sysfs
 from gpudra.vendors.base import DiscoveryError
 from gpudra.vendors.nvidia import mig as nvml_mig
 from gpudra.vendors.nvidia import topology as nvml_topology
 from gpudra.vendors.nvidia.calls import MOCK_HINT, Nvml, NvmlError
+from gpudra.vendors.nvidia.mig_table import mig_profile_table
 from gpudra.vendors.nvidia.reader import DeviceFailure, Reader, integer, text
 
 __all__ = [
@@ -108,14 +109,16 @@ class _Found:
 class NvidiaDiscovery:
     """Discovery passes over an initialised :class:`~gpudra.vendors.nvidia.calls.Nvml`.
 
-    Keeps nothing between passes: each pass has its own :class:`~gpudra.vendors.nvidia.reader.Reader` (and
-    warnings), so passes may run from several threads at once. Initialising and shutting NVML down is the
-    caller's (:class:`~gpudra.vendors.nvidia.driver.NvidiaDriver`).
+    Each pass has its own :class:`~gpudra.vendors.nvidia.reader.Reader` (and warnings), so passes may run from
+    several threads at once. The one thing kept between passes is each GPU's MIG profile table (by UUID): a
+    GPU's table never changes, and reading it costs some 25 NVML calls per GPU. Initialising and shutting
+    NVML down is the caller's (:class:`~gpudra.vendors.nvidia.driver.NvidiaDriver`).
     """
 
     def __init__(self, nvml: Nvml, sysfs_root: Path = Path("/sys")) -> None:
         self._nvml = nvml
         self._sysfs_root = sysfs_root
+        self._mig_tables: dict[str, tuple[MigProfile, ...]] = {}  # complete tables only
 
     def device_count(self) -> int:
         """Number of GPUs NVML sees (includes GPUs that discovery would skip)."""
@@ -129,15 +132,18 @@ class NvidiaDiscovery:
 
     def discover(self) -> Discovered:
         """One full discovery pass; per-GPU problems end up in ``Inventory.warnings``."""
-        return _Pass(Reader(self._nvml), self._sysfs_root).run(self.device_count())
+        return _Pass(Reader(self._nvml), self._sysfs_root, self._mig_tables).run(self.device_count())
 
 
 class _Pass:
     """One discovery pass: its reader (which holds the pass's warnings) and the sysfs tree it reads."""
 
-    def __init__(self, reader: Reader, sysfs_root: Path) -> None:
+    def __init__(
+        self, reader: Reader, sysfs_root: Path, mig_tables: dict[str, tuple[MigProfile, ...]]
+    ) -> None:
         self._reader = reader
         self._sysfs_root = sysfs_root
+        self._mig_tables = mig_tables
 
     def run(self, count: int) -> Discovered:
         found: list[_Found] = []
@@ -227,12 +233,21 @@ class _Pass:
             pci=self._placement(bus_id),
             mig_capable=capable,
             mig_enabled=enabled,
+            mig_profiles=self._mig_table(handle, uuid, where) if capable else (),
             addressing_mode=_name(ADDRESSING_MODES, call("nvmlDeviceGetAddressingMode", handle, what=where)),
             nvlink_links=nvml_topology.active_links(self._reader, handle, where),
         )
         fabric = nvml_topology.read_fabric(self._reader, handle, where)
         migs = nvml_mig.mig_devices(self._reader, handle, device, where) if enabled else []
         return _Found(device, handle, fabric, tuple(migs))
+
+    def _mig_table(self, handle: Any, uuid: str, where: str) -> tuple[MigProfile, ...]:
+        table = self._mig_tables.get(uuid)
+        if table is None:
+            table = mig_profile_table(self._reader, handle, where)
+            if table:
+                self._mig_tables[uuid] = table
+        return table
 
     def _bus_id(self, handle: Any, where: str) -> str:
         function = "nvmlDeviceGetPciInfo_v3"

@@ -3,35 +3,36 @@
 NVML stays initialised for the plugin's lifetime, and the driver keeps the NVML handle of every device the
 last successful discovery pass found (for code that acts on a device later: MIG instances, health events).
 Discovery passes are serialised (the re-discovery loop and start-up may ask at once), so the handle map
-always is the latest pass's; edits read only the host's files. Prepare changes nothing on the node for the
-devices published today (static full GPUs and pre-made MIG devices): :class:`StaticDevices`.
+always is the latest pass's; edits read only the host's files. Prepare changes nothing on the node for
+static full GPUs and pre-made MIG devices; a MIG device published for dynamic MIG is created at prepare and
+destroyed at unprepare (:mod:`~gpudra.vendors.nvidia.mig_dynamic`).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any
 
-from gpudra.model.applied import AppliedState
+from gpudra.model.applied import NOTHING_APPLIED, AppliedState
 from gpudra.model.inventory import Inventory
-from gpudra.vendors.base import (
-    ClaimDevice,
-    ClaimIdentity,
-    DeviceEdits,
-    DiscoveryError,
-    HostRoots,
-    StaticDevices,
-)
+from gpudra.vendors.base import ApplyError, ClaimDevice, ClaimIdentity, DeviceEdits, DiscoveryError, HostRoots
 from gpudra.vendors.nvidia.calls import Nvml
 from gpudra.vendors.nvidia.discovery import NvidiaDiscovery
+from gpudra.vendors.nvidia.mig_dynamic import (
+    MIG_INSTANCE,
+    MIG_MODE,
+    MigPartitioner,
+    created_device,
+    intended_change,
+)
 
 _NO_HANDLES: Mapping[str, Any] = MappingProxyType({})
 
 
-class NvidiaDriver(StaticDevices):
+class NvidiaDriver:
     """A :class:`~gpudra.vendors.base.VendorDriver` over a pynvml module (the real one or the fake).
 
     The constructor runs ``nvmlInit`` and raises :class:`DiscoveryError` when NVML cannot be initialised
@@ -48,6 +49,7 @@ class NvidiaDriver(StaticDevices):
         self._lock = threading.Lock()  # one discovery pass at a time; close waits for it
         self._open = True
         self._handles = _NO_HANDLES  # replaced whole, never changed in place: read without the lock
+        self._mig = MigPartitioner(self._nvml, self.handle)
 
     @property
     def name(self) -> str:
@@ -82,7 +84,27 @@ class NvidiaDriver(StaticDevices):
         # needed to publish, and the first slice goes out sooner without them (measured ~8 ms).
         from gpudra.vendors.nvidia.edits import nvidia_device_edits
 
-        return nvidia_device_edits(device.device, self._roots)
+        return nvidia_device_edits(created_device(device.device, device.name, applied.changes), self._roots)
+
+    def intend(self, claim: ClaimIdentity, devices: Sequence[ClaimDevice]) -> AppliedState:
+        changes = tuple(c for c in (intended_change(d) for d in devices) if c is not None)
+        return AppliedState(changes) if changes else NOTHING_APPLIED
+
+    def apply(
+        self, claim: ClaimIdentity, devices: Sequence[ClaimDevice], intended: AppliedState
+    ) -> AppliedState:
+        if intended.empty and not any(d.device.mig_capable for d in devices):
+            return intended
+        done = self._mig.apply(devices, intended.changes)
+        created = tuple(c.text("uuid") for c in done if c.kind == MIG_INSTANCE)
+        return AppliedState(tuple(done), created) if done else NOTHING_APPLIED
+
+    def undo(self, applied: AppliedState) -> None:
+        unknown = sorted({c.kind for c in applied.changes} - {MIG_INSTANCE, MIG_MODE})
+        if unknown:
+            raise ApplyError(f"the NVIDIA driver does not know the recorded change(s) {unknown}")
+        if applied.changes:
+            self._mig.undo(applied.changes)
 
     def close(self) -> None:
         """``nvmlShutdown`` once (the handles go with it); later calls do nothing."""

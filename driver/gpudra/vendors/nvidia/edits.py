@@ -100,6 +100,9 @@ def mig_cap_nodes(
     a key
     is missing, e.g. the instance was destroyed since discovery).
     """
+    if mig.gi_id is None or mig.ci_id is None:
+        raise EditsError(f"MIG {mig.profile} at memory slice {mig.placement_start}: not created yet, so it "
+                         "has no GPU or compute instance to give a container")  # fmt: skip
     nodes = []
     for key in (gi_access_key(gpu_minor, mig.gi_id), ci_access_key(gpu_minor, mig.gi_id, mig.ci_id)):
         minor = minors.get(key)
@@ -111,7 +114,11 @@ def mig_cap_nodes(
 
 
 def mig_edits(device: Device, roots: HostRoots) -> ContainerEdits:
-    """A MIG device's nodes: its parent's ``nvidia<minor>``, the control nodes, its two capability nodes."""
+    """A MIG device's nodes: its parent's ``nvidia<minor>``, the control nodes, its two capability nodes.
+
+    A MIG device not created yet (dynamic MIG, asked before prepare creates it) has no capability nodes: its
+    edits are the rest, which checks everything the host must have before anything is created; prepare
+    computes them again from the ids the hardware gives."""
     _check_nvidia(device)
     if device.kind is not DeviceKind.MIG or device.mig is None:
         raise EditsError(f"device {device.uuid}: not a MIG device with known GPU/compute instance ids")
@@ -119,6 +126,8 @@ def mig_edits(device: Device, roots: HostRoots) -> ContainerEdits:
     if parent_minor is None:
         raise EditsError(f"device {device.uuid}: parent GPU's minor unknown, cannot find /dev/nvidia<minor>")
     nodes = _gpu_nodes(device.uuid, parent_minor, roots.dev)
+    if device.created_at_prepare:
+        return ContainerEdits(env=(VOID_ENV,), device_nodes=nodes)
     minors, major = read_mig_minors(roots.proc), read_caps_major(roots.proc)
     caps = mig_cap_nodes(parent_minor, device.mig, minors, major, roots.proc / MIG_MINORS)
     return ContainerEdits(env=(VOID_ENV,), device_nodes=(*nodes, *caps))
@@ -161,8 +170,13 @@ def _stale(spec: ToolkitSpec, installed: str | None) -> bool:
         return False
     if (spec.path, installed) not in _warned_stale:
         _warned_stale.add((spec.path, installed))
-        log.warning("%s was generated for driver %s but %s is installed: using the driver root; run "
-                    "`nvidia-ctk cdi generate` again", spec.path, spec_version, installed)
+        log.warning(
+            "%s was generated for driver %s but %s is installed: using the driver root; run "
+            "`nvidia-ctk cdi generate` again",
+            spec.path,
+            spec_version,
+            installed,
+        )
     return True
 
 

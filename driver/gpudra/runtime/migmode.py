@@ -1,0 +1,78 @@
+"""The node's MIG management in effect, and its fall-back from dynamic to static MIG.
+
+``--mig-management dynamic`` publishes MIG-capable GPUs as partitionable devices (counter sets and devices
+that consume them). A cluster whose ``DRAPartitionableDevices`` gate is off (alpha and off in 1.34 and 1.35)
+drops those fields without an error; what is left would let the scheduler hand out overlapping MIG
+placements. So the publisher reads back every write (counter slices first) and tells :meth:`on_dropped` what
+the server lost: the first time counters are lost, this node falls back to static MIG for the rest of its
+life (a restart tries again), says so in one log line, the ``gpudra_mig_dynamic`` metric and a Node Event,
+and the node state is planned again at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
+from typing import Protocol
+
+from gpudra.planning.offer import plan_offer
+from gpudra.planning.partitions import MigPolicy
+from gpudra.state.node import NodeStateStore
+
+log = logging.getLogger(__name__)
+
+EVENT_REASON = "GpudraDynamicMigUnavailable"
+
+
+class EventSink(Protocol):
+    def __call__(self, reason: str, message: str) -> None: ...
+
+
+class MigManagement:
+    """Holds the :class:`~gpudra.planning.partitions.MigPolicy` every plan of this node uses."""
+
+    def __init__(
+        self,
+        dynamic: bool,
+        claim_created: Callable[[], AbstractSet[str]],
+        event: EventSink,
+        metric: Callable[[bool], None],
+    ) -> None:
+        self._policy = MigPolicy(dynamic)
+        self._claim_created = claim_created
+        self._event = event
+        self._metric = metric
+        self._lock = threading.Lock()
+        self.node: NodeStateStore | None = None  # set once the node state exists
+
+    @property
+    def policy(self) -> MigPolicy:
+        return self._policy
+
+    def on_dropped(self, fields: Sequence[str]) -> bool:
+        """The publisher's report of fields the API server dropped. True when the node state was planned
+        again (static MIG) and the plan being written must be redone."""
+        lost = [f for f in fields if f == "spec.sharedCounters" or f.endswith(".consumesCounters")]
+        if not lost:
+            return False
+        with self._lock:
+            first, self._policy = self._policy.dynamic, MigPolicy(False)
+        if first:
+            message = (
+                "the API server dropped the partitionable-device fields gpudra wrote (" + ", ".join(lost[:3])
+                + "): the cluster's DRAPartitionableDevices feature gate is off (alpha and off in Kubernetes "
+                "1.34 and 1.35, on from 1.36). Falling back to static MIG: MIG-capable GPUs are published as "
+                "the MIG layout they have, and no MIG device is created at prepare. Enable the gate on the "
+                "API server and scheduler and restart gpudra to use dynamic MIG"
+            )  # fmt: skip
+            log.error("%s", message)
+            self._metric(False)
+            self._event(EVENT_REASON, message)
+        node = self.node
+        if node is None or not node.current.offer.policy.dynamic:
+            return False
+        offer = node.current.offer
+        node.offer(plan_offer(offer.inventory, self._claim_created(), self._policy))
+        return True

@@ -1,0 +1,72 @@
+"""Start-up recovery of the claims' state on the node: prepares a crash cut short, and orphaned files.
+
+- :func:`roll_back_interrupted`: a ``PrepareStarted`` record is a prepare that never answered the kubelet
+  (the process died, or another instance's call is still running during a rolling update: that call then
+  finds its record gone and fails the claim, which the kubelet asks for again). What it intended or did -
+  a MIG device created or being created, files written - is undone exactly as recorded, then the record goes.
+  The vendor driver's undo finds a half-made change by what was intended (a MIG device by its placement), so
+  a crash between creating something and recording its ids leaks nothing.
+- :func:`collect_garbage`: CDI specs no record owns, unless damage may have lost their records.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gpudra.state.checkpoint import CheckpointStore, ClaimRecord, Txn
+from gpudra.state.claimfiles import ClaimFiles
+from gpudra.vendors.base import ApplyError, ClaimApplier
+
+log = logging.getLogger(__name__)
+
+
+def roll_back(txn: Txn, record: ClaimRecord, driver: ClaimApplier, files: ClaimFiles) -> bool:
+    """Undo a half-done prepare (its changes as recorded, then its files) and drop its record."""
+    ref = f"{record.namespace}/{record.name} ({record.uid})"
+    try:
+        driver.undo(record.applied)
+        files.remove(record.uid, record)
+    except (ApplyError, OSError) as e:
+        log.error("rolling back the interrupted prepare of claim %s failed: %s", ref, e)
+        return False
+    txn.remove(record.uid)
+    log.warning("rolled back the interrupted prepare of claim %s", ref)
+    return True
+
+
+def roll_back_interrupted(store: CheckpointStore, driver: ClaimApplier, files: ClaimFiles) -> list[str]:
+    """At start: undo every prepare a crash left half done (PrepareStarted records: MIG devices created
+    or being created, files written). The kubelet asks for those claims again. Returns their UIDs."""
+    rolled: list[str] = []
+    with store.transaction() as txn:
+        for record in list(txn.claims.values()):
+            if record.state == "PrepareStarted" and roll_back(txn, record, driver, files):
+                rolled.append(record.uid)
+        txn.commit()
+    return rolled
+
+
+def collect_garbage(store: CheckpointStore, files: ClaimFiles) -> list[str]:
+    """Remove CDI specs on disk that no checkpoint entry owns (left by a crash). Returns claim UIDs.
+
+    Never after damage: a spec whose record was lost (a damaged record, or records possibly missing
+    after a cut or a file moved aside) may belong to a running pod. Those are kept until the kubelet
+    unprepares the claim (unpreparing a claim without a record removes its files)."""
+    removed, kept = [], []
+    with store.transaction() as txn:
+        for uid in files.cdi.claim_uids_on_disk():
+            if txn.get(uid) is not None:
+                continue
+            if store.uncertain or uid in store.damaged:
+                kept.append(uid)
+                continue
+            files.remove(uid, None)
+            removed.append(uid)
+    if removed:
+        log.info("removed %d orphaned CDI spec(s): %s", len(removed), ", ".join(removed))
+    if kept:
+        log.warning(
+            "kept %d CDI spec(s) the damaged checkpoint cannot account for, until the kubelet "
+            "unprepares them: %s", len(kept), ", ".join(sorted(kept)),
+        )  # fmt: skip
+    return removed
