@@ -212,8 +212,10 @@ def _discover(args: argparse.Namespace) -> int:
         for warning in inv.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         return 0
-    policy = MigPolicy(dynamic=args.mig_management == "dynamic")
-    objs = slices.plan_slices(plan_offer(inv, policy=policy), args.node_name, None, 1)
+    offer = plan_offer(inv, policy=MigPolicy(dynamic=args.mig_management == "dynamic"))
+    for warning in (*inv.warnings, *offer.warnings):
+        print(f"warning: {warning}", file=sys.stderr)
+    objs = slices.plan_slices(offer, args.node_name, None, 1)
     if args.output == "json":
         print(json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}, indent=2))
     else:

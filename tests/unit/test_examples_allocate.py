@@ -1,15 +1,13 @@
 """Every example claim in deviceclasses/examples/ can really be allocated on a matching mock node.
 
-A small emulation of the scheduler's device choice: the request's DeviceClass selectors and its own
-selectors (evaluated with gpudra.devtools.cel, as the scheduler would, including missing-key errors), its
-count, and
-``matchAttribute`` constraints. It proves each example is satisfiable on the profile its README targets and
-that the selectors never hit a CEL runtime error on that node's devices.
+The node's slices are what ``gpudra`` publishes for the profile (static MIG, or dynamic MIG for the scenarios
+that use it); the claims are allocated by the allocation simulator (:mod:`gpudra.devtools.allocator`), which
+evaluates the DeviceClass and request selectors as the scheduler does (a CEL runtime error fails the test),
+counts, constraints and counters. So each example is satisfiable on the profile its README targets.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
-from gpudra.devtools.cel import evaluate_selector
-from gpudra.model import k8stypes
+from gpudra.devtools.allocator import Allocation, Allocator
 from gpudra.planning import slices
 from gpudra.planning.offer import plan_offer
+from gpudra.planning.partitions import MigPolicy
 from gpudra.vendors.select import open_driver
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,75 +33,35 @@ PROFILES: dict[str, tuple[str, ...]] = {
     "four-gpus-one-nvlink-domain": ("dgx-h100", "gb200-nvl72-tray"),
     "shared-claim-two-pods": ("dgx-h100",),
     "amd-partition": ("mi300x-8-cpx-nps4",),
+    "dynamic-mig-1g10gb": ("dgx-h100", "dgx-h100-mig-all"),
 }
+#: Scenarios published with dynamic MIG (the others with static MIG, as a cluster without the gate sees them).
+DYNAMIC = {"dynamic-mig-1g10gb"}
 
 
-def _devices(profile: str) -> list[k8stypes.Device]:
+def _slices(profile: str, dynamic: bool) -> list[dict[str, Any]]:
     backend = open_driver("mock", profile, Path("/sys"))
     try:
         inv = backend.discover()
     finally:
         backend.close()
-    planned = slices.plan_slices(plan_offer(inv), "node", None, 1)
-    return [d for s in planned for d in s["spec"].get("devices", [])]
+    offer = plan_offer(inv, policy=MigPolicy(dynamic=dynamic))
+    return [dict(s) for s in slices.plan_slices(offer, "node", None, 1)]
 
 
-def _classes() -> dict[str, list[str]]:
-    out = {}
-    for path in (REPO / "deviceclasses").glob("*.gpudra.io.yaml"):
-        doc = yaml.safe_load(path.read_text())
-        out[doc["metadata"]["name"]] = [s["cel"]["expression"] for s in doc["spec"].get("selectors", [])]
-    return out
+def _classes() -> list[dict[str, Any]]:
+    return [yaml.safe_load(p.read_text()) for p in sorted((REPO / "deviceclasses").glob("*.gpudra.io.yaml"))]
 
 
-def _claim_specs(path: Path) -> Iterator[dict[str, Any]]:
+def _claims(path: Path) -> Iterator[dict[str, Any]]:
     for doc in yaml.safe_load_all(path.read_text()):
         if doc and doc["kind"] == "ResourceClaim":
-            yield doc["spec"]
+            yield doc
         elif doc and doc["kind"] == "ResourceClaimTemplate":
-            yield doc["spec"]["spec"]
-
-
-def _attr(device: k8stypes.Device, qualified: str) -> object:
-    domain, _, name = qualified.rpartition("/")
-    key = name if domain == "gpudra.io" else qualified
-    value = device.get("attributes", {}).get(key)
-    return None if value is None else next(iter(value.values()))
-
-
-def _candidates(
-    request: dict[str, Any], devices: list[k8stypes.Device], classes: dict[str, list[str]]
-) -> list[k8stypes.Device]:
-    exactly = request["exactly"]
-    selectors = [
-        *classes[exactly["deviceClassName"]],
-        *(s["cel"]["expression"] for s in exactly.get("selectors", [])),
-    ]
-    return [d for d in devices if all(evaluate_selector(expr, d) for expr in selectors)]
-
-
-def _satisfiable(spec: dict[str, Any], devices: list[k8stypes.Device], classes: dict[str, list[str]]) -> bool:
-    """Exact counts from distinct devices, with every matchAttribute constraint met (small search)."""
-    requests = spec["devices"]["requests"]
-    constraints = spec["devices"].get("constraints", [])
-    options = []
-    for request in requests:
-        count = request["exactly"].get("count", 1)
-        options.append(list(itertools.combinations(_candidates(request, devices, classes), count)))
-    for choice in itertools.product(*options):
-        picked = {r["name"]: list(c) for r, c in zip(requests, choice, strict=True)}
-        names = [d["name"] for c in choice for d in c]
-        if len(names) != len(set(names)):
-            continue
-        if all(_constraint_met(c, picked) for c in constraints):
-            return True
-    return False
-
-
-def _constraint_met(constraint: dict[str, Any], picked: dict[str, list[k8stypes.Device]]) -> bool:
-    members = [d for r in constraint.get("requests", picked) for d in picked[r]]
-    values = {_attr(d, constraint["matchAttribute"]) for d in members}
-    return len(values) == 1 and None not in values
+            yield {
+                "metadata": {"name": doc["metadata"]["name"], "namespace": "default"},
+                "spec": doc["spec"]["spec"],
+            }
 
 
 def _cases() -> list[tuple[str, str]]:
@@ -116,8 +74,12 @@ def test_every_example_has_a_target_profile() -> None:
 
 @pytest.mark.parametrize(("scenario", "profile"), _cases())
 def test_example_is_allocatable_on_its_node(scenario: str, profile: str) -> None:
-    devices, classes = _devices(profile), _classes()
-    specs = list(_claim_specs(EXAMPLES / scenario / "example.yaml"))
-    assert specs, f"{scenario} has no ResourceClaim(Template)"
-    for spec in specs:
-        assert _satisfiable(spec, devices, classes), f"{scenario} cannot be allocated on {profile}"
+    allocator = Allocator(_slices(profile, scenario in DYNAMIC), _classes(), node_name="node")
+    claims = list(_claims(EXAMPLES / scenario / "example.yaml"))
+    assert claims, f"{scenario} has no ResourceClaim(Template)"
+    for claim in claims:
+        result = allocator.allocate(claim)
+        assert isinstance(result, Allocation), f"{scenario} cannot be allocated on {profile}: {result}"
+        assert result.devices
+        if scenario in DYNAMIC and profile == "dgx-h100":  # no MIG device exists: only dynamic MIG has one
+            assert all("-mig-1g10gb-19-" in d for d in result.devices), result.devices

@@ -25,12 +25,14 @@ SCENARIOS = {
     "four-gpus-one-nvlink-domain",
     "shared-claim-two-pods",
     "amd-partition",
+    "dynamic-mig-1g10gb",
 }
 CLASSES = {names.CLASS_GPU, names.CLASS_NVIDIA, names.CLASS_MIG, names.CLASS_AMD, names.CLASS_AMD_PARTITION}
 ATTRIBUTES = {v for k, v in vars(names).items() if k.startswith("ATTR_") and "/" not in v}
 CAPACITIES = {v for k, v in vars(names).items() if k.startswith("CAP_")}
 #: Attributes every device carries (slices.py publishes them unconditionally): readable without a guard.
-ALWAYS = {names.ATTR_VENDOR, names.ATTR_TYPE, names.ATTR_UUID}
+#: Not ``uuid``: a MIG device published for dynamic MIG has none until prepare creates it.
+ALWAYS = {names.ATTR_VENDOR, names.ATTR_TYPE}
 ACCESS = re.compile(r"device\.(attributes|capacity)\['gpudra\.io'\]\.(\w+)")
 
 

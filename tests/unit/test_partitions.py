@@ -1,7 +1,7 @@
 """Dynamic MIG publishing (pure): counter sets, what each device consumes, the slices and their limits.
 
-The H100 table below is the real one (shared/fixtures/hardware/nvidia-gpus.json, H100-SXM5-80GB, from the
-capture-h100 NVML capture and `nvidia-smi mig -lgipp`): profile ids, slices, memory, engines, placements.
+The H100 table (tests/unit/mig_tables.py) is the real one: shared/fixtures/hardware/nvidia-gpus.json,
+H100-SXM5-80GB, from the capture-h100 NVML capture and `nvidia-smi mig -lgipp`.
 """
 
 from __future__ import annotations
@@ -16,37 +16,15 @@ from gpudra.model.inventory import (
     EngineCounts,
     Inventory,
     MigInfo,
-    MigPlacement,
-    MigProfile,
     PciPlacement,
     Vendor,
 )
 from gpudra.planning import slices
 from gpudra.planning.offer import plan_offer
 from gpudra.planning.partitions import MigPolicy
+from tests.unit.mig_tables import H100_TABLE, MIB
 
-MIB = 1 << 20
 DYNAMIC = MigPolicy(dynamic=True)
-
-
-def _profile(name: str, pid: int, slices_: int, mem_mib: int, sm: int, ce: int, dec: int, jpg: int, ofa: int,
-             placements: list[tuple[int, int]]) -> MigProfile:  # fmt: skip
-    return MigProfile(
-        name=name, gi_profile_id=pid, compute_slices=slices_, memory_bytes=mem_mib * MIB, multiprocessors=sm,
-        engines=EngineCounts(copy_engines=ce, decoders=dec, encoders=0, jpeg_engines=jpg, ofa_engines=ofa),
-        placements=tuple(MigPlacement(s, z) for s, z in placements),
-    )  # fmt: skip
-
-
-H100_TABLE = (
-    _profile("1g.10gb", 19, 1, 9984, 16, 1, 1, 1, 0, [(i, 1) for i in range(7)]),
-    _profile("2g.20gb", 14, 2, 20096, 32, 2, 2, 2, 0, [(0, 2), (2, 2), (4, 2)]),
-    _profile("3g.40gb", 9, 3, 40448, 60, 3, 3, 3, 0, [(0, 4), (4, 4)]),
-    _profile("4g.40gb", 5, 4, 40448, 64, 4, 4, 4, 0, [(0, 4)]),
-    _profile("7g.80gb", 0, 7, 81152, 132, 8, 7, 7, 1, [(0, 8)]),
-    _profile("1g.10gb+me", 20, 1, 9984, 16, 1, 1, 1, 1, [(i, 1) for i in range(7)]),
-    _profile("1g.20gb", 15, 1, 20096, 26, 1, 1, 1, 0, [(0, 2), (2, 2), (4, 2), (6, 2)]),
-)
 
 
 def h100(index: int, **changes: Any) -> Device:
@@ -81,7 +59,8 @@ def test_devices_are_the_whole_gpu_and_every_profile_placement() -> None:
     gpu = h100(0)
     expected = 7 + 3 + 2 + 1 + 1 + 7 + 4
     migs = [d for d in offer.devices.values() if d.kind is DeviceKind.MIG]
-    assert len(migs) == expected and len(offer.entries) == expected + 1
+    assert len(migs) == expected
+    assert len(offer.entries) == expected + 1
     whole = offer.entries[names.gpu_device_name(gpu.uuid)]
     assert (
         whole["consumesCounters"][0]["counters"]
@@ -91,13 +70,15 @@ def test_devices_are_the_whole_gpu_and_every_profile_placement() -> None:
     name = names.mig_device_name(gpu.uuid, "3g.40gb", 9, 4)
     slot = offer.entries[name]
     use = slot["consumesCounters"]
-    assert len(use) == 1 and use[0]["counterSet"] == names.mig_counter_set_name(gpu.uuid)
+    assert len(use) == 1
+    assert use[0]["counterSet"] == names.mig_counter_set_name(gpu.uuid)
     assert _counters(use[0]["counters"]) == {
         "memory-slice-4": 1, "memory-slice-5": 1, "memory-slice-6": 1, "memory-slice-7": 1,
         "compute-slices": 3, "memory": 40448 * MIB, "copy-engines": 3, "decoders": 3, "jpeg-engines": 3,
     }  # fmt: skip
     attrs = slot["attributes"]
-    assert attrs["type"] == {"string": "mig"} and attrs["profile"] == {"string": "3g.40gb"}
+    assert attrs["type"] == {"string": "mig"}
+    assert attrs["profile"] == {"string": "3g.40gb"}
     assert attrs["parentUUID"] == {"string": gpu.uuid}
     assert "uuid" not in attrs  # it has none until prepare creates it: never a made-up one
     assert slot["capacity"]["memory"] == {"value": str(40448 * MIB)}
@@ -151,7 +132,8 @@ def test_a_gpu_with_mig_devices_someone_else_made_is_published_static() -> None:
 
 def test_static_policy_and_gpus_without_a_table_publish_as_before() -> None:
     static = plan_offer(Inventory(devices=(h100(0),)))
-    assert not static.counter_sets and list(static.entries) == [names.gpu_device_name(h100(0).uuid)]
+    assert not static.counter_sets
+    assert list(static.entries) == [names.gpu_device_name(h100(0).uuid)]
     l4 = h100(1, mig_capable=False, mig_profiles=(), product_name="NVIDIA L4")
     no_table = h100(2, mig_profiles=())
     offer = plan_offer(Inventory(devices=(l4, no_table)), policy=DYNAMIC)
@@ -177,7 +159,8 @@ def test_slices_respect_the_135_limits_on_a_dgx_h100() -> None:
     assert all(("devices" in s["spec"]) != ("sharedCounters" in s["spec"]) for s in pool)
     assert sum(len(s["spec"]["devices"]) for s in device_slices) == 8 * 26
     assert all(len(s["spec"]["devices"]) <= 64 for s in device_slices)
-    assert len(counter_slices) == 1 and len(counter_slices[0]["spec"]["sharedCounters"]) == 8
+    assert len(counter_slices) == 1
+    assert len(counter_slices[0]["spec"]["sharedCounters"]) == 8
     assert all(s["spec"]["pool"]["resourceSliceCount"] == len(pool) for s in pool)
     assert len({s["metadata"]["name"] for s in pool}) == len(pool)
     for s in device_slices:
@@ -187,3 +170,22 @@ def test_slices_respect_the_135_limits_on_a_dgx_h100() -> None:
     nine = plan_offer(Inventory(devices=tuple(h100(i) for i in range(9))), policy=DYNAMIC)
     sets = [s for s in slices.plan_slices(nine, "node-a", None, 1) if "sharedCounters" in s["spec"]]
     assert [len(s["spec"]["sharedCounters"]) for s in sets] == [8, 1]
+
+
+def test_only_a_whole_gpu_published_as_partitionable_has_its_mig_mode_managed() -> None:
+    name = names.gpu_device_name(h100(0).uuid)
+    assert plan_offer(Inventory(devices=(h100(0),)), policy=DYNAMIC).devices[name].mig_managed
+    assert not plan_offer(Inventory(devices=(h100(0),))).devices[name].mig_managed
+
+
+def test_an_ampere_gpu_follows_the_mig_mode_the_admin_set() -> None:
+    off = h100(0, architecture="Ampere", product_name="NVIDIA A100-SXM4-40GB")
+    offer = plan_offer(Inventory(devices=(off,)), policy=DYNAMIC)
+    assert not offer.counter_sets
+    assert list(offer.entries) == [names.gpu_device_name(off.uuid)]
+    on = dataclasses.replace(off, mig_enabled=True)
+    offer = plan_offer(Inventory(devices=(on,)), policy=DYNAMIC)
+    assert len(offer.counter_sets) == 1
+    assert names.gpu_device_name(on.uuid) not in offer.entries  # leaving MIG mode needs a reset
+    assert len(offer.entries) == 25
+    assert all(e["consumesCounters"] for e in offer.entries.values())

@@ -72,17 +72,18 @@ def test_an_unprepare_in_the_gap_wins_and_leaves_no_file(tmp_path: Path, rig: Ri
     assert not [p for p in tmp_path.rglob("*") if ref.uid in p.name]
 
 
-def test_a_concurrent_prepare_of_the_same_claim_gives_the_same_answer(
-    tmp_path: Path, rig: Rig
-) -> None:
+def test_a_concurrent_prepare_of_the_same_claim_is_told_to_try_again(tmp_path: Path, rig: Rig) -> None:
+    # Two calls applying one claim's changes at once would both create its MIG devices, and the loser's
+    # clean-up would destroy the winner's: the second call is refused while the first runs.
     preparer, claims, cdi, _ = _setup(rig)
     ref = _ref(claims, "c1")
     inner: dict[str, Any] = {}
     cdi.during_write.append(lambda: inner.update(preparer.prepare([ref])))
     outer = preparer.prepare([ref])
     assert outer[ref.uid].error is None
-    assert inner[ref.uid].error is None
-    assert outer[ref.uid].devices == inner[ref.uid].devices
+    assert inner[ref.uid].error_kind == "in_progress"
+    assert "try again" in (inner[ref.uid].error or "")
+    assert preparer.prepare([ref])[ref.uid].devices == outer[ref.uid].devices  # the retry: same answer
     assert cdi.path_for(ref.uid).exists()
     document = load_document((tmp_path / "cp.json").read_bytes())
     assert document["claims"][ref.uid]["state"] == "PrepareCompleted"

@@ -31,9 +31,18 @@ from gpudra.planning.offer import plan_offer
 
 H100_UUID = "GPU-bb61b538-f5d8-b0ab-2cb5-fef794dece63"
 H100 = Device(
-    kind=DeviceKind.GPU, vendor=Vendor.NVIDIA, uuid=H100_UUID, product_name="NVIDIA H100 80GB HBM3", index=0,
-    minor=0, brand="Nvidia", architecture="Hopper", memory_bytes=85520809984, multiprocessors=132,
-    cuda_compute_capability=Semver(9, 0, 0), pci=PciPlacement("00000000:00:06.0", "pci0000:00", 0),
+    kind=DeviceKind.GPU,
+    vendor=Vendor.NVIDIA,
+    uuid=H100_UUID,
+    product_name="NVIDIA H100 80GB HBM3",
+    index=0,
+    minor=0,
+    brand="Nvidia",
+    architecture="Hopper",
+    memory_bytes=85520809984,
+    multiprocessors=132,
+    cuda_compute_capability=Semver(9, 0, 0),
+    pci=PciPlacement("00000000:00:06.0", "pci0000:00", 0),
 )
 NV_INV = Inventory(
     devices=(H100,), driver_version=Semver.loose("580.159.04"), cuda_driver_version=Semver(13, 0, 0)
@@ -84,8 +93,11 @@ def test_minimal_device_publishes_only_what_is_known() -> None:
     assert entry == {
         "name": "gpu-1",
         "attributes": {
-            "index": {"int": 0}, "productName": {"string": "Some GPU"}, "type": {"string": "gpu"},
-            "uuid": {"string": "GPU-1"}, "vendor": {"string": "nvidia"},
+            "index": {"int": 0},
+            "productName": {"string": "Some GPU"},
+            "type": {"string": "gpu"},
+            "uuid": {"string": "GPU-1"},
+            "vendor": {"string": "nvidia"},
         },
     }
 
@@ -177,8 +189,12 @@ def test_amd_devices_carry_no_nvidia_versions() -> None:
 
 @pytest.mark.parametrize(
     ("version", "text"),
-    [(Semver.loose("580.159.04"), "580.159.4"), (Semver.loose("9.0"), "9.0.0"), (Semver(13, 0, 0), "13.0.0"),
-     (Semver(0, 0, 0), "0.0.0")],
+    [
+        (Semver.loose("580.159.04"), "580.159.4"),
+        (Semver.loose("9.0"), "9.0.0"),
+        (Semver(13, 0, 0), "13.0.0"),
+        (Semver(0, 0, 0), "0.0.0"),
+    ],
 )
 def test_versions_are_strict_semver(version: Semver | None, text: str) -> None:
     inv = dataclasses.replace(NV_INV, driver_version=version)
@@ -238,7 +254,9 @@ def test_check_device_enforces_name_and_attribute_rules() -> None:
     many: dict[str, Any] = {f"a{i}": {"int": i} for i in range(32)}
     apirules.check_device({"name": "gpu-0", "attributes": many})
     bad: list[dict[str, Any]] = [
-        {"name": "gpu.0"}, {"name": ""}, {"name": "x" * 64},
+        {"name": "gpu.0"},
+        {"name": ""},
+        {"name": "x" * 64},
         {"name": "gpu-0", "attributes": {**many, "extra": {"int": 1}}},
         {"name": "gpu-0", "attributes": many, "capacity": {"memory": {"value": "1"}}},
         {"name": "gpu-0", "attributes": {"a" * 33: {"int": 1}}},
@@ -261,7 +279,7 @@ def inventory_of(n: int) -> Inventory:
 
 
 def device_names(plan: list[Any]) -> list[str]:
-    return [d["name"] for s in plan for d in s["spec"]["devices"]]
+    return [d["name"] for s in plan for d in s["spec"].get("devices", [])]
 
 
 @pytest.mark.parametrize("n", [0, 1, 127, 128, 129, 256, 257])
@@ -282,12 +300,19 @@ def test_split_into_slices_of_at_most_128(n: int) -> None:
 
 def test_empty_inventory_yields_one_empty_slice() -> None:
     plan = slices.plan_slices(plan_offer(Inventory()), "node-a", None, 0)
-    assert plan == [{
-        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
-        "metadata": {"name": "node-a-gpudra.io-0", "labels": {"gpudra.io/node": "node-a"}},
-        "spec": {"driver": "gpudra.io", "nodeName": "node-a",
-                 "pool": {"name": "node-a", "generation": 0, "resourceSliceCount": 1}, "devices": []},
-    }]
+    assert plan == [
+        {
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "ResourceSlice",
+            "metadata": {"name": "node-a-gpudra.io-0", "labels": {"gpudra.io/node": "node-a"}},
+            "spec": {
+                "driver": "gpudra.io",
+                "nodeName": "node-a",
+                "pool": {"name": "node-a", "generation": 0, "resourceSliceCount": 1},
+                "devices": [],
+            },
+        }
+    ]
 
 
 def test_smaller_chunks_on_request_and_bad_sizes_refused() -> None:
@@ -333,10 +358,15 @@ def test_bad_pool_arguments_are_refused(node: str, uid: str | None, generation: 
 
 
 def test_unpublishable_devices_are_left_out_of_the_pool_with_warnings() -> None:
-    inv = Inventory(devices=(
-        minimal("GPU-ok"), dataclasses.replace(minimal("MIG-1"), kind=DeviceKind.MIG), minimal(""),
-        minimal("GPU-abc"), minimal("gpu-ABC"),
-    ))
+    inv = Inventory(
+        devices=(
+            minimal("GPU-ok"),
+            dataclasses.replace(minimal("MIG-1"), kind=DeviceKind.MIG),
+            minimal(""),
+            minimal("GPU-abc"),
+            minimal("gpu-ABC"),
+        )
+    )
     plan = slices.plan_pool(plan_offer(inv), "n", None, 1)
     assert device_names(list(plan.slices)) == ["gpu-ok"]
     assert len(plan.warnings) == 3
@@ -423,6 +453,9 @@ def check_device(dev: dict[str, Any]) -> None:
         assert QUANTITY.fullmatch(value["value"])
 
 
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
 def check_pool(plan: list[Any]) -> None:
     assert plan
     pools = {json.dumps(s["spec"]["pool"], sort_keys=True) for s in plan}
@@ -438,12 +471,35 @@ def check_pool(plan: list[Any]) -> None:
         assert is_subdomain(spec["driver"])
         assert len(spec["driver"]) <= 63
         assert sum(k in spec for k in ("nodeName", "nodeSelector", "allNodes", "perDeviceNodeSelection")) == 1
-        restricted = any("taints" in d or "consumesCounters" in d for d in spec["devices"])
-        assert len(spec["devices"]) <= (64 if restricted else 128)
-        for dev in spec["devices"]:
+        assert ("devices" in spec) != ("sharedCounters" in spec)  # 1.35+: one or the other, never both
+        devices = spec.get("devices", [])
+        restricted = any("taints" in d or "consumesCounters" in d for d in devices)
+        assert len(devices) <= (64 if restricted else 128)
+        for dev in devices:
             check_device(dev)
+            assert len(dev.get("consumesCounters", [])) <= 2
+        assert len(spec.get("sharedCounters", [])) <= 8
     all_names = device_names(plan)
     assert len(all_names) == len(set(all_names))
+    _check_counters(plan)
+
+
+def _check_counters(plan: list[Any]) -> None:
+    """Counter sets: unique DNS-label names, <= 32 counters each; every consumption names a set and counters
+    of the pool and takes no more than the set has."""
+    sets = [c for s in plan for c in s["spec"].get("sharedCounters", [])]
+    by_name = {c["name"]: c["counters"] for c in sets}
+    assert len(by_name) == len(sets)
+    for name, counters in by_name.items():
+        assert DNS_LABEL.fullmatch(name)
+        assert 0 < len(counters) <= 32
+        assert all(DNS_LABEL.fullmatch(k) for k in counters)
+    for s in plan:
+        for dev in s["spec"].get("devices", []):
+            for use in dev.get("consumesCounters", []):
+                have = by_name[use["counterSet"]]
+                for counter, value in use["counters"].items():
+                    assert int(value["value"]) <= int(have[counter]["value"]), (dev["name"], counter)
 
 
 def opt(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -474,13 +530,25 @@ MIG_INFO = st.builds(
 def devices_strategy(uuid: str) -> st.SearchStrategy[Device]:
     """A full GPU (every field drawn, MIG mode and fabric included) or a MIG device of some parent."""
     gpu = st.builds(
-        Device, kind=st.just(DeviceKind.GPU), vendor=st.sampled_from(Vendor), uuid=st.just(uuid),
-        product_name=TEXT, index=st.integers(0, 2**64), minor=opt(st.integers(-1, 2**64)), brand=opt(TEXT),
-        architecture=opt(TEXT), memory_bytes=opt(st.integers(-1, 2**50)),
+        Device,
+        kind=st.just(DeviceKind.GPU),
+        vendor=st.sampled_from(Vendor),
+        uuid=st.just(uuid),
+        product_name=TEXT,
+        index=st.integers(0, 2**64),
+        minor=opt(st.integers(-1, 2**64)),
+        brand=opt(TEXT),
+        architecture=opt(TEXT),
+        memory_bytes=opt(st.integers(-1, 2**50)),
         multiprocessors=opt(st.integers(0, 200)),
-        cuda_compute_capability=opt(SEMVERS), pci=opt(PCI), mig_capable=opt(st.booleans()),
-        mig_enabled=opt(st.booleans()), addressing_mode=opt(TEXT), fabric_domain=opt(TEXT),
-        nvlink_links=COUNT, engines=ENGINES,
+        cuda_compute_capability=opt(SEMVERS),
+        pci=opt(PCI),
+        mig_capable=opt(st.booleans()),
+        mig_enabled=opt(st.booleans()),
+        addressing_mode=opt(TEXT),
+        fabric_domain=opt(TEXT),
+        nvlink_links=COUNT,
+        engines=ENGINES,
     )
     mig = gpu.map(lambda d: dataclasses.replace(d, mig_enabled=None, mig_capable=None)).flatmap(
         lambda d: st.builds(
@@ -515,8 +583,9 @@ def inventories(draw: st.DrawFn, max_size: int = 400) -> Inventory:
 
 
 NODES = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,80}[a-z0-9])?(\.[a-z0-9]{1,60}){0,3}", fullmatch=True)
-SLOW = settings(max_examples=40, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SLOW = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 
 @SLOW

@@ -88,6 +88,7 @@ class Publisher:
         on_published: Callable[[int], None] | None = None,
         planner: Planner = slices.plan_slices,
         on_dropped: Callable[[list[str]], bool] | None = None,
+        on_rejected: Callable[[ResourceSlice, str], bool] | None = None,
     ) -> None:
         self._api = api
         self._node = node_name
@@ -98,6 +99,9 @@ class Publisher:
         #: told the fields a write lost; True when it changed the node state so that the plan must be redone
         #: (dynamic MIG falls back to static when the cluster drops counters)
         self._on_dropped = on_dropped
+        #: told a slice the server refused as invalid (422); True as for ``on_dropped`` (Kubernetes 1.34
+        #: with its partitionable-devices gate on refuses counter sets in a slice of their own)
+        self._on_rejected = on_rejected
         # per slice: (what we sent, what the server kept) when the server dropped some of it
         self._accepted: dict[str, tuple[ResourceSlice, ResourceSlice]] = {}
         self.dropped_fields: list[str] = []  # fields the API server silently dropped (feature gates off)
@@ -264,7 +268,12 @@ class Publisher:
             have = self._actual.get(name)
             if have is not None and self._in_sync(obj, have):
                 continue
-            written = self._create(obj) if have is None else self._replace(obj, have)
+            try:
+                written = self._create(obj) if have is None else self._replace(obj, have)
+            except KubeError as e:
+                if e.code == 422 and self._on_rejected is not None and self._on_rejected(obj, str(e)):
+                    raise _Replan from e
+                raise
             self._actual[name] = written
             self._remember(name, written)
             dropped = self._check_dropped(obj, written)

@@ -143,6 +143,9 @@ class Device:
     #: A MIG-capable GPU: every GPU-instance profile it supports with its placements (empty when NVML did
     #: not give the whole table: such a GPU is never partitioned at prepare)
     mig_profiles: tuple[MigProfile, ...] = ()
+    #: Set by the offer on a whole GPU published as a partitionable device: gpudra manages its MIG mode
+    #: (prepare may switch it). Never set by discovery, never on a GPU published under static MIG.
+    mig_managed: bool = False
     addressing_mode: str | None = None  # NVML addressing mode name, when reported
     engines: EngineCounts | None = None
     # fabric: a vendor-neutral id of the high-bandwidth domain (NVLink clique / node-local NVLink island /

@@ -83,9 +83,9 @@ CAP_SIMD_UNITS: Final = "simdUnits"
 CAP_MEMORY_POOL: Final = "memoryPool"
 
 # Counters of a MIG-capable GPU published for dynamic MIG (KEP-4815 partitionable devices). One counter set
-# per GPU, named like the GPU's device (:func:`mig_counter_set_name`); its whole-GPU device consumes every counter
-# in full, each MIG placement what the hardware gives that GPU instance. Kueue's partitionable-device quota
-# names these keys, so they are public API like the attributes (docs/dynamic-mig.md lists them).
+# per GPU, named like the GPU's device (:func:`mig_counter_set_name`); its whole-GPU device consumes every
+# counter in full, each MIG placement what the hardware gives that GPU instance. Kueue's partitionable-device
+# quota names these keys, so they are public API like the attributes (docs/dynamic-mig.md lists them).
 #: One counter per memory slice, ``memory-slice-0`` .. ``memory-slice-<n-1>`` (value 1): placements that
 #: share a memory slice cannot both be allocated.
 COUNTER_MEMORY_SLICE_PREFIX: Final = "memory-slice-"

@@ -228,4 +228,3 @@ def _check_format(value: str, path: str, fmt: NameFormat) -> str:
     if problem is not None:
         raise ClaimJsonError(path, problem)
     return value
-

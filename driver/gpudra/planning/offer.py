@@ -21,13 +21,20 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from gpudra.model import k8stypes, names
 from gpudra.model.inventory import Device, DeviceKind, Inventory
 from gpudra.planning.devices import build_device
-from gpudra.planning.partitions import STATIC_MIG, DynamicGpu, MigPolicy, claim_made, dynamic_gpu
+from gpudra.planning.partitions import (
+    STATIC_MIG,
+    DynamicGpu,
+    MigPolicy,
+    claim_made,
+    dynamic_gpu,
+    foreign_instances,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,13 @@ def _candidates(
             warnings.extend(partitioned.warnings)
             found.extend(_partitionable(partitioned, inv, warnings))
             continue
+        foreign = foreign_instances(dev, inv.devices, claim_created) if policy.dynamic else []
+        if foreign and dev.mig_capable and dev.mig_profiles:
+            warnings.append(
+                f"GPU {dev.uuid} has MIG devices gpudra did not create ({', '.join(foreign)}): its layout is "
+                "published as it is and never changed; MIG devices are created on it at prepare once they "
+                "are gone"
+            )
         if not dev.uuid:
             warnings.append(f"device at index {dev.index}: no UUID, so no stable name; not published")
         elif dev.kind is DeviceKind.MIG and (dev.mig is None or not dev.parent_uuid):
@@ -96,11 +110,13 @@ def _partitionable(
 ) -> list[tuple[Device, k8stypes.Device]]:
     """The whole GPU and its MIG placements, each with what it consumes of the GPU's counter set."""
     whole = build_device(gpu.gpu, inv)
+    gpu_device = replace(gpu.gpu, mig_managed=True)
     warnings.extend(whole.warnings)
     entry = whole.device
     entry.get("attributes", {}).pop(names.ATTR_MIG_ENABLED, None)
-    entry["consumesCounters"] = [gpu.whole]
-    out = [(gpu.gpu, entry)]
+    if gpu.whole is not None:
+        entry["consumesCounters"] = [gpu.whole]
+    out = [(gpu_device, entry)] if gpu.whole is not None else []
     for slot, use in gpu.slots:
         built = build_device(slot, inv)
         warnings.extend(built.warnings)

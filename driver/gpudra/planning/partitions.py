@@ -10,11 +10,13 @@ placement) NVML allows, all at once; the scheduler picks one and the counters ke
 - the whole GPU consumes every counter in full; a MIG device consumes the memory slices of its placement and
   exactly the compute slices, memory and engines its profile gives (the profile table NVML reported).
 
-A counter is published only when every profile and the GPU know its value (the B200 table leaves some engine
-counts unknown): a missing counter is consumed by nobody, a guessed one could refuse a valid layout.
+A counter is published only when every profile and the GPU know its value and no profile needs more of it
+than the whole GPU has (a table with unknown engine counts, read as 0, is not consistent): a missing counter
+is consumed by nobody, a wrong one could refuse a valid layout.
 
 A GPU is partitioned at prepare only when the node's policy is dynamic, NVML reported it MIG-capable with its
-whole profile table, and every MIG device it has now was created by a claim. A GPU with MIG devices someone
+whole profile table, and every MIG device it has now was created by a claim; an Ampere GPU only while MIG
+mode is on (:data:`RESET_TO_SWITCH`). A GPU with MIG devices someone
 else made (an admin's layout) is published as those static devices instead, and never changed.
 """
 
@@ -49,6 +51,11 @@ class MigPolicy:
 
 
 STATIC_MIG: Final = MigPolicy(dynamic=False)
+#: Architectures whose MIG mode changes only with a GPU reset (NVML leaves the change pending): Ampere (A100,
+#: A30). gpudra never resets a GPU, so on these dynamic MIG uses MIG mode as the admin set it: with MIG on,
+#: the GPU offers its MIG placements but not itself whole; with MIG off, it is a whole GPU only. Hopper and
+#: later switch at prepare when idle.
+RESET_TO_SWITCH: Final = frozenset({"Ampere"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +64,9 @@ class DynamicGpu:
 
     gpu: Device
     counter_set: k8stypes.CounterSet
-    #: the whole GPU's consumption, then one (device, consumption) per profile and placement
-    whole: k8stypes.DeviceCounterConsumption
+    #: the whole GPU's consumption (None: the whole GPU is not offered), then one (device, consumption) per
+    #: profile and placement
+    whole: k8stypes.DeviceCounterConsumption | None
     slots: tuple[tuple[Device, k8stypes.DeviceCounterConsumption], ...]
     warnings: tuple[str, ...] = ()
 
@@ -87,6 +95,8 @@ def dynamic_gpu(
         return None
     if foreign_instances(gpu, devices, claim_created):
         return None
+    if gpu.architecture in RESET_TO_SWITCH and gpu.mig_enabled is not True:
+        return None  # MIG mode cannot be switched on at prepare: the whole GPU, as static MIG has it
     totals = _totals(gpu)
     set_name = names.mig_counter_set_name(gpu.uuid)
     slots: list[tuple[Device, k8stypes.DeviceCounterConsumption]] = []
@@ -103,7 +113,9 @@ def dynamic_gpu(
                 continue
             slots.append((_slot(gpu, profile, placement.start, placement.size), _consume(set_name, use)))
     counter_set: k8stypes.CounterSet = {"name": set_name, "counters": _quantities(totals)}
-    return DynamicGpu(gpu, counter_set, _consume(set_name, totals), tuple(slots), tuple(warnings))
+    # A GPU that needs a reset to leave MIG mode cannot be given whole: only its MIG placements.
+    whole = None if gpu.architecture in RESET_TO_SWITCH else _consume(set_name, totals)
+    return DynamicGpu(gpu, counter_set, whole, tuple(slots), tuple(warnings))
 
 
 def _totals(gpu: Device) -> dict[str, int]:
@@ -116,7 +128,8 @@ def _totals(gpu: Device) -> dict[str, int]:
         totals[names.COUNTER_MEMORY] = gpu.memory_bytes
     for counter, count in _ENGINES:
         total = count(full.engines)
-        if total is not None and all(count(p.engines) is not None for p in profiles):
+        values = [count(p.engines) for p in profiles]
+        if total is not None and all(v is not None and v <= total for v in values):
             totals[counter] = total
     return totals
 

@@ -57,9 +57,11 @@ def _device_equal(desired: Mapping[str, object], actual: object) -> bool:
     if not isinstance(actual, Mapping):
         return False
     rest = {k: v for k, v in desired.items() if k not in ("attributes", "capacity")}
-    return (_map_equal(desired.get("attributes"), actual.get("attributes"), capacity=False)
-            and _map_equal(desired.get("capacity"), actual.get("capacity"), capacity=True)
-            and _owned_equal(rest, actual))
+    return (
+        _map_equal(desired.get("attributes"), actual.get("attributes"), capacity=False)
+        and _map_equal(desired.get("capacity"), actual.get("capacity"), capacity=True)
+        and _owned_equal(rest, actual)
+    )
 
 
 def _spec_equal(desired: Mapping[str, object], actual: Mapping[str, object]) -> bool:

@@ -87,11 +87,18 @@ class Plugin:
         mig = self._mig_management(kube, created, metrics)
         self.node = node = mig.node = NodeStateStore(plan_offer(inv, created(), mig.policy))
         metrics.mig_management(mig.policy.dynamic, len(node.current.offer.dynamic_gpus))
+        for warning in node.current.offer.warnings:
+            log.warning("publishing: %s", warning)
         # Publishing runs in its own threads and needs only the node state and the API: start it before the
         # modules of the kubelet side are even imported (gRPC, protos, prepare: ~0.1 s), so the scheduler
         # sees the devices sooner. The kubelet calls nothing before the registration socket exists.
         self.publisher = Publisher(
-            kube, cfg.node_name, node, on_published=metrics.slices_published, on_dropped=mig.on_dropped
+            kube,
+            cfg.node_name,
+            node,
+            on_published=metrics.slices_published,
+            on_dropped=mig.on_dropped,
+            on_rejected=mig.on_rejected,
         )
         self.publisher.start()
         self._serve_kubelet(kube, node, store, metrics)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Protocol
 
+from gpudra.model.k8stypes import ResourceSlice
 from gpudra.planning.offer import plan_offer
 from gpudra.planning.partitions import MigPolicy
 from gpudra.state.node import NodeStateStore
@@ -57,16 +58,35 @@ class MigManagement:
         lost = [f for f in fields if f == "spec.sharedCounters" or f.endswith(".consumesCounters")]
         if not lost:
             return False
+        return self._fall_back(
+            "the API server dropped the partitionable-device fields gpudra wrote (" + ", ".join(lost[:3])
+            + "): the cluster's DRAPartitionableDevices feature gate is off (alpha and off in Kubernetes "
+            "1.34 and 1.35, on from 1.36)"
+        )  # fmt: skip
+
+    def on_rejected(self, obj: ResourceSlice, error: str) -> bool:
+        """The publisher's report of a slice the API server refused as invalid: when it holds counters
+        (Kubernetes 1.34 with the gate on keeps counter sets inside the device slice and refuses them in a
+        slice of their own), static MIG as for :meth:`on_dropped`."""
+        spec = obj.get("spec", {})
+        if not spec.get("sharedCounters") and not any(
+            "consumesCounters" in d for d in spec.get("devices", [])
+        ):
+            return False
+        return self._fall_back(
+            f"the API server refused a ResourceSlice with partitionable devices ({error}): Kubernetes before "
+            "1.35 keeps counter sets in the slice of the devices using them, which gpudra does not publish"
+        )
+
+    def _fall_back(self, why: str) -> bool:
         with self._lock:
             first, self._policy = self._policy.dynamic, MigPolicy(False)
         if first:
             message = (
-                "the API server dropped the partitionable-device fields gpudra wrote (" + ", ".join(lost[:3])
-                + "): the cluster's DRAPartitionableDevices feature gate is off (alpha and off in Kubernetes "
-                "1.34 and 1.35, on from 1.36). Falling back to static MIG: MIG-capable GPUs are published as "
-                "the MIG layout they have, and no MIG device is created at prepare. Enable the gate on the "
-                "API server and scheduler and restart gpudra to use dynamic MIG"
-            )  # fmt: skip
+                f"{why}. Falling back to static MIG: MIG-capable GPUs are published as the MIG layout they "
+                "have, and no MIG device is created at prepare. Enable DRAPartitionableDevices on the API "
+                "server and scheduler (Kubernetes >= 1.35) and restart gpudra to use dynamic MIG"
+            )
             log.error("%s", message)
             self._metric(False)
             self._event(EVENT_REASON, message)

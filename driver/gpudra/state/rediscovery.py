@@ -91,7 +91,7 @@ class Rediscovery:
         log.debug("re-discovery pass: %d device(s) in %.1f ms, %s", len(inv.devices), took_ms, outcome)
         if state is not None:
             _log_change(before.devices.keys(), state.offer.devices.keys(), state.version)
-            for warning in inv.warnings:
+            for warning in (*inv.warnings, *state.offer.warnings):
                 log.warning("discovery: %s", warning)
         self._pending = inv.fabric_pending
         return state

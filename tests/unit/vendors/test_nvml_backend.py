@@ -19,6 +19,7 @@ from gpudra.vendors.mock.fake_nvml import FakeNvml
 from gpudra.vendors.mock.profile import Profile, load_profile
 from gpudra.vendors.nvidia.discovery import cuda_version, driver_version, multiprocessors
 from gpudra.vendors.nvidia.driver import NvidiaDriver
+from tests.unit.mig_tables import H100_TABLE
 
 from .helpers import variant
 
@@ -53,6 +54,7 @@ def _dgx_device(index: int, island: tuple[int, ...] = tuple(range(8))) -> Device
         pci=PciPlacement(bus_id=DGX_BUS_IDS[index], pcie_root=None, numa_node=DGX_NUMA[index]),
         mig_capable=True,
         mig_enabled=False,
+        mig_profiles=H100_TABLE,  # the whole table with placements, read with MIG mode off
         nvlink_links=18,
         # fabric info is COMPLETED with a zero cluster UUID (no clique): the node-local NVLink island
         fabric_domain=local_fabric_domain(_uuid(i) for i in island),
@@ -100,6 +102,7 @@ def test_h100_capture_discovered_exactly(open_nvml: OpenNvml) -> None:
             pci=PciPlacement(bus_id="0000:00:06.0", pcie_root="pci0000:00", numa_node=None),
             mig_capable=True,  # MIG mode [0, 0] was readable
             mig_enabled=False,
+            mig_profiles=H100_TABLE,  # the capture's GI profile table and `nvidia-smi mig -lgipp`
             addressing_mode="None",  # NVML_DEVICE_ADDRESSING_MODE_NONE, as nvidia-smi printed it
             nvlink_links=None,  # all 36 links NotSupported in the capture: unknown, not 0
         ),
@@ -171,7 +174,8 @@ def test_new_calls_fail_alone(
     if field == "mig":
         expected = (None, None) if code == "NVML_ERROR_FUNCTION_NOT_FOUND" else unsupported
         assert (got.mig_capable, got.mig_enabled) == expected
-        assert _replace(got, mig_capable=True, mig_enabled=False) == want
+        assert got.mig_profiles == ()  # not MIG-capable as far as gpudra can tell: no table read
+        assert _replace(got, mig_capable=True, mig_enabled=False, mig_profiles=want.mig_profiles) == want
     else:
         assert getattr(got, field) is None
         assert _replace(got, **{field: getattr(want, field)}) == want

@@ -36,9 +36,40 @@ def _discover(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     return capsys.readouterr().out
 
 
+#: profile -> (devices, MIG devices, counter sets) with dynamic MIG (the default): every MIG-capable GPU
+#: with a profile table offers itself whole and 25 MIG placements (the H100/GB200 tables: 7 + 3 + 2 + 1 + 1 +
+#: 7 + 4); dgx-a100 is Ampere with MIG off (no reset at prepare: whole GPUs); h100-mig-mixed GPU 0 keeps the
+#: admin's three MIG devices (static), its GPUs 1-7 are dynamic; L4 is not MIG-capable.
+EXPECTED_DYNAMIC = {
+    "h100": (26, 25, 1),
+    "dgx-h100": (8 * 26, 8 * 25, 8),
+    "dgx-a100": (8, 0, 0),
+    "h100-mig-mixed": (3 + 7 * 26, 3 + 7 * 25, 7),
+    "gb200-nvl72-tray": (4 * 26, 4 * 25, 4),
+    "pcie-l4-x2": (2, 0, 0),
+}
+
+
+@pytest.mark.parametrize("profile", sorted(EXPECTED_DYNAMIC))
+def test_discover_yaml_with_dynamic_mig(capsys: pytest.CaptureFixture[str], profile: str) -> None:
+    plan: list[Any] = list(yaml.safe_load_all(_discover(capsys, "--profile", profile, "-o", "yaml")))
+    check_pool(plan)
+    devices = [d for s in plan for d in s["spec"].get("devices", [])]
+    sets = [c for s in plan for c in s["spec"].get("sharedCounters", [])]
+    count, migs, counter_sets = EXPECTED_DYNAMIC[profile]
+    assert (len(devices), len(sets)) == (count, counter_sets)
+    assert sum(d["attributes"]["type"]["string"] == "mig" for d in devices) == migs
+    dynamic = [d for d in devices if "consumesCounters" in d]
+    assert all("uuid" not in d["attributes"] for d in dynamic if d["attributes"]["type"]["string"] == "mig")
+    assert all(
+        "migEnabled" not in d["attributes"] for d in dynamic if d["attributes"]["type"]["string"] == "gpu"
+    )
+
+
 @pytest.mark.parametrize("profile", sorted(EXPECTED))
 def test_discover_yaml_respects_the_api_limits(capsys: pytest.CaptureFixture[str], profile: str) -> None:
-    plan: list[Any] = list(yaml.safe_load_all(_discover(capsys, "--profile", profile, "-o", "yaml")))
+    args = ("--profile", profile, "--mig-management", "static", "-o", "yaml")
+    plan: list[Any] = list(yaml.safe_load_all(_discover(capsys, *args)))
     check_pool(plan)
     devices = [d for s in plan for d in s["spec"]["devices"]]
     count, migs, domains = EXPECTED[profile]

@@ -214,6 +214,28 @@ MIG: dict[str, Any] = {
             "p2p_status.NVLINK: expected a 1x1",
         ),
         (json.dumps({"devices": [], "p2p_status": {"NVLNK": []}}), "unknown key(s) 'NVLNK'"),
+        (_devices(mig_mode_change="later"), "devices[0].mig_mode_change: expected one of immediate, reset_"),
+        (_devices(processes=-1), "devices[0].processes: must not be negative"),
+        (
+            _devices(gpu_instance_profiles=[{**GI, "placements": [{"start": 0, "size": 0}]}]),
+            "devices[0].gpu_instance_profiles[0].placements[0]: start (>= 0) and size (>= 1) are required",
+        ),
+        (
+            _devices(
+                gpu_instance_profiles=[{**GI, "ci_profiles": [{"id": 0, "name": "c", "sliceCount": 2}]}]
+            ),
+            "devices[0].gpu_instance_profiles[0].ci_profiles[0].sliceCount: 2 is not within",
+        ),
+        (
+            _devices(
+                gpu_instance_profiles=[{**GI, "placements": [{"start": 0, "size": 1}]}],
+                max_mig_device_count=1,
+                mig_devices=[
+                    {**MIG, "gpu_instance": {**MIG["gpu_instance"], "placement": {"start": 3, "size": 1}}}
+                ],
+            ),
+            "devices[0].mig_devices[0].gpu_instance.placement: 3:1 is not one of the placements",
+        ),
     ],
 )
 def test_invalid_profiles_are_explained(text: str, message: str) -> None:
@@ -224,9 +246,7 @@ def test_invalid_profiles_are_explained(text: str, message: str) -> None:
 
 
 def test_unknown_name_lists_the_builtins() -> None:
-    with pytest.raises(
-        ProfileError, match=r"unknown profile 'dgx-b200'.*dgx-a100, dgx-h100.*h100-mig-mixed"
-    ):
+    with pytest.raises(ProfileError, match=r"unknown profile 'dgx-b200'.*dgx-a100, dgx-h100.*h100-mig-mixed"):
         load_profile("dgx-b200")
 
 

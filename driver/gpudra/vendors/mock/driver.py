@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: The applied-state change for a description file: params ``path``.
 FILE_CHANGE: Final = "mock-file"
+#: The fake hardware's MIG state (instances created, MIG mode switched), kept across plugin restarts.
+MIG_STATE_FILE: Final = "mock-mig-state.json"
 
 
 class MockDriver:
@@ -150,8 +152,11 @@ def open_mock(
     file ``profile`` was just read from (:meth:`ProfileFile.read`); its later edits are hardware changes."""
     tmp = tempfile.TemporaryDirectory(prefix="gpudra-mock-")
     root = Path(tmp.name)
+    # The MIG devices made at prepare outlive the process, as on a real node until a reset or reboot: their
+    # state lives beside the description files (the run dir: one boot). Without files_dir, in the tree.
+    state = (files_dir.parent if files_dir is not None else root) / MIG_STATE_FILE
     try:
-        node = FakeNode(profile, root)
+        node = FakeNode(profile, root, mig_state=state)
     except BaseException:
         tmp.cleanup()
         raise

@@ -1,7 +1,8 @@
 """A fake ``pynvml`` module served from a :class:`~gpudra.vendors.mock.profile.Profile`, and its sysfs tree.
 
 :class:`FakeNvml` has the pynvml functions the NVIDIA driver calls (the MIG ones from
-:mod:`~gpudra.vendors.mock.fake_nvml_mig`, the NVLink ones from :mod:`~gpudra.vendors.mock.fake_nvml_links`),
+:mod:`~gpudra.vendors.mock.fake_nvml_mig` and :mod:`~gpudra.vendors.mock.fake_nvml_migops`, the NVLink
+ones from :mod:`~gpudra.vendors.mock.fake_nvml_links`),
 with pynvml's signatures and return types (``str`` for names and versions, ``int`` for enums,
 ``pynvml.c_nvmlDevice_t`` handles, ``pynvml.nvmlPciInfo_t`` and ``pynvml.c_nvmlMemory_t`` structures, whose
 ``char[]`` fields such as ``busId`` read back as ``str`` because pynvml's ``_PrintableStructure`` decodes
@@ -25,13 +26,18 @@ import pynvml
 
 from gpudra.vendors.mock.fake_nvml_base import fail, present
 from gpudra.vendors.mock.fake_nvml_links import FakeLinkCalls
-from gpudra.vendors.mock.fake_nvml_mig import FakeMigCalls
+from gpudra.vendors.mock.fake_nvml_migops import FakeMigOps
 from gpudra.vendors.mock.profile import Profile
 from gpudra.vendors.sysfs import normalize_pci_bus_id, pci_device_link
 
 
-class FakeNvml(FakeMigCalls, FakeLinkCalls):
-    """Module-like stand-in for ``pynvml``; one instance is one simulated node (and one NVML library)."""
+class FakeNvml(FakeMigOps, FakeLinkCalls):
+    """Module-like stand-in for ``pynvml``; one instance is one simulated node (and one NVML library).
+
+    ``FakeNvml(profile, state_file=None)``: with a ``state_file`` the node's MIG state (instances created,
+    MIG mode changes) is kept in that JSON file across processes, as real MIG instances outlive the process
+    that made them (see :mod:`~gpudra.vendors.mock.fake_mig_state`).
+    """
 
     # -- system -------------------------------------------------------------------------------------------
     def nvmlInitWithFlags(self, flags: int) -> None:

@@ -37,11 +37,16 @@ class FakeNode:
     """The fakes for one node's profile under ``root`` (kept by the caller until :meth:`close`), and the real
     vendor driver over them with hardware container edits over ``roots``.
 
+    ``mig_state``: the file keeping an NVIDIA node's MIG instances across processes (see
+    :mod:`~gpudra.vendors.mock.fake_mig_state`); without it they live as long as this node.
+
     Raises what the vendor driver raises when it cannot open (e.g. a profile injecting an ``nvmlInit``
-    failure: :class:`~gpudra.vendors.base.DiscoveryError`).
+    failure: :class:`~gpudra.vendors.base.DiscoveryError`), and ProfileError for a damaged ``mig_state``.
     """
 
-    def __init__(self, profile: NodeProfile, root: Path, roots: HostRoots | None = None) -> None:
+    def __init__(
+        self, profile: NodeProfile, root: Path, roots: HostRoots | None = None, mig_state: Path | None = None
+    ) -> None:
         self._root = root
         self._profile = profile
         self.sysfs = root / "sys"
@@ -57,7 +62,7 @@ class FakeNode:
             self.amdsmi = FakeAmdSmi(profile) if profile.amdsmi is not None else None
             self.driver = AmdDriver(self.sysfs, self.amdsmi, roots)
         else:
-            self.nvml = FakeNvml(profile)
+            self.nvml = FakeNvml(profile, mig_state)
             self.driver = NvidiaDriver(self.nvml, self.sysfs, roots)
 
     @property

@@ -67,6 +67,7 @@ from gpudra.vendors.mock.profile_links import (
     p2p_status,
 )
 from gpudra.vendors.mock.profile_mig import (
+    DYNAMIC_MIG_CALLS,
     MIG_CALLS,
     MIG_KEYS,
     GpuInstanceProfileInfo,
@@ -115,6 +116,7 @@ DEVICE_CALLS: Final = frozenset(
         "nvmlDeviceGetP2PStatus",
     }
     | MIG_CALLS - {"*"}
+    | DYNAMIC_MIG_CALLS
 )
 ALL_DEVICE_CALLS: Final = "*"
 
@@ -189,6 +191,8 @@ class DeviceProfile:
     sysfs: SysfsProfile = field(default_factory=SysfsProfile)
     addressing_mode: int | None = None
     mig_mode: tuple[int, int] | None = None  # [current, pending]
+    mig_mode_change: str = "immediate"  # or "reset_required" (see profile_mig.py)
+    processes: int = 0  # processes running on the GPU
     max_mig_device_count: int | None = None
     gpu_instance_profiles: tuple[GpuInstanceProfileInfo, ...] = ()
     mig_devices: tuple[MigDeviceProfile, ...] = ()

@@ -93,7 +93,7 @@ class NvidiaDriver:
     def apply(
         self, claim: ClaimIdentity, devices: Sequence[ClaimDevice], intended: AppliedState
     ) -> AppliedState:
-        if intended.empty and not any(d.device.mig_capable for d in devices):
+        if intended.empty and not any(d.device.mig_managed for d in devices):
             return intended
         done = self._mig.apply(devices, intended.changes)
         created = tuple(c.text("uuid") for c in done if c.kind == MIG_INSTANCE)

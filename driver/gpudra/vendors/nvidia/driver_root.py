@@ -36,18 +36,35 @@ from typing import Final
 from gpudra.model.cdi import ContainerEdits, Hook, Mount
 
 LIB_DIRS: Final = (
-    "usr/lib/x86_64-linux-gnu", "usr/lib/aarch64-linux-gnu", "usr/lib64",
-    "lib/x86_64-linux-gnu", "lib/aarch64-linux-gnu", "lib64", "usr/lib", "lib",
+    "usr/lib/x86_64-linux-gnu",
+    "usr/lib/aarch64-linux-gnu",
+    "usr/lib64",
+    "lib/x86_64-linux-gnu",
+    "lib/aarch64-linux-gnu",
+    "lib64",
+    "usr/lib",
+    "lib",
 )
 #: Compute and utility libraries (what a CUDA / NVML workload loads), by name without ``.so``.
 LIBRARIES: Final = (
-    "libcuda", "libcudadebugger", "libnvidia-ml", "libnvidia-ptxjitcompiler", "libnvidia-nvvm",
-    "libnvidia-cfg", "libnvidia-opencl", "libnvidia-gpucomp", "libnvidia-allocator",
-    "libnvidia-pkcs11", "libnvidia-pkcs11-openssl3",
+    "libcuda",
+    "libcudadebugger",
+    "libnvidia-ml",
+    "libnvidia-ptxjitcompiler",
+    "libnvidia-nvvm",
+    "libnvidia-cfg",
+    "libnvidia-opencl",
+    "libnvidia-gpucomp",
+    "libnvidia-allocator",
+    "libnvidia-pkcs11",
+    "libnvidia-pkcs11-openssl3",
 )
 BINARIES: Final = (
-    "nvidia-smi", "nvidia-debugdump", "nvidia-persistenced",
-    "nvidia-cuda-mps-control", "nvidia-cuda-mps-server",
+    "nvidia-smi",
+    "nvidia-debugdump",
+    "nvidia-persistenced",
+    "nvidia-cuda-mps-control",
+    "nvidia-cuda-mps-server",
 )
 BIN_DIR: Final = "usr/bin"
 FIRMWARE_DIRS: Final = ("lib/firmware/nvidia", "usr/lib/firmware/nvidia")

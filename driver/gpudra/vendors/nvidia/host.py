@@ -185,8 +185,9 @@ def container_edits_from_cdi(raw: object, where: str = "containerEdits") -> Cont
     gids = _list(o.get("additionalGids"), f"{where}.additionalGids")
     edits = ContainerEdits(
         env=_strs(o.get("env"), f"{where}.env"),
-        device_nodes=tuple(_node(n, f"{where}.deviceNodes[{i}]")
-                           for i, n in enumerate(_list(o.get("deviceNodes"), where))),
+        device_nodes=tuple(
+            _node(n, f"{where}.deviceNodes[{i}]") for i, n in enumerate(_list(o.get("deviceNodes"), where))
+        ),
         mounts=tuple(_mount(m, f"{where}.mounts[{i}]") for i, m in enumerate(_list(o.get("mounts"), where))),
         hooks=tuple(_hook(h, f"{where}.hooks[{i}]") for i, h in enumerate(_list(o.get("hooks"), where))),
         additional_gids=tuple(_int(g, f"{where}.additionalGids") for g in gids),
@@ -276,8 +277,11 @@ def _spec_files(directory: Path) -> list[Path]:
         names = os.listdir(directory)
     except OSError:
         return []
-    return [directory / n for n in sorted(names)
-            if n.endswith((".yaml", ".json")) and not n.startswith(SPEC_FILE_PREFIX)]
+    return [
+        directory / n
+        for n in sorted(names)
+        if n.endswith((".yaml", ".json")) and not n.startswith(SPEC_FILE_PREFIX)
+    ]
 
 
 def find_toolkit_spec(cdi_dirs: Sequence[Path]) -> ToolkitLookup:

@@ -19,8 +19,9 @@ is never destroyed - destroys its compute instances, then it. A device already g
 
 A full GPU allocated on a GPU that is in MIG mode (dynamic MIG left it there) gets MIG mode switched off,
 which NVML refuses while any MIG device exists or processes run; the claim then fails and says so. MIG mode
-changes are recorded as :data:`MIG_MODE` changes; undo puts the previous mode back when the GPU has no MIG device and
-is still in the mode gpudra set (a failure there is logged: the next claim switches the mode it needs).
+changes are recorded as :data:`MIG_MODE` changes; undo puts the previous mode back when the GPU has no MIG
+device and is still in the mode gpudra set (a failure there is logged: the next claim switches the mode it
+needs). Only a whole GPU published as a partitionable device (``Device.mig_managed``) has its mode switched.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from gpudra.vendors.nvidia.calls import Nvml, NvmlError
 log = logging.getLogger(__name__)
 
 #: A MIG device created for a claim. Params: ``parent`` (GPU UUID), ``profile`` (name), ``profileId``,
-#: ``start``, ``size``, ``slices``, ``creates`` (True); once created also ``giId``, ``ciId``,
-#: ``ciProfileId``, ``uuid``.
+#: ``start``, ``size``, ``slices``, ``index`` (the parent's), ``creates`` (True); once created also
+#: ``giId``, ``ciId``, ``ciProfileId``, ``uuid``.
 MIG_INSTANCE: Final = "nvidia.mig-instance"
 #: MIG mode switched for a claim. Params: ``parent``, ``enabled`` (the mode set), ``previous``.
 MIG_MODE: Final = "nvidia.mig-mode"
@@ -57,7 +58,7 @@ _WHY: Final = {
     "slices or instances of this profile left",
     "IN_USE": "processes are using the GPU",
     "NO_PERMISSION": "the plugin is not privileged (creating MIG devices needs root / CAP_SYS_ADMIN)",
-    "NOT_SUPPORTED": "the GPU or its driver does not support this",
+    "NOT_SUPPORTED": "the GPU is not in MIG mode, or it or its driver does not support this",
     "INVALID_STATE": "MIG mode is not enabled on the GPU",
     "INVALID_ARGUMENT": "the GPU does not allow this profile at this placement",
     "GPU_IS_LOST": "the GPU is lost (fallen off the bus)",
@@ -73,6 +74,7 @@ def intended_change(device: ClaimDevice) -> Change | None:
     return Change.of(
         MIG_INSTANCE, device.name, parent=dev.parent_uuid, profile=mig.profile, profileId=mig.gi_profile_id,
         start=mig.placement_start, size=mig.placement_size, slices=mig.gi_slices, creates=True,
+        index=dev.index,
     )  # fmt: skip
 
 
@@ -110,7 +112,7 @@ class MigPartitioner:
         done: list[Change] = []
         try:
             for device in devices:
-                if device.device.kind is DeviceKind.GPU and device.device.mig_capable:
+                if device.device.kind is DeviceKind.GPU and device.device.mig_managed:
                     done.extend(self._whole_gpu(device.device))
             for change in intended:
                 if change.kind == MIG_INSTANCE:
@@ -128,7 +130,7 @@ class MigPartitioner:
             where = f"GPU {gpu.uuid}: a full GPU was allocated but the GPU is in MIG mode; switching it off"
             if self._instances(handle):
                 raise ApplyError(f"{where} is not possible while MIG devices exist on it")
-            return [self._set_mode(handle, gpu.uuid, _DISABLE, where)]
+            return [self._set_mode(handle, gpu.uuid, _DISABLE, where, gpu.index)]
 
     def _create(self, change: Change) -> list[Change]:
         parent = change.text("parent")
@@ -136,13 +138,16 @@ class MigPartitioner:
         with self.lock(parent):
             handle = self._gpu(parent, where)
             done = (
-                [] if self._mig_enabled(handle, parent) else [self._set_mode(handle, parent, _ENABLE, where)]
+                []
+                if self._mig_enabled(handle, parent)
+                else [self._set_mode(handle, parent, _ENABLE, where, change.get("index"))]
             )
+            # pynvml passes the placement on as it is, and NVML takes a pointer to it: byref, never by value
             placement = self._nvml.module.c_nvmlGpuInstancePlacement_t(
                 change.integer("start"), change.integer("size")
             )
             gi = self._call(where, "creating the GPU instance", "nvmlDeviceCreateGpuInstanceWithPlacement",
-                            handle, change.integer("profileId"), placement)  # fmt: skip
+                            handle, change.integer("profileId"), ctypes.byref(placement))  # fmt: skip
             try:
                 return [*done, self._finish(handle, gi, change, where)]
             except ApplyError:
@@ -264,7 +269,7 @@ class MigPartitioner:
             try:
                 if self._mig_enabled(handle, parent) != change.get("enabled") or self._instances(handle):
                     return  # someone else changed it since, or MIG devices still use it
-                self._set_mode(handle, parent, _ENABLE if previous else _DISABLE, f"GPU {parent}")
+                self._set_mode(handle, parent, _ENABLE if previous else _DISABLE, f"GPU {parent}", None)
             except ApplyError as e:
                 log.warning(
                     "GPU %s: MIG mode not put back (the next claim switches what it needs): %s", parent, e
@@ -274,8 +279,9 @@ class MigPartitioner:
         current, _ = self._call(f"GPU {parent}", "reading MIG mode", "nvmlDeviceGetMigMode", handle)
         return int(current) == self._nvml.constant("NVML_DEVICE_MIG_ENABLE", _ENABLE)
 
-    def _set_mode(self, handle: Any, parent: str, mode: int, where: str) -> Change:
+    def _set_mode(self, handle: Any, parent: str, mode: int, where: str, index: object) -> Change:
         verb = "enabling" if mode == _ENABLE else "disabling"
+        gpu = index if isinstance(index, int) else "<index>"
         status = self._call(where, f"{verb} MIG mode", "nvmlDeviceSetMigMode", handle, mode)
         if status != self._nvml.constant("NVML_SUCCESS", 0) or self._mig_enabled(handle, parent) != bool(
             mode
@@ -283,7 +289,7 @@ class MigPartitioner:
             self._undo_pending(handle, 1 - mode)
             raise ApplyError(
                 f"{where}: {verb} MIG mode needs a GPU reset on this GPU (Ampere, or a VM without reset); "
-                f"gpudra does not reset GPUs. An admin can switch it once (`nvidia-smi -i <index> -mig "
+                f"gpudra does not reset GPUs. An admin can switch it once (`nvidia-smi -i {gpu} -mig "
                 f"{mode}`, then reset the GPU or reboot), or run this node with --mig-management static"
             )
         return Change.of(MIG_MODE, "", parent=parent, enabled=bool(mode), previous=not mode)
