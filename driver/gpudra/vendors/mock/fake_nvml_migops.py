@@ -20,6 +20,7 @@ goes).
 from __future__ import annotations
 
 import ctypes
+import time
 from typing import Any, Final
 
 import pynvml
@@ -124,6 +125,9 @@ class FakeMigOps(FakeMigCalls):
     def _create_ci(self, call: str, gpu_instance: Any, profile_id: int, placement: Placement | None) -> Any:
         key = self.resolve(call, gpu_instance, ("gi",))
         index = self.index_of(key)
+        delay = self.device_of(key).mig_create_seconds
+        if delay:  # as slow as the hardware, outside the lock; its GPU instance exists (and is saved)
+            time.sleep(delay)
         with self._store.lock:
             gi = self.gi_of(key)
             device, serial, used = self.device_of(key), self.mig_state.serial + 1, self._used_uuids()

@@ -193,6 +193,7 @@ class DeviceProfile:
     mig_mode: tuple[int, int] | None = None  # [current, pending]
     mig_mode_change: str = "immediate"  # or "reset_required" (see profile_mig.py)
     processes: int = 0  # processes running on the GPU
+    mig_create_seconds: float = 0.0  # time a compute instance takes to create (the GPU instance exists)
     max_mig_device_count: int | None = None
     gpu_instance_profiles: tuple[GpuInstanceProfileInfo, ...] = ()
     mig_devices: tuple[MigDeviceProfile, ...] = ()

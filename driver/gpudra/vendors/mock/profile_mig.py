@@ -6,6 +6,8 @@ Schema, inside a device (field names are pynvml's structure fields, so values co
     "mig_mode_change": "immediate",       # nvmlDeviceSetMigMode: "immediate" (Hopper and later, default) or
                                           # "reset_required" (Ampere: only the pending mode changes)
     "processes": 0,                       # processes running on the GPU (default 0): MIG mode cannot switch
+    "mig_create_seconds": 0,              # how long creating a compute instance takes (real NVML: about a
+                                          # second per instance; default 0); the GPU instance exists meanwhile
     "max_mig_device_count": 7,            # nvmlDeviceGetMaxMigDeviceCount (with the profile's MIG mode)
     "gpu_instance_profiles": [            # nvmlDeviceGetGpuInstanceProfileInfo(handle, index); other -> N/S
       {"index": 0, "id": 19, "name": "MIG 1g.10gb", "sliceCount": 1, "instanceCount": 7,
@@ -280,6 +282,13 @@ def _instance(value: object, where: str) -> InstanceProfile:
     )
 
 
+def _seconds(raw: dict[str, Any], key: str, where: str) -> float:
+    value = raw.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 60:
+        raise Invalid(f"{where}.{key}: expected a number of seconds from 0 to 60, got {value!r}")
+    return float(value)
+
+
 def mig_section(raw: dict[str, Any], where: str) -> dict[str, Any]:
     """The MIG keys of a device object, parsed, as DeviceProfile keyword arguments."""
     gi_profiles = gpu_instance_profiles(raw.get("gpu_instance_profiles"), f"{where}.gpu_instance_profiles")
@@ -297,6 +306,7 @@ def mig_section(raw: dict[str, Any], where: str) -> dict[str, Any]:
         "mig_mode": mig_mode(raw.get("mig_mode"), f"{where}.mig_mode"),
         "mig_mode_change": change,
         "processes": non_negative(raw, "processes", where, 0) or 0,
+        "mig_create_seconds": _seconds(raw, "mig_create_seconds", where),
         "max_mig_device_count": max_count,
         "gpu_instance_profiles": gi_profiles,
         "mig_devices": devices,
@@ -305,7 +315,7 @@ def mig_section(raw: dict[str, Any], where: str) -> dict[str, Any]:
 
 MIG_KEYS: Final = frozenset(
     {
-        "mig_mode", "mig_mode_change", "processes", "max_mig_device_count", "gpu_instance_profiles",
-        "mig_devices",
+        "mig_mode", "mig_mode_change", "processes", "mig_create_seconds", "max_mig_device_count",
+        "gpu_instance_profiles", "mig_devices",
     }
 )  # fmt: skip

@@ -1,0 +1,272 @@
+"""Dynamic MIG end to end: the real ``gpudra run`` on the mock (dgx-h100), the stand-in API server with the
+partitionable-devices gate on, claims allocated by the allocation simulator from what the plugin published
+(counters included, as the scheduler does), prepared and unprepared over the real sockets.
+
+The mock's hardware is the fake NVML; the MIG devices it holds are read from the state file it keeps (as
+``nvidia-smi mig -lgi`` would show them on a real node), never from the plugin's memory.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gpudra.devtools import kubeletsim
+from gpudra.devtools.allocator import Allocation, AllocationFailure, Allocator
+from gpudra.devtools.fakeapi import FakeApiServer
+from gpudra.model import names
+from gpudra.vendors.mock import profile as nvidia_profiles
+from gpudra.vendors.mock.driver import MIG_STATE_FILE
+from tests.integration.conftest import NODE, PluginProcess, cdi_spec_path, node_slices
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+PROFILES = Path(nvidia_profiles.__file__).parent / "profiles"
+GPU0 = "GPU-0b100000-0000-0000-0000-000000000000"
+GPU1 = "GPU-0b100000-0000-0000-0000-000000000001"
+
+
+@pytest.fixture
+def gated_api() -> Iterator[FakeApiServer]:
+    server = FakeApiServer(feature_gates={"DRAPartitionableDevices": True}).start()
+    server.put_object({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
+    yield server
+    server.stop()
+
+
+def _counter_sets(api: FakeApiServer) -> list[dict[str, Any]]:
+    return [c for s in node_slices(api) for c in s["spec"].get("sharedCounters", [])]
+
+
+def _start(api: FakeApiServer, root: Path, *args: str) -> PluginProcess:
+    plugin = PluginProcess(root, api, list(args)).start()
+    assert api.wait_for(lambda: len(_counter_sets(api)) == 8 and len(_devices(api)) == 8 * 26, timeout=20), (
+        plugin.log()
+    )
+    return plugin
+
+
+@pytest.fixture
+def plugin(gated_api: FakeApiServer, short_tmp: Path) -> Iterator[PluginProcess]:
+    p = _start(gated_api, short_tmp)
+    yield p
+    if p.proc is not None:
+        p.assert_alive()
+        p.terminate()
+
+
+def _instances(plugin: PluginProcess, gpu: str = GPU0) -> list[tuple[int, int]]:
+    """(GPU-instance profile id, placement start) of the MIG devices the fake GPU holds now."""
+    path = plugin.state_dir / MIG_STATE_FILE
+    if not path.exists():
+        return []
+    state = json.loads(path.read_text())["gpus"].get(gpu, {})
+    return sorted((gi["profile_id"], gi["placement"]["start"]) for gi in state.get("gpu_instances", []))
+
+
+def _mig_uuids(plugin: PluginProcess, gpu: str = GPU0) -> set[str]:
+    path = plugin.state_dir / MIG_STATE_FILE
+    state = json.loads(path.read_text())["gpus"].get(gpu, {})
+    return {ci["uuid"] for ci in state.get("compute_instances", [])}
+
+
+class Scheduler:
+    """Allocates claims from the plugin's published slices as the scheduler would, and stores them."""
+
+    def __init__(self, api: FakeApiServer) -> None:
+        classes = [yaml.safe_load(p.read_text()) for p in (REPO / "deviceclasses").glob("*.gpudra.io.yaml")]
+        self.api = api
+        self.allocator = Allocator(node_slices(api), classes, node_name=NODE)
+        self.count = 0
+
+    def claim(self, device_class: str, selector: str) -> kubeletsim.Claim | AllocationFailure:
+        self.count += 1
+        selectors = [{"cel": {"expression": selector}}]
+        request = {"name": "slice", "exactly": {"deviceClassName": device_class, "selectors": selectors}}
+        spec = {"devices": {"requests": [request]}}
+        obj = {"metadata": {"name": f"c{self.count}", "namespace": "default"}, "spec": spec}
+        result = self.allocator.allocate(obj)
+        if isinstance(result, AllocationFailure):
+            return result
+        assert isinstance(result, Allocation)
+        stored = self.api.put_object({
+            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim", **obj,
+            "status": {"allocation": result.as_dict()},
+        })  # fmt: skip
+        uid = str(stored["metadata"]["uid"])
+        self.allocator.commit(uid, result)
+        return kubeletsim.Claim("default", obj["metadata"]["name"], uid)
+
+    def device(self, claim: kubeletsim.Claim) -> str:
+        obj = self.api.get_object("ResourceClaim", claim.name, "default")
+        result: str = obj["status"]["allocation"]["devices"]["results"][0]["device"]
+        return result
+
+    def release(self, claim: kubeletsim.Claim) -> None:
+        self.allocator.release(claim.uid)
+
+
+def _mig(profile: str, gpu: str = GPU0) -> str:
+    return (f"device.attributes['gpudra.io'].profile == '{profile}' && "
+            f"device.attributes['gpudra.io'].parentUUID == '{gpu}'")  # fmt: skip
+
+
+def _whole(gpu: str = GPU0) -> str:
+    return f"device.attributes['gpudra.io'].uuid == '{gpu}'"
+
+
+def _ok(scheduler: Scheduler, device_class: str, selector: str) -> kubeletsim.Claim:
+    claim = scheduler.claim(device_class, selector)
+    assert isinstance(claim, kubeletsim.Claim), claim
+    return claim
+
+
+def test_published_as_partitionable_devices(gated_api: FakeApiServer, plugin: PluginProcess) -> None:
+    pool = node_slices(gated_api)
+    devices = [d for s in pool for d in s["spec"].get("devices", [])]
+    assert len(devices) == 8 * 26
+    assert all(("devices" in s["spec"]) != ("sharedCounters" in s["spec"]) for s in pool)
+    assert all(len(s["spec"].get("devices", [])) <= 64 for s in pool)
+    assert {s["spec"]["pool"]["resourceSliceCount"] for s in pool} == {len(pool)}
+    assert "Falling back to static MIG" not in plugin.log()
+
+
+def test_two_3g_get_disjoint_placements_a_third_and_the_whole_gpu_wait(
+    gated_api: FakeApiServer, plugin: PluginProcess
+) -> None:
+    scheduler = Scheduler(gated_api)
+    first, second = (
+        _ok(scheduler, names.CLASS_MIG, _mig("3g.40gb")),
+        _ok(scheduler, names.CLASS_MIG, _mig("3g.40gb")),
+    )
+    assert {scheduler.device(first), scheduler.device(second)} == {
+        names.mig_device_name(GPU0, "3g.40gb", 9, 0),
+        names.mig_device_name(GPU0, "3g.40gb", 9, 4),
+    }
+    third = scheduler.claim(names.CLASS_MIG, _mig("3g.40gb"))
+    assert isinstance(third, AllocationFailure)
+    assert "in use by claim" in third.message  # both 3g.40gb placements are taken
+    small = scheduler.claim(names.CLASS_MIG, _mig("1g.10gb"))  # every memory slice is: the counters say no
+    assert isinstance(small, AllocationFailure)
+    assert "counter" in small.message
+    assert isinstance(scheduler.claim(names.CLASS_GPU, _whole()), AllocationFailure)
+    with plugin.client() as client:
+        for claim in (first, second):
+            assert client.prepare([claim]).claims[claim.uid].error == ""
+        assert _instances(plugin) == [(9, 0), (9, 4)]
+        spec = cdi_spec_path(plugin, first.uid).read_text()
+        assert any(uuid in spec for uuid in _mig_uuids(plugin))  # the edits name the created MIG device
+        for claim in (first, second):
+            assert client.unprepare([claim]).claims[claim.uid].error == ""
+            scheduler.release(claim)
+        assert _instances(plugin) == []
+        whole = _ok(scheduler, names.CLASS_GPU, _whole())
+        assert client.prepare([whole]).claims[whole.uid].error == ""  # MIG mode goes off again
+        assert client.unprepare([whole]).claims[whole.uid].error == ""
+    assert not cdi_spec_path(plugin, first.uid).exists()
+    plugin.assert_alive()
+
+
+def test_seven_1g10gb_fit_on_one_h100(gated_api: FakeApiServer, plugin: PluginProcess) -> None:
+    scheduler = Scheduler(gated_api)
+    claims = [_ok(scheduler, names.CLASS_MIG, _mig("1g.10gb", GPU1)) for _ in range(7)]
+    assert len({scheduler.device(c) for c in claims}) == 7
+    assert isinstance(scheduler.claim(names.CLASS_MIG, _mig("1g.10gb", GPU1)), AllocationFailure)
+    with plugin.client() as client:
+        for claim in claims:
+            assert client.prepare([claim]).claims[claim.uid].error == ""
+        assert _instances(plugin, GPU1) == [(19, i) for i in range(7)]
+        assert len(_mig_uuids(plugin, GPU1)) == 7
+        before = {s["metadata"]["name"]: s["spec"] for s in node_slices(gated_api)}
+        for claim in claims:
+            assert client.unprepare([claim]).claims[claim.uid].error == ""
+    assert _instances(plugin, GPU1) == []
+    # creating and destroying MIG devices changed nothing that is published: the counters track use
+    assert {s["metadata"]["name"]: s["spec"] for s in node_slices(gated_api)} == before
+
+
+def _slow_profile(root: Path) -> Path:
+    doc = json.loads((PROFILES / "dgx-h100.json").read_text())
+    doc["devices"][0]["mig_create_seconds"] = 3  # about what real NVML takes per instance
+    path = root / "slow-dgx-h100.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_kill_9_between_creating_and_recording_leaks_nothing(
+    gated_api: FakeApiServer, short_tmp: Path
+) -> None:
+    profile = _slow_profile(short_tmp)
+    plugin = _start(gated_api, short_tmp, "--profile", str(profile))
+    scheduler = Scheduler(gated_api)
+    claim = _ok(scheduler, names.CLASS_MIG, _mig("2g.20gb"))
+    outcome: list[object] = []
+    client = plugin.client()
+    call = threading.Thread(target=lambda: outcome.append(_try(lambda: client.prepare([claim]))))
+    call.start()
+    deadline = time.monotonic() + 20
+    while not _instances(plugin) and time.monotonic() < deadline:  # the GPU instance exists: mid-prepare
+        time.sleep(0.01)
+    assert _instances(plugin) == [(14, 0)], plugin.log()
+    assert plugin.proc is not None
+    plugin.proc.kill()
+    plugin.proc.wait(10)
+    call.join(30)
+    client.close()
+    assert outcome
+    assert isinstance(outcome[0], Exception)  # the kubelet got no answer
+    plugin.proc = None
+    restarted = PluginProcess(short_tmp, gated_api, ["--profile", str(profile)]).start()
+    try:
+        # the log file is the killed process's too: wait for the second "serving" (its sockets are stale)
+        assert gated_api.wait_for(lambda: restarted.log().count("gpudra serving") == 2, timeout=20), (
+            restarted.log()
+        )
+        assert "rolled back the interrupted prepare" in restarted.log()
+        assert _instances(restarted) == []  # the half-made MIG device is gone
+        with restarted.client() as again:  # the kubelet asks again: it is made once, and works
+            assert again.prepare([claim]).claims[claim.uid].error == ""
+            assert _instances(restarted) == [(14, 0)]
+            assert again.unprepare([claim]).claims[claim.uid].error == ""
+        assert _instances(restarted) == []
+        restarted.assert_alive()
+    finally:
+        restarted.terminate()
+
+
+def _try(fn: Any) -> object:
+    try:
+        return fn()
+    except Exception as e:  # the call is expected to fail when the plugin dies
+        return e
+
+
+def test_gate_off_falls_back_to_static_mig(api: FakeApiServer, short_tmp: Path) -> None:
+    plugin = PluginProcess(short_tmp, api).start()
+    try:
+        assert api.wait_for(lambda: "Falling back to static MIG" in plugin.log(), timeout=20), plugin.log()
+        assert api.wait_for(lambda: len(_devices(api)) == 8, timeout=20), plugin.log()
+        assert not _counter_sets(api)
+        assert all("consumesCounters" not in d for d in _devices(api))
+        events = [
+            e
+            for e in api.list_objects("Event", "default")
+            if e.get("reason") == "GpudraDynamicMigUnavailable"
+        ]
+        assert len(events) == 1
+        assert "DRAPartitionableDevices" in events[0]["message"]
+        plugin.assert_alive()
+    finally:
+        plugin.terminate()
+
+
+def _devices(api: FakeApiServer) -> list[dict[str, Any]]:
+    return [d for s in node_slices(api) for d in s["spec"].get("devices", [])]
