@@ -29,7 +29,7 @@ class BenchClaim:
     device: str  # the device the scheduler allocated (one per claim)
 
 
-def _claim_object(name: str, pod: str, pod_uid: str) -> dict[str, Any]:
+def _claim_object(name: str, pod: str, pod_uid: str, device_class: str) -> dict[str, Any]:
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaim",
@@ -55,7 +55,7 @@ def _claim_object(name: str, pod: str, pod_uid: str) -> dict[str, Any]:
                     {
                         "name": "gpu",
                         "exactly": {
-                            "deviceClassName": names.CLASS_GPU,
+                            "deviceClassName": device_class,
                             "allocationMode": "ExactCount",
                             "count": 1,
                         },
@@ -79,10 +79,13 @@ def _allocation(node: str, device: str, pod: str, pod_uid: str) -> dict[str, Any
     }
 
 
-def allocate(api: Http, name: str, node: str, device: str) -> BenchClaim:
-    """Create a claim for one GPU and allocate ``device`` on ``node`` to it (POST, then PUT /status)."""
+def allocate(
+    api: Http, name: str, node: str, device: str, *, device_class: str = names.CLASS_GPU
+) -> BenchClaim:
+    """Create a claim for one device of ``device_class`` (one GPU by default) and allocate ``device`` on
+    ``node`` to it (POST, then PUT /status)."""
     pod, pod_uid = f"{name}-pod", str(uuid.uuid4())
-    created = api.call("POST", CLAIMS, _claim_object(name, pod, pod_uid))
+    created = api.call("POST", CLAIMS, _claim_object(name, pod, pod_uid, device_class))
     created["status"] = _allocation(node, device, pod, pod_uid)
     stored = api.call("PUT", f"{CLAIMS}/{name}/status", created)
     return BenchClaim(kubeletsim.Claim(NAMESPACE, name, stored["metadata"]["uid"]), device)

@@ -55,12 +55,16 @@ class Http:
 
 @dataclass
 class StandIn:
-    """``python -m gpudra.devtools.fakeapi`` in its own process, logging every request to ``request_log``."""
+    """``python -m gpudra.devtools.fakeapi`` in its own process, logging every request to ``request_log``.
+    ``gates`` overrides its feature gates (Kubernetes 1.34 defaults: ``DRAPartitionableDevices`` off);
+    ``kube_version`` is what its ``/version`` reports (default: the stand-in's own, 1.34.0)."""
 
     root: Path
     proc: subprocess.Popen[bytes] | None = None
     host: str = "127.0.0.1"
     port: int = 0
+    gates: dict[str, bool] = field(default_factory=dict)
+    kube_version: str | None = None
 
     @property
     def kubeconfig(self) -> Path:
@@ -80,6 +84,11 @@ class StandIn:
             "--request-log",
             str(self.request_log),
         ]
+        for gate, on in sorted(self.gates.items()):
+            cmd += ["--gate", f"{gate}={'true' if on else 'false'}"]
+        if self.kube_version is not None:
+            cmd += ["--kube-version", self.kube_version]
+        self.root.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=child_env())
         assert self.proc.stdout is not None
         url = self.proc.stdout.readline().decode().strip()
@@ -122,15 +131,48 @@ def open_slice_watch(standin: StandIn, node: str, timeout_s: float) -> http.clie
     return resp
 
 
-def first_added(watch: http.client.HTTPResponse) -> tuple[float, dict[str, Any]]:
-    """Block until the watch delivers an ADDED slice; returns (perf_counter at arrival, the slice)."""
+def node_events(api: Http, node: str, reason: str) -> list[dict[str, Any]]:
+    """The Events with ``reason`` about Node ``node`` (gpudra records them in namespace ``default``)."""
+    selector = quote(f"involvedObject.name={node}")
+    body = api.call("GET", f"/api/v1/namespaces/default/events?fieldSelector={selector}")
+    return [
+        e for e in body["items"] if e.get("reason") == reason and e["involvedObject"].get("kind") == "Node"
+    ]
+
+
+def has_devices(obj: dict[str, Any]) -> bool:
+    return bool(obj.get("spec", {}).get("devices"))
+
+
+@dataclass(frozen=True, slots=True)
+class SliceArrivals:
+    """When the watch saw the first ADDED slice of any kind, and the first one holding devices (the first the
+    scheduler can allocate from: a counter-set slice holds none). perf_counter values."""
+
+    first_at: float
+    first: dict[str, Any]
+    devices_at: float
+    devices: dict[str, Any]
+
+
+def first_added(watch: http.client.HTTPResponse) -> SliceArrivals:
+    """Block until the watch delivers an ADDED slice with devices; also note the first ADDED slice of all.
+
+    With dynamic MIG the plugin writes its counter-set slice first (it has no devices), and when the API
+    server's DRAPartitionableDevices gate is off it then falls back to static MIG and deletes that slice,
+    so the first slice is not the first one a pod can be scheduled from."""
+    first: tuple[float, dict[str, Any]] | None = None
     while True:
         line = watch.readline()
         if not line:
-            raise BenchError("the ResourceSlice watch ended before any slice was added")
+            raise BenchError("the ResourceSlice watch ended before a slice with devices was added")
         event = json.loads(line)
-        if event.get("type") == "ADDED":
-            return time.perf_counter(), event["object"]
+        if event.get("type") != "ADDED":
+            continue
+        at, obj = time.perf_counter(), event["object"]
+        first = first or (at, obj)
+        if has_devices(obj):
+            return SliceArrivals(first[0], first[1], at, obj)
 
 
 @dataclass

@@ -112,6 +112,28 @@ def _discovery_rows(r: R) -> list[R]:
     ]
 
 
+def _dynamic_mig_rows(r: R) -> list[R]:
+    """Informational (no budget yet): sequential prepare and unprepare of claims on dynamic MIG devices."""
+    d = r.get("dynamic_mig")
+    if not d:
+        return []
+    p, u = d["prepare"], d["unprepare"]
+    pc, uc = p["cpu_ms_per_claim"], u["cpu_ms_per_claim"]
+    return [
+        _row(
+            f"dynamic MIG {d['mig_profile']} on the mock ({d['profile']}, DRAPartitionableDevices on): "
+            "prepare / unprepare, sequential, p50 / p99; plugin CPU per claim "
+            "(informational; the mock omits NVML's creation time, ~1 s per GPU instance on hardware)",
+            f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f} ms; {u['p50_ms']:.2f} / {u['p99_ms']:.2f} ms; "
+            f"CPU {pc.get('plugin', 0):.2f} / {uc.get('plugin', 0):.2f} ms ({d['claims']} claims)",
+            "- (informational)",
+            None,
+            "-",
+            key="dynamic_mig",
+        )
+    ]
+
+
 _FLOORS = (
     ("do-nothing Python gRPC server, same client", ("grpc_noop",), "0.45 ms", "floor_grpc"),
     ("ResourceClaim GET, bare http.client + json", ("get_bare",), "0.99 ms", "floor_get"),
@@ -142,6 +164,7 @@ SECTIONS: tuple[Callable[[R], list[R]], ...] = (
     _rss_rows,
     _process_rows,
     _discovery_rows,
+    _dynamic_mig_rows,
     _floor_rows,
 )
 
@@ -175,6 +198,31 @@ def _cpu_table(r: R) -> list[str]:
     return lines
 
 
+def _dynamic_mig_table(r: R) -> list[str]:
+    d = r.get("dynamic_mig")
+    if not d:
+        return []
+    lines = [
+        "",
+        f"Dynamic MIG ({d['profile']}, {d['gpus']} GPUs, {d['devices']} devices in slices {d['slices']}): "
+        f"{d['rounds']} rounds of {d['claims_per_round']} {d['mig_profile']} claims on one GPU, "
+        "1 claim/call, sequential; the mock creates MIG devices at once (real NVML: ~1 s per GPU instance).",
+        "",
+        "| side (N claims) | p50 / p90 / p99 / max per call | claims/s (sum of calls) "
+        "| CPU per claim: plugin / API / kubelet client |",
+        "|---|---|---|---|",
+    ]
+    for side in ("prepare", "unprepare"):
+        x = d[side]
+        c = x["cpu_ms_per_claim"]
+        lines.append(
+            f"| {side} ({x['claims']}) | {x['p50_ms']:.2f} / {x['p90_ms']:.2f} / {x['p99_ms']:.2f} / "
+            f"{x['max_ms']:.2f} ms | {x['claims_per_s']:,.0f} "
+            f"| {c.get('plugin', 0):.2f} / {c.get('api', 0):.2f} / {c.get('client', 0):.2f} ms |"
+        )
+    return lines
+
+
 def markdown(r: R) -> str:
     lines = ["| measure | gpudra | budget | within | kubernetes-sigs example |", "|---|---|---|---|---|"]
     lines += [
@@ -195,6 +243,7 @@ def markdown(r: R) -> str:
             f"| {u['p50_ms']:.2f} / {u['p90_ms']:.2f} / {u['p99_ms']:.2f} ms | {u['claims_per_s']:,.0f} |"
         )
     lines += _cpu_table(r)
+    lines += _dynamic_mig_table(r)
     v = r["validation"]
     lines += [
         "",

@@ -25,6 +25,8 @@ from benchlib.procs import (
     StandIn,
     add_node,
     first_added,
+    has_devices,
+    node_events,
     node_slices,
     open_slice_watch,
 )
@@ -46,28 +48,74 @@ class Settings:
     py_spy_native: bool = False
 
 
-def _start_until_ready(standin: StandIn, api: Http, plugin: PluginProc) -> dict[str, Any]:
-    """Exec the plugin; ready = registration socket offered and the first ResourceSlice accepted."""
+#: The Node Event gpudra records when it falls back from dynamic to static MIG (gpudra.runtime.migmode).
+FALLBACK_EVENT = "GpudraDynamicMigUnavailable"
+
+
+def start_until_ready(standin: StandIn, api: Http, plugin: PluginProc) -> dict[str, Any]:
+    """Exec the plugin; ready = registration socket offered and the first ResourceSlice with devices
+    accepted (a counter-set slice, which dynamic MIG writes first, has none)."""
     add_node(api, plugin.node)
     watch = open_slice_watch(standin, plugin.node, timeout_s=30)
     try:
         plugin.start()
-        slice_at, first = first_added(watch)
+        seen = first_added(watch)
     except TimeoutError as e:
-        raise BenchError(f"no ResourceSlice for {plugin.node} within 30 s:\n{plugin.log()}") from e
+        raise BenchError(
+            f"no ResourceSlice with devices for {plugin.node} within 30 s:\n{plugin.log()}"
+        ) from e
     finally:
         watch.close()
     reg_at = plugin.wait_registration()
     return {
-        "exec_to_first_slice_s": slice_at - plugin.exec_at,
+        "exec_to_first_slice_s": seen.devices_at - plugin.exec_at,
+        "exec_to_any_slice_s": seen.first_at - plugin.exec_at,
         "exec_to_registration_s": reg_at - plugin.exec_at,
-        "first_slice": first["metadata"]["name"],
+        "first_slice": seen.devices["metadata"]["name"],
+        "first_slice_of_any_kind": seen.first["metadata"]["name"],
         "memory_kib": plugin.memory_kib(),
         "log_marks_ms": plugin.lifecycle_ms(),
     }
 
 
-def startup_runs(standin: StandIn, api: Http, root: Path, s: Settings, v: bc.Validation) -> dict[str, Any]:
+def settled_pool(api: Http, node: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+    """The node's slices once the pool is complete: resourceSliceCount slices of one generation (the
+    counter-set slice a fall-back leaves is deleted, and the count drops to the static pool's)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        slices = node_slices(api, node)
+        pools = {
+            (sl["spec"]["pool"]["generation"], sl["spec"]["pool"]["resourceSliceCount"]) for sl in slices
+        }
+        if (len(pools) == 1 and len(slices) == min(pools)[1]) or time.monotonic() > deadline:
+            return slices
+        time.sleep(0.02)
+
+
+def _check_static_fallback(api: Http, node: str, want_devices: int, v: bc.Validation, what: str) -> None:
+    """The stand-in's DRAPartitionableDevices gate is off (Kubernetes 1.34 defaults), so dynamic MIG (the
+    plugin's default) falls back to static MIG at start: a complete pool of ``want_devices`` devices with no
+    counters left anywhere, and one Warning Event on the Node."""
+    slices = settled_pool(api, node)
+    devices = bc.slice_devices(slices)
+    pools = {(sl["spec"]["pool"]["generation"], sl["spec"]["pool"]["resourceSliceCount"]) for sl in slices}
+    v.expect(len(devices) == want_devices, f"{what}: published {len(devices)} devices, want {want_devices}")
+    v.expect(pools == {(min(pools)[0], len(slices))}, f"{what}: pool generation/resourceSliceCount {pools}")
+    v.expect(all(has_devices(sl) for sl in slices), f"{what}: a slice without devices is left in the pool")
+    counters = [
+        sl["metadata"]["name"]
+        for sl in slices
+        if sl["spec"].get("sharedCounters") or any(d.get("consumesCounters") for d in sl["spec"]["devices"])
+    ]
+    v.expect(not counters, f"{what}: counters left after the fall-back to static MIG in {counters}")
+    events = node_events(api, node, FALLBACK_EVENT)
+    v.expect(len(events) == 1, f"{what}: {len(events)} {FALLBACK_EVENT} Events on the Node, want 1")
+    v.expect(all(e.get("type") == "Warning" for e in events), f"{what}: Event type {events[:1]}")
+
+
+def startup_runs(
+    standin: StandIn, api: Http, root: Path, s: Settings, v: bc.Validation, *, want_devices: int
+) -> dict[str, Any]:
     runs = []
     for i in range(s.startup_runs):
         volatile = tmpfs_dir()
@@ -75,7 +123,8 @@ def startup_runs(standin: StandIn, api: Http, root: Path, s: Settings, v: bc.Val
             root / f"start-{i}", f"start-{i}", s.startup_profile, standin.kubeconfig, volatile=volatile
         )
         try:
-            run = _start_until_ready(standin, api, plugin)
+            run = start_until_ready(standin, api, plugin)
+            _check_static_fallback(api, plugin.node, want_devices, v, f"startup run {i}")
             time.sleep(0.2)  # let the publisher settle into its watch, as a DaemonSet pod would be
             run["sigterm_s"], code = plugin.sigterm_timed()
         finally:
@@ -90,6 +139,7 @@ def startup_runs(standin: StandIn, api: Http, root: Path, s: Settings, v: bc.Val
         "profile": s.startup_profile,
         "runs": runs,
         "exec_to_first_slice_ms": latency_ms([r["exec_to_first_slice_s"] for r in runs]),
+        "exec_to_any_slice_ms": latency_ms([r["exec_to_any_slice_s"] for r in runs]),
         "exec_to_registration_ms": latency_ms([r["exec_to_registration_s"] for r in runs]),
         "sigterm_exit_ms": latency_ms([r["sigterm_s"] for r in runs]),
         "rss_ready_kib": {
@@ -197,7 +247,7 @@ def claim_run(
     volatile = tmpfs_dir()
     plugin = PluginProc(root / "claims", "bench-node", s.profile, standin.kubeconfig, volatile=volatile)
     try:
-        ready = _start_until_ready(standin, api, plugin)
+        ready = start_until_ready(standin, api, plugin)
         info = kubeletsim.register(plugin.registration_socket)  # validates GetInfo like the kubelet
         devices, sizes = _check_slices(api, plugin.node, want_devices, v)
         if len(devices) < s.claims:

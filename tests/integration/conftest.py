@@ -138,7 +138,23 @@ class PluginProcess:
 
 
 def node_slices(api: FakeApiServer, node: str = NODE) -> list[dict[str, Any]]:
-    return [s for s in api.list_objects("ResourceSlice") if s["spec"].get("nodeName") == node]
+    """The slices of the node's pool (not the short-lived partitionable-devices probe, a pool of its own)."""
+    return [
+        s
+        for s in api.list_objects("ResourceSlice")
+        if s["spec"].get("nodeName") == node and s["spec"].get("pool", {}).get("name") == node
+    ]
+
+
+def pool_complete(api: FakeApiServer, node: str = NODE) -> bool:
+    """All slices of the pool's newest generation are there (as the scheduler needs them), with devices."""
+    pool = node_slices(api, node)
+    if not pool or not device_names(api):
+        return False
+    generation = max(s["spec"]["pool"]["generation"] for s in pool)
+    newest = [s for s in pool if s["spec"]["pool"]["generation"] == generation]
+    count: int = newest[0]["spec"]["pool"]["resourceSliceCount"]
+    return len(newest) == len(pool) == count
 
 
 def device_names(api: FakeApiServer) -> list[str]:
@@ -218,7 +234,7 @@ def short_tmp() -> Iterator[Path]:
 def plugin(api: FakeApiServer, short_tmp: Path) -> Iterator[PluginProcess]:
     p = PluginProcess(short_tmp, api).start()
     try:
-        assert api.wait_for(lambda: device_names(api), timeout=20), p.log()
+        assert api.wait_for(lambda: pool_complete(api), timeout=20), p.log()
         yield p
         if p.proc is not None:  # a test that stops the plugin itself sets proc to None
             p.assert_alive()

@@ -25,7 +25,7 @@ import pytest
 
 from gpudra.devtools.fakeapi import FakeApiServer
 from gpudra.devtools.faultproxy import FaultProxy, Mode
-from tests.integration.conftest import NODE, PluginProcess, make_claim, node_slices
+from tests.integration.conftest import NODE, PluginProcess, make_claim, node_slices, pool_complete
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,7 @@ def plugin(bookmarked: FakeApiServer, proxy: FaultProxy, short_tmp: Path) -> Ite
     p = PluginProcess(short_tmp, bookmarked, server=proxy.url(), env=FAST)
     p.start()
     try:
-        assert bookmarked.wait_for(lambda: node_slices(bookmarked), timeout=20), p.log()
+        assert bookmarked.wait_for(lambda: pool_complete(bookmarked), timeout=20), p.log()
         yield p
         p.assert_alive()
     finally:

@@ -92,7 +92,8 @@ class Scheduler:
         selectors = [{"cel": {"expression": selector}}]
         request = {"name": "slice", "exactly": {"deviceClassName": device_class, "selectors": selectors}}
         spec = {"devices": {"requests": [request]}}
-        obj = {"metadata": {"name": f"c{self.count}", "namespace": "default"}, "spec": spec}
+        name = f"c{self.count}"
+        obj: dict[str, Any] = {"metadata": {"name": name, "namespace": "default"}, "spec": spec}
         result = self.allocator.allocate(obj)
         if isinstance(result, AllocationFailure):
             return result
@@ -103,10 +104,11 @@ class Scheduler:
         })  # fmt: skip
         uid = str(stored["metadata"]["uid"])
         self.allocator.commit(uid, result)
-        return kubeletsim.Claim("default", obj["metadata"]["name"], uid)
+        return kubeletsim.Claim("default", name, uid)
 
     def device(self, claim: kubeletsim.Claim) -> str:
         obj = self.api.get_object("ResourceClaim", claim.name, "default")
+        assert obj is not None
         result: str = obj["status"]["allocation"]["devices"]["results"][0]["device"]
         return result
 

@@ -23,6 +23,7 @@ ROWS = {
     "sigterm_exit",
     "discovery_gpus",
     "discovery_mig",
+    "dynamic_mig",
     "floor_grpc",
     "floor_get",
     "floor_get_client",
@@ -104,6 +105,32 @@ def test_slices_are_split_and_startup_measured(quick_run: tuple[Any, dict[str, A
     assert startup["profile"] == "dgx-h100"
     assert len(startup["runs"]) == 2
     assert startup["sigterm_exit_ms"]["n"] == 2
+    # dgx-h100 against the stand-in's default gates: dynamic MIG falls back to static, and ready is the first
+    # slice with devices (the counter-set slice written first has none and is deleted again)
+    assert startup["exec_to_any_slice_ms"]["n"] == 2
+    assert all(run["first_slice"] and run["first_slice_of_any_kind"] for run in startup["runs"])
     assert results["discovery"]["gpus"]["devices"] == 8
     floors = results["floors"]
     assert {"grpc_noop", "get_bare", "get_client", "disk"} <= set(floors)
+
+
+@pytest.mark.integration
+def test_dynamic_mig_phase_prepares_created_mig_devices(quick_run: tuple[Any, dict[str, Any], str]) -> None:
+    _, results, markdown = quick_run
+    mig = results["dynamic_mig"]
+    assert mig["profile"] == "dgx-h100"
+    assert mig["gate"] == {"DRAPartitionableDevices": True}
+    # 8 H100s, each whole plus 25 MIG placements; 4 device slices (<= 64 devices) and one of counter sets
+    assert mig["devices"] == 8 * 26
+    assert sorted(mig["slices"]) == [0, 16, 64, 64, 64]
+    assert mig["counter_sets"] == 8
+    assert mig["claims_per_round"] == 7
+    assert mig["claims"] == 7 * mig["rounds"] >= results["claims_per_phase"]
+    assert mig["calls"] == 2 * 7 * (mig["rounds"] + 1)  # a warm-up round, then the measured ones
+    for side in ("prepare", "unprepare"):
+        summary = mig[side]
+        assert all(key in summary for key in PERCENTILES)
+        assert summary["n"] == mig["claims"]
+        assert summary["p50_ms"] <= summary["p90_ms"] <= summary["p99_ms"] <= summary["max_ms"]
+        assert {"plugin", "api", "client"} <= set(summary["cpu_ms_per_claim"])
+    assert "Dynamic MIG (dgx-h100" in markdown

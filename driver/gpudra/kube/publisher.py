@@ -89,6 +89,7 @@ class Publisher:
         planner: Planner = slices.plan_slices,
         on_dropped: Callable[[list[str]], bool] | None = None,
         on_rejected: Callable[[ResourceSlice, str], bool] | None = None,
+        before_first: Callable[[str | None], None] | None = None,
     ) -> None:
         self._api = api
         self._node = node_name
@@ -102,6 +103,9 @@ class Publisher:
         #: told a slice the server refused as invalid (422); True as for ``on_dropped`` (Kubernetes 1.34
         #: with its partitionable-devices gate on refuses counter sets in a slice of their own)
         self._on_rejected = on_rejected
+        #: run once, with the Node's UID, before the first reconcile (the partitionable-devices probe); an
+        #: API error in it is retried like any other
+        self._before_first = before_first
         # per slice: (what we sent, what the server kept) when the server dropped some of it
         self._accepted: dict[str, tuple[ResourceSlice, ResourceSlice]] = {}
         self.dropped_fields: list[str] = []  # fields the API server silently dropped (feature gates off)
@@ -110,6 +114,7 @@ class Publisher:
         self._actual: dict[str, ResourceSlice] = {}
         self._written_rv: dict[str, int] = {}  # per slice: version our last write or delete left it at
         self._published: list[ResourceSlice] | None = None
+        self._retry_generation: int | None = None  # a plan abandoned after its counter slices (_Replan)
         self._stop = threading.Event()
         self._rlock = threading.RLock()  # one reconcile at a time (watcher vs follower)
         self._thread: threading.Thread | None = None
@@ -182,6 +187,9 @@ class Publisher:
         """List our slices and reconcile them; the list's resourceVersion, to watch from."""
         if self._node_uid is None:
             self._node_uid = self._api.get_node_uid(self._node)
+        if self._before_first is not None:
+            self._before_first(self._node_uid)
+            self._before_first = None
         items, rv = self._api.list_slices(self._node)
         with self._rlock:
             self._actual = {_name(s): s for s in items}
@@ -231,13 +239,16 @@ class Publisher:
                 return
             # Our plan changed (or this is the first publish): a new generation tells the scheduler to
             # drop the old view. A slice someone else deleted or edited is restored at the same generation.
-            if self._published is None or not _same_plan(desired, self._published):
+            retry, self._retry_generation = self._retry_generation == gen, None
+            if not retry and (self._published is None or not _same_plan(desired, self._published)):
                 gen += 1
                 desired = self._desired(gen)
             try:
                 self._write(desired)
             except _Replan:  # the node state changed under this plan: its follower publishes the new one
-                self._generation, self._published = gen, None
+                # Only counter slices (written first) went out at this generation, and they are useless:
+                # the new plan takes the same generation rather than announcing a change nobody saw.
+                self._generation, self._published, self._retry_generation = gen, None, gen
                 return
             self._generation, self._published = gen, desired
         if self._on_published is not None:

@@ -26,7 +26,7 @@ from types import MappingProxyType
 
 from gpudra.model import k8stypes, names
 from gpudra.model.inventory import Device, DeviceKind, Inventory
-from gpudra.planning.devices import build_device
+from gpudra.planning.devices import build_device, device_name
 from gpudra.planning.partitions import (
     STATIC_MIG,
     DynamicGpu,
@@ -117,11 +117,18 @@ def _partitionable(
     if gpu.whole is not None:
         entry["consumesCounters"] = [gpu.whole]
     out = [(gpu_device, entry)] if gpu.whole is not None else []
+    # The placements of one profile differ only in their names and counters: built once per profile
+    # (a DGX H100 has 200 placements; building each took 70 % of the plan's time).
+    by_profile: dict[str, k8stypes.Device] = {}
     for slot, use in gpu.slots:
-        built = build_device(slot, inv)
-        warnings.extend(built.warnings)
-        built.device["consumesCounters"] = [use]
-        out.append((slot, built.device))
+        profile = slot.mig.profile if slot.mig is not None else ""
+        template = by_profile.get(profile)
+        if template is None:
+            built = build_device(slot, inv)
+            warnings.extend(built.warnings)
+            template = by_profile[profile] = built.device
+        device: k8stypes.Device = {**template, "name": device_name(slot), "consumesCounters": [use]}
+        out.append((slot, device))
     return out
 
 

@@ -99,6 +99,7 @@ class Plugin:
             on_published=metrics.slices_published,
             on_dropped=mig.on_dropped,
             on_rejected=mig.on_rejected,
+            before_first=lambda uid: mig.probe(kube, cfg.node_name, uid),
         )
         self.publisher.start()
         self._serve_kubelet(kube, node, store, metrics)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Protocol
 
+from gpudra.kube.gateprobe import SliceApi, partitionable_fields
 from gpudra.model.k8stypes import ResourceSlice
 from gpudra.planning.offer import plan_offer
 from gpudra.planning.partitions import MigPolicy
@@ -51,6 +52,24 @@ class MigManagement:
     @property
     def policy(self) -> MigPolicy:
         return self._policy
+
+    def probe(self, api: SliceApi, node_name: str, node_uid: str | None) -> None:
+        """Before the first publish: ask the API server whether it keeps counters (:mod:`gateprobe`), and
+        fall back to static MIG at once when it does not, so the node's pool is written once, right."""
+        node = self.node
+        if not self._policy.dynamic or node is None or not node.current.offer.counter_sets:
+            return
+        answer = partitionable_fields(api, node_name, node_uid)
+        if answer == "kept":
+            log.info("the API server keeps partitionable devices: MIG devices are created at prepare")
+        elif answer == "dropped":
+            self.on_dropped(["spec.sharedCounters"])
+        else:
+            self._fall_back(
+                "the API server refused a ResourceSlice with a counter set: its resource.k8s.io/v1 does not "
+                "take counter sets in a slice of their own (Kubernetes before 1.35)"
+            )
+            self._replan()
 
     def on_dropped(self, fields: Sequence[str]) -> bool:
         """The publisher's report of fields the API server dropped. True when the node state was planned
@@ -90,6 +109,9 @@ class MigManagement:
             log.error("%s", message)
             self._metric(False)
             self._event(EVENT_REASON, message)
+        return self._replan()
+
+    def _replan(self) -> bool:
         node = self.node
         if node is None or not node.current.offer.policy.dynamic:
             return False

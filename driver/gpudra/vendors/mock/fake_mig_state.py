@@ -124,7 +124,9 @@ class MigStateStore:
             return MigState()
         try:
             text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
+            # no state yet; a directory that is a file is the plugin's start-up check to report, and a
+            # later save says it too
             return MigState()
         except (OSError, UnicodeDecodeError) as err:
             raise ProfileError(f"cannot read MIG state file {str(self.path)!r}: {err}") from err

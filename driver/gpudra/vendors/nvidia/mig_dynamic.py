@@ -116,9 +116,9 @@ class MigPartitioner:
                     done.extend(self._whole_gpu(device.device))
             for change in intended:
                 if change.kind == MIG_INSTANCE:
-                    done.extend(self._create(change))
+                    self._create(change, done)
         except ApplyError:
-            self.undo(list(reversed(done)), quiet=True)
+            self.undo(done, quiet=True)  # undo takes them in reverse order itself
             raise
         return done
 
@@ -132,16 +132,15 @@ class MigPartitioner:
                 raise ApplyError(f"{where} is not possible while MIG devices exist on it")
             return [self._set_mode(handle, gpu.uuid, _DISABLE, where, gpu.index)]
 
-    def _create(self, change: Change) -> list[Change]:
+    def _create(self, change: Change, done: list[Change]) -> None:
+        """Create ``change``'s MIG device, appending to ``done`` each change as soon as it is made (a MIG mode
+        switched on stays there for the caller's roll-back when the creation after it fails)."""
         parent = change.text("parent")
         where = _where(change)
         with self.lock(parent):
             handle = self._gpu(parent, where)
-            done = (
-                []
-                if self._mig_enabled(handle, parent)
-                else [self._set_mode(handle, parent, _ENABLE, where, change.get("index"))]
-            )
+            if not self._mig_enabled(handle, parent):
+                done.append(self._set_mode(handle, parent, _ENABLE, where, change.get("index")))
             # pynvml passes the placement on as it is, and NVML takes a pointer to it: byref, never by value
             placement = self._nvml.module.c_nvmlGpuInstancePlacement_t(
                 change.integer("start"), change.integer("size")
@@ -149,7 +148,7 @@ class MigPartitioner:
             gi = self._call(where, "creating the GPU instance", "nvmlDeviceCreateGpuInstanceWithPlacement",
                             handle, change.integer("profileId"), ctypes.byref(placement))  # fmt: skip
             try:
-                return [*done, self._finish(handle, gi, change, where)]
+                done.append(self._finish(handle, gi, change, where))
             except ApplyError:
                 self._destroy_gi(gi, where, quiet=True)
                 raise
@@ -287,6 +286,12 @@ class MigPartitioner:
             mode
         ):
             self._undo_pending(handle, 1 - mode)
+            if status == self._nvml.constant("NVML_ERROR_IN_USE", 19):  # the activation status: not idle
+                raise ApplyError(
+                    f"{where}: {verb} MIG mode failed: {_WHY['IN_USE']} (NVML activation status IN_USE); "
+                    "MIG mode switches only while no process uses the GPU: stop them (`nvidia-smi` lists "
+                    "them); the kubelet retries the claim"
+                )
             raise ApplyError(
                 f"{where}: {verb} MIG mode needs a GPU reset on this GPU (Ampere, or a VM without reset); "
                 f"gpudra does not reset GPUs. An admin can switch it once (`nvidia-smi -i {gpu} -mig "
