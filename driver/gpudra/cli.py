@@ -83,6 +83,11 @@ RUN_OPTS: Final = (
     Opt("--amd-additional-gids", "GPUDRA_AMD_ADDITIONAL_GIDS", BOOLEAN, "true",
         "AMD: add the render node's group via CDI additionalGids; needs a runtime that knows CDI 0.7.0 "
         "(containerd >= 1.7.16 or 2.x, CRI-O >= 1.30)", action="bool"),
+    Opt("--mig-destroy-unowned", "GPUDRA_MIG_DESTROY_UNOWNED", BOOLEAN, "false",
+        "dynamic MIG: at start, destroy the MIG devices no claim of this node created (an old layout, or "
+        "one a lost checkpoint left) on MIG-capable GPUs, so they are partitioned at prepare again; NVML "
+        "refuses while processes use one. Off: such a GPU is published as its MIG devices, never changed",
+        action="bool"),
     Opt("--pod-uid", "GPUDRA_POD_UID", POD_UID, None, "per-pod socket names for rolling updates"),
     Opt("--metrics-port", "GPUDRA_METRICS_PORT", port("to turn metrics off"), "0",
         "serve Prometheus metrics on this port; 0 disables"),
@@ -246,6 +251,7 @@ def _run(args: argparse.Namespace) -> int:
         host_driver_root=args.host_driver_root,
         cdi_spec_dirs=args.cdi_spec_dirs,
         amd_additional_gids=args.amd_additional_gids,
+        mig_destroy_unowned=args.mig_destroy_unowned,
         pod_uid=args.pod_uid,
         metrics_port=args.metrics_port,
         metrics_address=args.metrics_address,

@@ -9,14 +9,17 @@ The mock's hardware is the fake NVML; the MIG devices it holds are read from the
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from gpudra.devtools import kubeletsim
 from gpudra.devtools.allocator import Allocation, AllocationFailure, Allocator
@@ -251,13 +254,28 @@ def _try(fn: Any) -> object:
         return e
 
 
+def _metrics(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def test_gate_off_falls_back_to_static_mig(api: FakeApiServer, short_tmp: Path) -> None:
-    plugin = PluginProcess(short_tmp, api).start()
+    port = _free_port()
+    plugin = PluginProcess(short_tmp, api, ["--metrics-port", str(port)]).start()
     try:
         assert api.wait_for(lambda: "Falling back to static MIG" in plugin.log(), timeout=20), plugin.log()
         assert api.wait_for(lambda: len(_devices(api)) == 8, timeout=20), plugin.log()
         assert not _counter_sets(api)
         assert all("consumesCounters" not in d for d in _devices(api))
+        assert {s["spec"]["pool"]["generation"] for s in node_slices(api)} == {1}  # asked before publishing
+        assert api.count("POST", "/apis/resource.k8s.io/v1/resourceslices") == 2  # the probe, the pool
         events = [
             e
             for e in api.list_objects("Event", "default")
@@ -265,10 +283,59 @@ def test_gate_off_falls_back_to_static_mig(api: FakeApiServer, short_tmp: Path) 
         ]
         assert len(events) == 1
         assert "DRAPartitionableDevices" in events[0]["message"]
+        assert api.wait_for(lambda: _metrics(port).get("gpudra_mig_dynamic") == 0.0, timeout=10)
         plugin.assert_alive()
+    finally:
+        plugin.terminate()
+
+
+def test_gate_on_counts_the_partitionable_gpus(gated_api: FakeApiServer, short_tmp: Path) -> None:
+    port = _free_port()
+    plugin = _start(gated_api, short_tmp, "--metrics-port", str(port))
+    try:
+        assert gated_api.wait_for(lambda: _metrics(port).get("gpudra_mig_dynamic_gpus") == 8.0, timeout=10)
+        assert _metrics(port)["gpudra_mig_dynamic"] == 1.0
+        assert "the API server keeps partitionable devices" in plugin.log()
+        assert not [s for s in gated_api.list_objects("ResourceSlice") if "probe" in s["metadata"]["name"]]
     finally:
         plugin.terminate()
 
 
 def _devices(api: FakeApiServer) -> list[dict[str, Any]]:
     return [d for s in node_slices(api) for d in s["spec"].get("devices", [])]
+
+
+MIXED_GPU0 = "GPU-0d100000-0000-0000-0000-000000000000"
+
+
+def _mixed_start(api: FakeApiServer, root: Path, *args: str) -> PluginProcess:
+    return PluginProcess(root, api, ["--profile", "h100-mig-mixed", *args]).start()
+
+
+def test_an_admin_layout_is_kept_and_destroyed_only_when_asked(
+    gated_api: FakeApiServer, short_tmp: Path
+) -> None:
+    # h100-mig-mixed: GPU 0 carries an admin's 3g.40gb + 2 x 2g.20gb; GPUs 1-7 have no MIG device
+    (short_tmp / "a").mkdir()
+    (short_tmp / "b").mkdir()
+    kept = _mixed_start(gated_api, short_tmp / "a")
+    try:
+        mixed = 3 + 7 * 26  # GPU 0 as the admin's three devices, GPUs 1-7 partitionable
+        assert gated_api.wait_for(
+            lambda: len(_counter_sets(gated_api)) == 7 and len(_devices(gated_api)) == mixed, timeout=20
+        ), kept.log()
+        assert "has MIG devices gpudra did not create" in kept.log()
+        kept.assert_alive()
+    finally:
+        kept.terminate()
+    destroyer = _mixed_start(
+        gated_api, short_tmp / "b", "--mig-destroy-unowned", "--rediscover-interval", "0"
+    )
+    try:
+        assert gated_api.wait_for(
+            lambda: len(_counter_sets(gated_api)) == 8 and len(_devices(gated_api)) == 8 * 26, timeout=20
+        ), destroyer.log()
+        assert destroyer.log().count("--mig-destroy-unowned: destroyed MIG device") == 3
+        destroyer.assert_alive()
+    finally:
+        destroyer.terminate()

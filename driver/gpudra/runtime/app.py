@@ -32,7 +32,7 @@ from gpudra.runtime.config import RunConfig
 from gpudra.runtime.errors import StartupError
 from gpudra.runtime.metrics import Metrics, NullMetrics
 from gpudra.runtime.metrics import create as create_metrics
-from gpudra.runtime.migmode import MigManagement
+from gpudra.runtime.migmode import MigManagement, destroy_unowned
 from gpudra.state.checkpoint import CheckpointStore, CheckpointUnavailable, read_boot_id
 from gpudra.state.node import NodeStateStore
 from gpudra.state.rediscovery import Rediscovery
@@ -96,7 +96,7 @@ class Plugin:
             kube,
             cfg.node_name,
             node,
-            on_published=metrics.slices_published,
+            on_published=lambda gen: self._published(gen, mig),
             on_dropped=mig.on_dropped,
             on_rejected=mig.on_rejected,
             before_first=lambda uid: mig.probe(kube, cfg.node_name, uid),
@@ -113,7 +113,16 @@ class Plugin:
             on_pass=self._discovered,
         )
         self.rediscovery.start()
+        if cfg.mig_destroy_unowned and mig.policy.dynamic:
+            inventory = node.current.offer.inventory
+            if destroy_unowned(self.driver, inventory, created()):
+                self.rediscovery.trigger()  # those GPUs are partitionable now
         log.info("gpudra serving: DRA %s, registration %s", cfg.dra_socket, cfg.registration_socket)
+
+    def _published(self, generation: int, mig: MigManagement) -> None:
+        self.metrics.slices_published(generation)
+        if self.node is not None:
+            self.metrics.mig_management(mig.policy.dynamic, len(self.node.current.offer.dynamic_gpus))
 
     def _mig_management(
         self, kube: KubeClient, created: Callable[[], AbstractSet[str]], metrics: Metrics

@@ -52,6 +52,7 @@ class RunConfig:
     rediscover_interval_s: float = 60.0  # between re-discovery passes; 0: only on SIGHUP (and fabric)
     rediscover_initial_s: float = 15.0  # first re-discovery while NVLink fabric registration is pending
     mig_dynamic: bool = True  # --mig-management dynamic (partitionable devices) or static
+    mig_destroy_unowned: bool = False  # dynamic MIG: destroy MIG devices no claim created, at start
 
     @property
     def plugin_dir(self) -> Path:

@@ -18,10 +18,14 @@ from collections.abc import Set as AbstractSet
 from typing import Protocol
 
 from gpudra.kube.gateprobe import SliceApi, partitionable_fields
+from gpudra.model.applied import AppliedState
+from gpudra.model.inventory import DeviceKind, Inventory
 from gpudra.model.k8stypes import ResourceSlice
 from gpudra.planning.offer import plan_offer
-from gpudra.planning.partitions import MigPolicy
+from gpudra.planning.partitions import MigPolicy, foreign_instances
 from gpudra.state.node import NodeStateStore
+from gpudra.vendors.base import ApplyError, ClaimApplier
+from gpudra.vendors.nvidia.mig_dynamic import existing_instances
 
 log = logging.getLogger(__name__)
 
@@ -118,3 +122,28 @@ class MigManagement:
         offer = node.current.offer
         node.offer(plan_offer(offer.inventory, self._claim_created(), self._policy))
         return True
+
+
+def destroy_unowned(driver: ClaimApplier, inventory: Inventory, claim_created: AbstractSet[str]) -> int:
+    """``--mig-destroy-unowned``: destroy the MIG devices no recorded claim created on MIG-capable GPUs with
+    a profile table (an old layout, or one a lost checkpoint left), so that those GPUs are partitioned at
+    prepare again. The vendor driver finds each by placement and UUID; NVML refuses one a process uses (that
+    one stays, with an error line). Returns how many were destroyed."""
+    gpus = [d for d in inventory.devices if d.kind is DeviceKind.GPU and d.mig_capable and d.mig_profiles]
+    destroyed = 0
+    for gpu in gpus:
+        unowned = set(foreign_instances(gpu, inventory.devices, claim_created))
+        devices = [d for d in inventory.devices if d.uuid in unowned]
+        for change, dev in zip(existing_instances(devices), devices, strict=True):
+            try:
+                driver.undo(AppliedState((change,)))
+            except ApplyError as e:
+                log.error("--mig-destroy-unowned: MIG device %s stays: %s", dev.uuid, e)
+                continue
+            destroyed += 1
+            profile = dev.mig.profile if dev.mig else "?"
+            log.warning(
+                "--mig-destroy-unowned: destroyed MIG device %s (%s on GPU %s), which no claim of this node "
+                "created", dev.uuid, profile, gpu.uuid,
+            )  # fmt: skip
+    return destroyed

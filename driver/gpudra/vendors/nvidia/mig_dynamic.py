@@ -78,6 +78,21 @@ def intended_change(device: ClaimDevice) -> Change | None:
     )  # fmt: skip
 
 
+def existing_instances(devices: Sequence[Device]) -> tuple[Change, ...]:
+    """:data:`MIG_INSTANCE` changes describing MIG devices that exist (by UUID, ids and placement), for
+    :meth:`MigPartitioner.undo` to destroy them (``--mig-destroy-unowned``)."""
+    changes = []
+    for dev in devices:
+        mig = dev.mig
+        if mig is None or mig.gi_id is None or mig.ci_id is None or not dev.parent_uuid or not dev.uuid:
+            continue
+        changes.append(Change.of(
+            MIG_INSTANCE, "", parent=dev.parent_uuid, profile=mig.profile, profileId=mig.gi_profile_id,
+            start=mig.placement_start, size=mig.placement_size, uuid=dev.uuid, giId=mig.gi_id, ciId=mig.ci_id,
+        ))  # fmt: skip
+    return tuple(changes)
+
+
 def created_device(device: Device, name: str, changes: Sequence[Change]) -> Device:
     """``device`` as created for the claim (UUID and instance ids from its :data:`MIG_INSTANCE` change);
     ``device`` itself when it is not created at prepare or its change holds no ids yet."""
@@ -213,8 +228,34 @@ class MigPartitioner:
                 log.warning("%s: the GPU is gone, and its MIG devices with it", where)
                 return
             gi = self._find_gi(handle, change.integer("profileId"), change.integer("start"), where)
-            if gi is not None:
+            if gi is not None and self._ours(handle, gi, change, where):
                 self._destroy_gi(gi, where, quiet=False)
+
+    def _ours(self, handle: Any, gi: Any, change: Change, where: str) -> bool:
+        """Whether the GPU instance at the recorded placement is the one the claim created: with its UUID
+        recorded, a MIG device there with another UUID is someone else's (ours is gone) and is left alone."""
+        uuid = change.get("uuid")
+        if not isinstance(uuid, str):
+            return True  # cut short before its ids were recorded: what sits at its placement is its doing
+        gi_id = int(self._call(where, "reading a GPU instance", "nvmlGpuInstanceGetInfo", gi).id)
+        found = self._uuids_in(handle, gi_id)
+        if found and uuid not in found:
+            log.warning("%s: the MIG device there is %s, not the %s this claim created: left alone",
+                        where, ", ".join(sorted(found)), uuid)  # fmt: skip
+            return False
+        return True
+
+    def _uuids_in(self, handle: Any, gi_id: int) -> set[str]:
+        found: set[str] = set()
+        count = self._call("", "counting MIG devices", "nvmlDeviceGetMaxMigDeviceCount", handle)
+        for index in range(int(count)):
+            try:
+                mig = self._nvml.call("nvmlDeviceGetMigDeviceHandleByIndex", handle, index)
+                if self._nvml.call("nvmlDeviceGetGpuInstanceId", mig) == gi_id:
+                    found.add(str(self._nvml.call("nvmlDeviceGetUUID", mig)))
+            except NvmlError:
+                continue
+        return found
 
     def _find_gi(self, handle: Any, profile_id: int, start: int, where: str) -> Any | None:
         array = (self._nvml.module.c_nvmlGpuInstance_t * _MAX_INSTANCES)()
