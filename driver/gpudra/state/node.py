@@ -5,21 +5,33 @@ The re-discovery loop is its one writer (:meth:`NodeStateStore.offer`); the publ
 half of an update. A new version exists only when what the node offers changed; readers that must act on a
 change (the publisher) wait for it with :meth:`NodeStateStore.wait_newer`.
 
-Later issues add the device taints (health) and counter sets (partitionable devices) to the snapshot.
+The health store (:mod:`gpudra.state.health`) is its second writer, of the devices' health only
+(:meth:`NodeStateStore.set_health`): a new version when some published device's health changed. The health
+of a device is published as its taints and streamed to the kubelet (KEP-4680).
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
+from gpudra.model.health import UNKNOWN, DeviceHealth
 from gpudra.planning.offer import Offer
+
+_NO_HEALTH: Mapping[str, DeviceHealth] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
 class NodeState:
     version: int
     offer: Offer
+    #: health by published device name; a device missing here is Unknown (not monitored)
+    health: Mapping[str, DeviceHealth] = field(default=_NO_HEALTH)
+
+    def health_of(self, name: str) -> DeviceHealth:
+        return self.health.get(name, UNKNOWN)
 
 
 class NodeStateStore:
@@ -39,7 +51,18 @@ class NodeStateStore:
         with self._changed:
             if self._state.offer.same_offer(offer):
                 return None
-            self._state = state = NodeState(self._state.version + 1, offer)
+            self._state = state = NodeState(self._state.version + 1, offer, self._state.health)
+            self._changed.notify_all()
+        return state
+
+    def set_health(self, health: Mapping[str, DeviceHealth]) -> NodeState | None:
+        """Make ``health`` (by published device name) current. Returns the new state, or None when it is
+        the health the current state has."""
+        with self._changed:
+            if dict(self._state.health) == dict(health):
+                return None
+            frozen = MappingProxyType(dict(health))
+            self._state = state = NodeState(self._state.version + 1, self._state.offer, frozen)
             self._changed.notify_all()
         return state
 

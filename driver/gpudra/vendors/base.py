@@ -16,12 +16,14 @@ live here as well, so vendor folders never import the layers that call them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from gpudra.model.applied import NOTHING_APPLIED, AppliedState
+from gpudra.model.health import Observation
 from gpudra.model.inventory import Inventory
 from gpudra.planning.plan import DeviceToPrepare
 
@@ -114,6 +116,15 @@ class ClaimApplier(Protocol):
     def undo(self, applied: AppliedState) -> None:
         """Reverse ``applied`` (as recorded, or as intended when apply may have been cut short): idempotent,
         a change already gone is success. Raises :class:`ApplyError` for what could not be undone."""
+        ...
+
+
+class HealthWatcher(Protocol):
+    def watch_health(self, report: Callable[[Observation], None], stop: threading.Event) -> None:
+        """Monitor the devices of the latest discovery until ``stop`` is set, calling ``report`` for each
+        condition seen (and for each cleared on evidence); runs in a thread of its own and never raises
+        (a failure to monitor is reported as an ``UNMONITORED`` observation per device). Devices it cannot
+        watch at all are reported ``UNMONITORED`` once, so that their health is Unknown, never Healthy."""
         ...
 
 
