@@ -14,8 +14,8 @@ from gpudra.kube.client import KubeClient, load_config
 from gpudra.kube.publisher import Backoff, Publisher
 from gpudra.model.inventory import Device, DeviceKind, Inventory, PciPlacement, Semver, Vendor
 from gpudra.model.k8stypes import ResourceSlice
-from gpudra.planning.offer import Offer, plan_offer
-from gpudra.state.node import NodeStateStore
+from gpudra.planning.offer import plan_offer
+from gpudra.state.node import NodeState, NodeStateStore
 
 NODE = "node-p"
 SLICES = "/apis/resource.k8s.io/v1/resourceslices"
@@ -203,13 +203,12 @@ def test_other_nodes_and_drivers_are_left_alone(api: FakeApiServer, kube: KubeCl
         p.stop()
 
 
-def _with_taint(offer: Offer, node: str, node_uid: str | None, generation: int) -> list[ResourceSlice]:
+def _with_taint(state: NodeState, node: str, node_uid: str | None, generation: int) -> list[ResourceSlice]:
     from gpudra.planning import slices
 
-    planned = slices.plan_slices(offer, node, node_uid, generation)
-    taints = [{"key": "gpudra.io/maintenance", "effect": "NoSchedule"}]
-    # k8stypes.Device has no taints (gpudra publishes none): this planner adds a field a gate may drop
-    planned[0]["spec"]["devices"][0]["taints"] = taints  # type: ignore[typeddict-unknown-key]
+    planned = slices.plan_slices(state.offer, node, node_uid, generation)
+    # a field a disabled gate drops
+    planned[0]["spec"]["devices"][0]["taints"] = [{"key": "gpudra.io/maintenance", "effect": "NoSchedule"}]
     return planned
 
 

@@ -21,14 +21,19 @@ from typing import Protocol
 
 from gpudra.kube.client import KubeError, WatchEvent
 from gpudra.model.k8stypes import ResourceSlice
-from gpudra.planning import slicediff, slices
-from gpudra.planning.offer import Offer
-from gpudra.state.node import NodeStateStore
+from gpudra.planning import health, slicediff, slices
+from gpudra.state.node import NodeState, NodeStateStore
 
 log = logging.getLogger(__name__)
 
 
-Planner = Callable[[Offer, str, str | None, int], list[ResourceSlice]]
+Planner = Callable[[NodeState, str, str | None, int], list[ResourceSlice]]
+
+
+def plan_state(state: NodeState, node: str, node_uid: str | None, generation: int) -> list[ResourceSlice]:
+    """The node's pool for ``state``: what it offers, each device with the taints of its health."""
+    taints = {name: health.taints(h) for name, h in state.health.items() if h.conditions}
+    return slices.plan_slices(state.offer, node, node_uid, generation, taints=taints)
 
 
 class SliceApi(Protocol):
@@ -86,7 +91,7 @@ class Publisher:
         *,
         backoff: Backoff | None = None,
         on_published: Callable[[int], None] | None = None,
-        planner: Planner = slices.plan_slices,
+        planner: Planner = plan_state,
         on_dropped: Callable[[list[str]], bool] | None = None,
         on_rejected: Callable[[ResourceSlice, str], bool] | None = None,
         before_first: Callable[[str | None], None] | None = None,
@@ -227,7 +232,7 @@ class Publisher:
             self._actual[name] = event.object
 
     def _desired(self, generation: int) -> list[ResourceSlice]:
-        return self._planner(self._state.current.offer, self._node, self._node_uid, generation)
+        return self._planner(self._state.current, self._node, self._node_uid, generation)
 
     def _reconcile(self) -> None:
         """Make the API match the plan with as few writes as possible."""

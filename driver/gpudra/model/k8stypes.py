@@ -63,11 +63,19 @@ class DeviceCounterConsumption(TypedDict):
     counters: dict[str, Counter]
 
 
+class DeviceTaint(TypedDict, total=False):
+    key: str
+    value: str
+    effect: str  # NoSchedule | NoExecute | None
+    timeAdded: str  # RFC 3339
+
+
 class Device(TypedDict, total=False):
     name: str
     attributes: dict[str, DeviceAttribute]
     capacity: dict[str, DeviceCapacity]
     consumesCounters: list[DeviceCounterConsumption]
+    taints: list[DeviceTaint]
 
 
 class ResourcePool(TypedDict):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar, cast
 
@@ -170,10 +170,16 @@ def plan_pool(
     node_uid: str | None,
     generation: int,
     max_devices_per_slice: int = MAX_DEVICES_PER_SLICE,
+    *,
+    taints: Mapping[str, list[k8stypes.DeviceTaint]] | None = None,
 ) -> SlicePlan:
-    """All slices of the node's pool for what the node offers; no device gives one empty slice."""
+    """All slices of the node's pool for what the node offers, with ``taints`` by device name (device
+    health); no device gives one empty slice."""
+    entries = list(offer.entries.values())
+    if taints:
+        entries = [{**e, "taints": taints[e["name"]]} if taints.get(e["name"]) else e for e in entries]
     slices = pool_slices(
-        list(offer.entries.values()), node_name, node_uid, generation, max_devices_per_slice,
+        entries, node_name, node_uid, generation, max_devices_per_slice,
         counter_sets=list(offer.counter_sets.values()),
     )  # fmt: skip
     return SlicePlan(tuple(slices), offer.warnings)
@@ -185,6 +191,9 @@ def plan_slices(
     node_uid: str | None,
     generation: int,
     max_devices_per_slice: int = MAX_DEVICES_PER_SLICE,
+    *,
+    taints: Mapping[str, list[k8stypes.DeviceTaint]] | None = None,
 ) -> list[k8stypes.ResourceSlice]:
     """:func:`plan_pool` without the warnings."""
-    return list(plan_pool(offer, node_name, node_uid, generation, max_devices_per_slice).slices)
+    plan = plan_pool(offer, node_name, node_uid, generation, max_devices_per_slice, taints=taints)
+    return list(plan.slices)

@@ -38,6 +38,12 @@ class Metrics(Protocol):
     def mig_management(self, dynamic: bool, dynamic_gpus: int) -> None:
         """The MIG management in effect (dynamic, or static after a fall-back) and the GPUs it partitions."""
 
+    def health_transition(self, device: str, before: str, after: str) -> None:
+        """A published device's health changed (Healthy, Unhealthy, Unknown)."""
+
+    def devices_by_health(self, counts: Mapping[str, int]) -> None:
+        """Published devices by health state now."""
+
 
 class NullMetrics:
     def call(self, method: str, seconds: float, ok: bool) -> None:
@@ -59,6 +65,12 @@ class NullMetrics:
         return None
 
     def mig_management(self, dynamic: bool, dynamic_gpus: int) -> None:
+        return None
+
+    def health_transition(self, device: str, before: str, after: str) -> None:
+        return None
+
+    def devices_by_health(self, counts: Mapping[str, int]) -> None:
         return None
 
 
@@ -90,6 +102,12 @@ class PrometheusMetrics:
             "fallen back because the cluster drops partitionable-device fields)",
         )
         self._mig_gpus = prom.Gauge("gpudra_mig_dynamic_gpus", "GPUs published as partitionable devices")
+        self._health_transitions = prom.Counter(
+            "gpudra_device_health_transitions_total",
+            "Health changes of published devices, by the state entered",
+            ["to"],
+        )
+        self._health = prom.Gauge("gpudra_devices_by_health", "Published devices by health state", ["state"])
         prom.Info("gpudra_build", "Build information").info({"version": __version__})
         prom.start_http_server(port, addr)
         log.info("serving Prometheus metrics on %s:%d", addr, port)
@@ -121,6 +139,13 @@ class PrometheusMetrics:
     def mig_management(self, dynamic: bool, dynamic_gpus: int) -> None:
         self._mig_dynamic.set(1 if dynamic else 0)
         self._mig_gpus.set(dynamic_gpus)
+
+    def health_transition(self, device: str, before: str, after: str) -> None:
+        self._health_transitions.labels(after).inc()
+
+    def devices_by_health(self, counts: Mapping[str, int]) -> None:
+        for state in ("Healthy", "Unhealthy", "Unknown", *counts):
+            self._health.labels(state).set(counts.get(state, 0))
 
 
 def create(port: int, address: str = "127.0.0.1") -> Metrics:

@@ -28,7 +28,7 @@ class NodeState:
     version: int
     offer: Offer
     #: health by published device name; a device missing here is Unknown (not monitored)
-    health: Mapping[str, DeviceHealth] = field(default=_NO_HEALTH)
+    health: Mapping[str, DeviceHealth] = field(default_factory=lambda: _NO_HEALTH)
 
     def health_of(self, name: str) -> DeviceHealth:
         return self.health.get(name, UNKNOWN)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from gpudra.model import cdi
+from gpudra.model.health import HealthState
 from gpudra.model.k8stypes import ResourceClaim
 from gpudra.planning import plan
 from gpudra.planning.offer import Offer
@@ -241,6 +242,11 @@ class Preparer:
                 if failed is not None:
                     results[uid] = failed
                     continue
+            sick = self._unhealthy(r.plan)
+            if sick is not None:  # a claim already prepared was answered above: only new ones are refused
+                log.warning("prepare %s: %s", r.plan.ref, sick)
+                results[uid] = ClaimResult(error=sick, error_kind="unhealthy")
+                continue
             wanted = {d.name for d in r.plan.devices}
             conflict = plan.find_conflict(r.plan, _uses(txn.claims.values(), wanted))
             if conflict is not None:
@@ -261,6 +267,14 @@ class Preparer:
                 self._inflight.add(uid)
         txn.commit()
         return started
+
+    def _unhealthy(self, p: ClaimPlan) -> str | None:
+        state = self._node.current
+        for d in p.devices:
+            health = state.health_of(d.name)
+            if health.state is HealthState.UNHEALTHY:
+                return f"device {d.name} is unhealthy: {health.message} (see its gpudra.io taints)"
+        return None
 
     def _busy_or_roll_back(self, txn: Txn, record: ClaimRecord) -> ClaimResult | None:
         """A PrepareStarted record of a claim asked for again: an error while another call of this process
