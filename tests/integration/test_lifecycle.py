@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gpudra.devtools import kubeletsim
 from gpudra.devtools.fakeapi import FakeApiServer
 from gpudra.model import names
 from tests.integration.conftest import (
@@ -33,8 +34,22 @@ def test_registration_answers_like_a_dra_plugin(plugin: PluginProcess) -> None:
     info = plugin.register()
     assert (info.type, info.name) == ("DRAPlugin", names.DRIVER_NAME)
     assert info.endpoint == str(plugin.dra_socket)
-    assert info.supported_versions == ("v1.DRAPlugin", "v1beta1.DRAPlugin")
+    assert info.supported_versions == (
+        "v1.DRAPlugin", "v1beta1.DRAPlugin", "v1.DRAResourceHealth", "v1alpha1.DRAResourceHealth",
+    )  # fmt: skip
     assert "kubelet registered plugin gpudra.io" in _wait_log(plugin, "kubelet registered")
+
+
+def test_the_health_stream_answers_a_kubelet_in_both_versions(plugin: PluginProcess) -> None:
+    info = plugin.register()
+    assert kubeletsim.health_version(info) == "v1"
+    for version in ("v1", "v1alpha1"):
+        with kubeletsim.HealthStream(info.endpoint, version) as stream:
+            first = stream.next(timeout_s=10)
+            assert len(first) == 8  # every published device
+            assert {d.pool for d in first} == {NODE}
+            assert {d.health for d in first} <= {"HEALTHY", "UNKNOWN"}
+    plugin.assert_alive()
 
 
 def _wait_log(plugin: PluginProcess, text: str, timeout: float = 5.0) -> str:

@@ -6,7 +6,9 @@ staging/src/k8s.io/kubelet/pkg/apis/...):
   - tags v0.34.0 (2108ddc49ed2), v0.35.0 (07d8bcee9f6a), v0.36.0 (eb8f71c979ae), v0.36.3 (bbb4f8f0907a),
     v0.37.0-beta.0 (92e97d7be72b) and master 63b3249724f7 (2026-07-23);
   - files dra/v1/api.proto, dra/v1beta1/api.proto, pluginregistration/v1/api.proto,
-    dra-health/v1alpha1/api.proto.
+    dra-health/v1alpha1/api.proto, and dra-health/v1/api.proto (master only: added by kubelet commit
+    20b239517c2e, kubernetes PR #139477, merged 2026-07-22 after v0.37.0-beta.0; package "v1", the same
+    messages, fields and enum as v1alpha1).
 Version notes: dra/v1 Device.share_id (5, proto3 optional) appeared in 1.35; v1beta1 never got it.
 DeviceHealth.health_check_timeout_seconds (4) appeared in 1.35, DeviceHealth.message (5) in 1.36.
 pluginregistration/v1 is unchanged 1.34..1.37.
@@ -28,6 +30,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gpudra._proto import (
+    dra_health_v1_pb2,
+    dra_health_v1_pb2_grpc,
     dra_health_v1alpha1_pb2,
     dra_health_v1alpha1_pb2_grpc,
     dra_v1_pb2,
@@ -84,13 +88,16 @@ METHODS = [
         for module, package in ((dra_v1_pb2, DRA_V1), (dra_v1beta1_pb2, DRA_V1BETA1))
         for method in (_PREP, _UNPREP)
     ],
-    (
-        dra_health_v1alpha1_pb2,
-        "/v1alpha1.DRAResourceHealth/NodeWatchResources",
-        "NodeWatchResourcesRequest",
-        "NodeWatchResourcesResponse",
-        True,
-    ),
+    *[
+        (
+            module,
+            f"/{package}.DRAResourceHealth/NodeWatchResources",
+            "NodeWatchResourcesRequest",
+            "NodeWatchResourcesResponse",
+            True,
+        )
+        for module, package in ((dra_health_v1alpha1_pb2, "v1alpha1"), (dra_health_v1_pb2, "v1"))
+    ],
 ]
 
 
@@ -100,7 +107,7 @@ def _file_proto(module: ModuleType) -> descriptor_pb2.FileDescriptorProto:
 
 @pytest.mark.parametrize(
     "module",
-    [registration_v1_pb2, dra_v1_pb2, dra_v1beta1_pb2, dra_health_v1alpha1_pb2],
+    [registration_v1_pb2, dra_v1_pb2, dra_v1beta1_pb2, dra_health_v1alpha1_pb2, dra_health_v1_pb2],
     ids=lambda m: m.__name__.rsplit(".", 1)[-1],
 )
 def test_every_method_path_is_the_one_the_kubelet_calls(module: ModuleType) -> None:
@@ -151,6 +158,17 @@ def _dra_rows(with_share_id: bool) -> list[Row]:
     return rows
 
 
+_HEALTH_ROWS: list[Row] = [
+    ("DeviceIdentifier", "pool_name", 1, "string", ""),
+    ("DeviceIdentifier", "device_name", 2, "string", ""),
+    ("DeviceHealth", "device", 1, "DeviceIdentifier", ""),
+    ("DeviceHealth", "health", 2, "enum HealthStatus", ""),
+    ("DeviceHealth", "last_updated_time", 3, "int64", ""),
+    ("DeviceHealth", "health_check_timeout_seconds", 4, "int64", ""),
+    ("DeviceHealth", "message", 5, "string", ""),
+    ("NodeWatchResourcesResponse", "devices", 1, "DeviceHealth", "repeated"),
+]
+
 FIELDS: dict[ModuleType, list[Row]] = {
     registration_v1_pb2: [
         ("PluginInfo", "type", 1, "string", ""),
@@ -162,30 +180,24 @@ FIELDS: dict[ModuleType, list[Row]] = {
     ],
     dra_v1_pb2: _dra_rows(with_share_id=True),
     dra_v1beta1_pb2: _dra_rows(with_share_id=False),
-    dra_health_v1alpha1_pb2: [
-        ("DeviceIdentifier", "pool_name", 1, "string", ""),
-        ("DeviceIdentifier", "device_name", 2, "string", ""),
-        ("DeviceHealth", "device", 1, "DeviceIdentifier", ""),
-        ("DeviceHealth", "health", 2, "enum HealthStatus", ""),
-        ("DeviceHealth", "last_updated_time", 3, "int64", ""),
-        ("DeviceHealth", "health_check_timeout_seconds", 4, "int64", ""),
-        ("DeviceHealth", "message", 5, "string", ""),
-        ("NodeWatchResourcesResponse", "devices", 1, "DeviceHealth", "repeated"),
-    ],
+    dra_health_v1alpha1_pb2: _HEALTH_ROWS,
+    dra_health_v1_pb2: _HEALTH_ROWS,
 }
 
 # Every message of each file, including those without fields (map entries are not listed).
 _DRA_MESSAGES = {row[0] for row in _dra_rows(with_share_id=True)}
+_HEALTH_MESSAGES = {
+    "NodeWatchResourcesRequest",
+    "DeviceIdentifier",
+    "DeviceHealth",
+    "NodeWatchResourcesResponse",
+}
 MESSAGES: dict[ModuleType, set[str]] = {
     registration_v1_pb2: {"PluginInfo", "RegistrationStatus", "RegistrationStatusResponse", "InfoRequest"},
     dra_v1_pb2: _DRA_MESSAGES,
     dra_v1beta1_pb2: _DRA_MESSAGES,
-    dra_health_v1alpha1_pb2: {
-        "NodeWatchResourcesRequest",
-        "DeviceIdentifier",
-        "DeviceHealth",
-        "NodeWatchResourcesResponse",
-    },
+    dra_health_v1alpha1_pb2: _HEALTH_MESSAGES,
+    dra_health_v1_pb2: _HEALTH_MESSAGES,
 }
 
 _FieldProto = descriptor_pb2.FieldDescriptorProto
@@ -232,8 +244,9 @@ def test_every_field_matches_upstream(module: ModuleType) -> None:
     assert not fd.dependency, "the kubelet APIs import nothing (gogoproto options are not needed on the wire)"
 
 
-def test_health_status_enum_values() -> None:
-    fd = _file_proto(dra_health_v1alpha1_pb2)
+@pytest.mark.parametrize("module", [dra_health_v1alpha1_pb2, dra_health_v1_pb2], ids=["v1alpha1", "v1"])
+def test_health_status_enum_values(module: ModuleType) -> None:
+    fd = _file_proto(module)
     assert [(e.name, [(v.name, v.number) for v in e.value]) for e in fd.enum_type] == [
         ("HealthStatus", [("UNKNOWN", 0), ("HEALTHY", 1), ("UNHEALTHY", 2)])
     ]
@@ -347,6 +360,13 @@ class _Health(dra_health_v1alpha1_pb2_grpc.DRAResourceHealthServicer):
             yield dra_health_v1alpha1_pb2.NodeWatchResourcesResponse(devices=[device])
 
 
+class _HealthV1(dra_health_v1_pb2_grpc.DRAResourceHealthServicer):
+    def NodeWatchResources(
+        self, request: dra_health_v1_pb2.NodeWatchResourcesRequest, context: grpc.ServicerContext
+    ) -> Iterator[dra_health_v1_pb2.NodeWatchResourcesResponse]:
+        yield dra_health_v1_pb2.NodeWatchResourcesResponse()
+
+
 @pytest.fixture(scope="module")
 def channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[grpc.Channel]:
     socket = tmp_path_factory.mktemp("grpc") / "p.sock"
@@ -355,6 +375,7 @@ def channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[grpc.Channel]:
     dra_v1_pb2_grpc.add_DRAPluginServicer_to_server(_DRAv1(), server)
     dra_v1beta1_pb2_grpc.add_DRAPluginServicer_to_server(_DRAv1beta1(), server)
     dra_health_v1alpha1_pb2_grpc.add_DRAResourceHealthServicer_to_server(_Health(), server)
+    dra_health_v1_pb2_grpc.add_DRAResourceHealthServicer_to_server(_HealthV1(), server)
     server.add_insecure_port(f"unix://{socket}")
     server.start()
     try:

@@ -3,6 +3,8 @@
 It does what the kubelet does: find the registration socket, ask ``GetInfo``, check what it is told,
 answer ``NotifyRegistrationStatus``, then call the DRA service at the advertised endpoint with the
 version it prefers. ``gpudra demo``, the integration tests and the benchmark drive the plugin with it.
+:class:`HealthStream` holds the device-health stream (KEP-4680) as the kubelet does, in the version the
+kubelet would pick (:func:`health_version`).
 
 :class:`Kubelet` adds what the kubelet does with the answers: it keeps the prepared claims of pods, gives
 each container the CDI ids of the requests it names (compared exactly with the answer's request names), and
@@ -11,6 +13,8 @@ asks the runtime emulation (:mod:`gpudra.devtools.cdiinject`) what the container
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +23,10 @@ from typing import Any, Literal
 import grpc
 
 from gpudra._proto import (
+    dra_health_v1_pb2,
+    dra_health_v1_pb2_grpc,
+    dra_health_v1alpha1_pb2,
+    dra_health_v1alpha1_pb2_grpc,
     dra_v1_pb2,
     dra_v1_pb2_grpc,
     dra_v1beta1_pb2,
@@ -111,6 +119,106 @@ class DraClient:
     def unprepare(self, claims: Sequence[Claim], timeout_s: float = 30.0) -> Any:
         request = self._pb.NodeUnprepareResourcesRequest(claims=self._claims(claims))
         return self._stub.NodeUnprepareResources(request, timeout=timeout_s)
+
+
+# ---- the device-health stream --------------------------------------------------------------------------
+
+HealthVersion = Literal["v1", "v1alpha1"]
+_HEALTH_PB: dict[HealthVersion, tuple[Any, Any]] = {
+    "v1": (dra_health_v1_pb2, dra_health_v1_pb2_grpc),
+    "v1alpha1": (dra_health_v1alpha1_pb2, dra_health_v1alpha1_pb2_grpc),
+}
+#: The kubelet's preference, newest first, with the name a plugin advertises for each version.
+_HEALTH_SERVICES: tuple[tuple[HealthVersion, str], ...] = (
+    ("v1", "v1.DRAResourceHealth"),
+    ("v1alpha1", "v1alpha1.DRAResourceHealth"),
+)
+
+
+def health_version(info: PluginInfo) -> HealthVersion | None:
+    """The health API a 1.37 kubelet watches: v1 when advertised, else v1alpha1, else none (no stream)."""
+    for version, service in _HEALTH_SERVICES:
+        if service in info.supported_versions:
+            return version
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceHealthReport:
+    """One device's line of a health message."""
+
+    pool: str
+    device: str
+    health: str  # "HEALTHY" | "UNHEALTHY" | "UNKNOWN"
+    last_updated: int
+    timeout_s: int
+    message: str
+
+
+class HealthStreamEnded(KubeletError):
+    """The plugin ended the stream; ``code`` is its status (OK for a clean end)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"health stream ended: {code.name} {details}".rstrip())
+        self.code = code
+        self.details = details
+
+
+class HealthStream:
+    """One ``NodeWatchResources`` stream, open from construction until :meth:`cancel`. A reader thread
+    takes the messages as they come, so :meth:`next` can wait with a timeout."""
+
+    def __init__(self, endpoint: Path | str, version: HealthVersion = "v1") -> None:
+        pb, grpc_mod = _HEALTH_PB[version]
+        self._channel = _channel(endpoint)
+        self._call = grpc_mod.DRAResourceHealthStub(self._channel).NodeWatchResources(
+            pb.NodeWatchResourcesRequest()
+        )
+        self._messages: queue.Queue[tuple[DeviceHealthReport, ...] | HealthStreamEnded] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, name="health-stream", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            for response in self._call:
+                self._messages.put(tuple(_report(d) for d in response.devices))
+            self._messages.put(HealthStreamEnded(grpc.StatusCode.OK, ""))
+        except grpc.RpcError as e:
+            self._messages.put(HealthStreamEnded(e.code(), e.details() or ""))
+
+    def next(self, timeout_s: float = 10.0) -> tuple[DeviceHealthReport, ...]:
+        """The next message; raises :class:`HealthStreamEnded` at the end, KubeletError on a timeout."""
+        try:
+            item = self._messages.get(timeout=timeout_s)
+        except queue.Empty:
+            raise KubeletError(f"no health message within {timeout_s} s") from None
+        if isinstance(item, HealthStreamEnded):
+            self._messages.put(item)  # every later call sees the end too
+            raise item
+        return item
+
+    def cancel(self, timeout_s: float = 10.0) -> None:
+        """Cancel the call, as a kubelet does when it deregisters the plugin or stops."""
+        self._call.cancel()
+        self._reader.join(timeout_s)
+        self._channel.close()
+
+    def __enter__(self) -> HealthStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+def _report(d: Any) -> DeviceHealthReport:
+    return DeviceHealthReport(
+        pool=d.device.pool_name,
+        device=d.device.device_name,
+        health=dra_health_v1_pb2.HealthStatus.Name(d.health),  # the same enum in both versions
+        last_updated=d.last_updated_time,
+        timeout_s=d.health_check_timeout_seconds,
+        message=d.message,
+    )
 
 
 # ---- pods and containers: which CDI ids each container gets -------------------------------------------

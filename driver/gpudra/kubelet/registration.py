@@ -1,16 +1,22 @@
 """Kubelet plugin registration: the socket the kubelet's plugin watcher finds in its registry directory.
 
-``GetInfo`` tells the kubelet who we are and where the DRA service listens. If the kubelet restarts and
-wipes its registry directory, our socket disappears with it; a watchdog notices and binds it again so the
-kubelet registers us anew.
+``GetInfo`` tells the kubelet who we are, where the DRA service listens and which gRPC services that socket
+serves. If the kubelet restarts and wipes its registry directory, our socket disappears with it; a watchdog
+notices and binds it again so the kubelet registers us anew.
+
+The service list ("supported versions") must name exactly the services the DRA socket serves: the kubelet
+picks its DRAPlugin version from it, and opens the device-health stream only for a plugin that lists a
+health service (1.37 on; 1.36 opened it for every plugin). Names are ``<proto package's last part>.<service>``
+as the kubelet spells them, which for the DRAPlugin service is not the gRPC name.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Final
 
 import grpc
 
@@ -20,7 +26,16 @@ from gpudra.model import names
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_VERSIONS = ("v1.DRAPlugin", "v1beta1.DRAPlugin")
+#: Advertised name -> the gRPC service the kubelet then calls on the DRA socket.
+KNOWN_SERVICES: Final[Mapping[str, str]] = {
+    "v1.DRAPlugin": "k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin",
+    "v1beta1.DRAPlugin": "k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin",
+    "v1.DRAResourceHealth": "v1.DRAResourceHealth",
+    "v1alpha1.DRAResourceHealth": "v1alpha1.DRAResourceHealth",
+}
+#: The services :func:`gpudra.kubelet.dra.registrars` puts on the DRA socket (the default list); add
+#: :attr:`gpudra.kubelet.health.HealthStreams.services` when the health streams are served there too.
+SUPPORTED_VERSIONS: Final = ("v1.DRAPlugin", "v1beta1.DRAPlugin")
 
 
 class _RegistrationServicer(registration_v1_pb2_grpc.RegistrationServicer):
@@ -54,6 +69,12 @@ class Registrar:
         versions: Sequence[str] = SUPPORTED_VERSIONS,
         watch_interval_s: float = 1.0,
     ) -> None:
+        unknown = [v for v in versions if v not in KNOWN_SERVICES]
+        no_dra = not any(v.endswith(".DRAPlugin") for v in versions)
+        if unknown or no_dra or len(set(versions)) != len(versions):
+            raise ValueError(
+                f"advertised services must be distinct, known, one a DRAPlugin: {list(versions)}"
+            )
         self.registered = threading.Event()
         servicer = _RegistrationServicer(str(endpoint), versions, self._on_status)
         self._server = UnixServer(

@@ -39,6 +39,7 @@ from gpudra.state.rediscovery import Rediscovery
 from gpudra.vendors.base import VendorDriver
 
 if TYPE_CHECKING:  # imported in Plugin.start, once publishing has begun (see there)
+    from gpudra.kubelet.health import HealthStreams
     from gpudra.kubelet.registration import Registrar
     from gpudra.kubelet.sockets import UnixServer
     from gpudra.state.prepare import Preparer
@@ -64,6 +65,7 @@ class Plugin:
         self.preparer: Preparer | None = None
         self.rediscovery: Rediscovery | None = None
         self._dra: UnixServer | None = None
+        self._health_streams: HealthStreams | None = None
         self.registrar: Registrar | None = None
         self.metrics: Metrics = NullMetrics()
         self._probe: ProbeServerLike | None = None
@@ -187,7 +189,8 @@ class Plugin:
         """Orphaned CDI specs, the DRA socket, then the registration socket (and the probe port)."""
         from gpudra.kube.claims import ApiClaims
         from gpudra.kubelet import dra
-        from gpudra.kubelet.registration import Registrar
+        from gpudra.kubelet.health import HealthStreams
+        from gpudra.kubelet.registration import SUPPORTED_VERSIONS, Registrar
         from gpudra.kubelet.sockets import UnixServer
         from gpudra.state.cdi import CdiWriter
         from gpudra.state.prepare import Preparer, PrepareSettings
@@ -207,8 +210,14 @@ class Plugin:
         preparer.collect_garbage()
         # grpc_workers prepares at once; the reserve threads keep unprepare and probes free of them.
         registrars = dra.registrars(preparer, metrics, prepare_slots=cfg.grpc_workers)
-        self._dra = UnixServer(cfg.dra_socket, registrars, dra.server_threads(cfg.grpc_workers))
-        self.registrar = Registrar(cfg.registration_socket, cfg.dra_socket)
+        # The kubelet's health stream (KEP-4680, v1 and v1alpha1): served always, so a kubelet that opens
+        # it unasked (1.36) gets device health (Unknown where not monitored), never UNIMPLEMENTED.
+        self._health_streams = streams = HealthStreams(node, cfg.node_name)
+        threads = dra.server_threads(cfg.grpc_workers) + streams.threads
+        self._dra = UnixServer(cfg.dra_socket, [*registrars, *streams.registrars()], threads)
+        self.registrar = Registrar(
+            cfg.registration_socket, cfg.dra_socket, versions=(*SUPPORTED_VERSIONS, *streams.services)
+        )
         try:
             self._dra.start()
             self.registrar.start()
@@ -247,6 +256,8 @@ class Plugin:
             self._probe.stop()
         if self.registrar is not None:
             self.registrar.stop()
+        if self._health_streams is not None:
+            self._health_streams.stop()  # the kubelet reads the end of its streams, not a cut
         if self._dra is not None:
             self._dra.stop(2.0)  # a prepare in flight finishes (rolling update: the kubelet gets its answer)
         if self.publisher is not None:
