@@ -31,7 +31,9 @@ from gpudra.runtime.flags import (
     IP_ADDRESS,
     NODE_NAME,
     POD_UID,
+    QUIET_PERIODS,
     TEXT,
+    XID_LIST,
     Opt,
     choice,
     count,
@@ -39,7 +41,7 @@ from gpudra.runtime.flags import (
     resolve,
     seconds,
 )
-from gpudra.vendors.base import HostRoots, VendorDriver
+from gpudra.vendors.base import HostRoots, VendorDriver, WatchOptions
 
 BACKENDS = ("auto", "nvml", "amd", "mock")
 
@@ -88,6 +90,19 @@ RUN_OPTS: Final = (
         "one a lost checkpoint left) on MIG-capable GPUs, so they are partitioned at prepare again; NVML "
         "refuses while processes use one. Off: such a GPU is published as its MIG devices, never changed",
         action="bool"),
+    Opt("--health-monitoring", "GPUDRA_HEALTH_MONITORING", BOOLEAN, "true",
+        "watch device health (NVML events and polls, AMD RAS counters and events): unhealthy devices get "
+        "taints and are refused at prepare; off: every device's health is Unknown (docs/health.md)",
+        action="bool"),
+    Opt("--health-quiet", "GPUDRA_HEALTH_QUIET", QUIET_PERIODS, "xid=600,ecc=1800,reset=600,thermal=300",
+        "seconds a condition must not recur before its taint goes, per condition (lost GPUs recover when "
+        "they answer again)"),
+    Opt("--ignored-xids", "GPUDRA_IGNORED_XIDS", XID_LIST, "13,31,43,45,68,109",
+        "NVIDIA Xids that applications cause and that never taint a GPU: the whole list (NVIDIA's defaults; "
+        "empty: none ignored)"),
+    Opt("--health-poll-interval", "GPUDRA_HEALTH_POLL_INTERVAL",
+        seconds(zero_ok=False, what="a number of seconds above 0"), "5",
+        "seconds between polls of each GPU's presence and error counters (events arrive at once)"),
     Opt("--pod-uid", "GPUDRA_POD_UID", POD_UID, None, "per-pod socket names for rolling updates"),
     Opt("--metrics-port", "GPUDRA_METRICS_PORT", port("to turn metrics off"), "0",
         "serve Prometheus metrics on this port; 0 disables"),
@@ -194,11 +209,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _open_driver(
-    args: argparse.Namespace, roots: HostRoots | None = None, files_dir: Path | None = None
+    args: argparse.Namespace,
+    roots: HostRoots | None = None,
+    files_dir: Path | None = None,
+    health: WatchOptions | None = None,
 ) -> VendorDriver:
     from gpudra.vendors.select import open_driver
 
-    return open_driver(args.backend, args.profile, args.sysfs_root, roots, files_dir)
+    return open_driver(args.backend, args.profile, args.sysfs_root, roots, files_dir, health=health)
 
 
 def _discover(args: argparse.Namespace) -> int:
@@ -252,6 +270,9 @@ def _run(args: argparse.Namespace) -> int:
         cdi_spec_dirs=args.cdi_spec_dirs,
         amd_additional_gids=args.amd_additional_gids,
         mig_destroy_unowned=args.mig_destroy_unowned,
+        health_monitoring=args.health_monitoring,
+        health_quiet_s=args.health_quiet,
+        ignored_xids=args.ignored_xids,
         pod_uid=args.pod_uid,
         metrics_port=args.metrics_port,
         metrics_address=args.metrics_address,
@@ -263,7 +284,8 @@ def _run(args: argparse.Namespace) -> int:
         mig_dynamic=args.mig_management == "dynamic",
     )
     check(cfg)
-    driver = _open_driver(args, cfg.host_roots, cfg.effective_run_dir / "claims")
+    health = WatchOptions(ignored_xids=args.ignored_xids, poll_s=args.health_poll_interval)
+    driver = _open_driver(args, cfg.host_roots, cfg.effective_run_dir / "claims", health)
     try:
         code = serve(Plugin(cfg, driver))
     except FatalError as e:

@@ -137,3 +137,14 @@ def test_server_copy_is_equal_and_mutated_copy_is_not(inv: Inventory, mutation: 
         return  # this random device lacks the field the mutation edits
     if actual != before:
         assert not slice_content_equal(desired, actual)
+
+
+def test_a_taint_or_counter_use_the_api_holds_that_the_plan_dropped_is_a_difference() -> None:
+    added = "2026-12-07T00:00:00Z"
+    taint = {"key": "gpudra.io/xid", "value": "48", "effect": "NoExecute", "timeAdded": added}
+    use = {"counterSet": "gpu-a", "counters": {"memory-slice-0": {"value": "1"}}}
+    for key, value in (("taints", [taint]), ("consumesCounters", [use])):
+        healed: dict[str, Any] = {"metadata": {"name": "s"}, "spec": {"devices": [{"name": "d"}]}}
+        held: dict[str, Any] = {"metadata": {"name": "s"}, "spec": {"devices": [{"name": "d", key: value}]}}
+        assert not slice_content_equal(healed, held)  # type: ignore[arg-type]
+        assert slice_content_equal(held, held)  # type: ignore[arg-type]

@@ -53,13 +53,19 @@ def _map_equal(desired: object, actual: object, capacity: bool) -> bool:
     return True
 
 
+#: Device lists that are wholly ours: one the API holds that we no longer want (a taint of a device that
+#: healed) is a difference, not a field we do not set.
+_OWNED_LISTS = ("taints", "consumesCounters")
+
+
 def _device_equal(desired: Mapping[str, object], actual: object) -> bool:
     if not isinstance(actual, Mapping):
         return False
-    rest = {k: v for k, v in desired.items() if k not in ("attributes", "capacity")}
+    rest = {k: v for k, v in desired.items() if k not in ("attributes", "capacity", *_OWNED_LISTS)}
     return (
         _map_equal(desired.get("attributes"), actual.get("attributes"), capacity=False)
         and _map_equal(desired.get("capacity"), actual.get("capacity"), capacity=True)
+        and all(_owned_equal(desired.get(k) or [], actual.get(k) or []) for k in _OWNED_LISTS)
         and _owned_equal(rest, actual)
     )
 

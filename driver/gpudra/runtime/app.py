@@ -27,13 +27,14 @@ from gpudra.kube.client import KubeClient, load_config
 from gpudra.kube.publisher import Publisher
 from gpudra.model.inventory import Inventory
 from gpudra.planning.offer import plan_offer
-from gpudra.runtime import preflight
+from gpudra.runtime import health, preflight
 from gpudra.runtime.config import RunConfig
 from gpudra.runtime.errors import StartupError
 from gpudra.runtime.metrics import Metrics, NullMetrics
 from gpudra.runtime.metrics import create as create_metrics
 from gpudra.runtime.migmode import MigManagement, destroy_unowned
 from gpudra.state.checkpoint import CheckpointStore, CheckpointUnavailable, read_boot_id
+from gpudra.state.health import HealthStore
 from gpudra.state.node import NodeStateStore
 from gpudra.state.rediscovery import Rediscovery
 from gpudra.vendors.base import VendorDriver
@@ -64,6 +65,7 @@ class Plugin:
         self.publisher: Publisher | None = None
         self.preparer: Preparer | None = None
         self.rediscovery: Rediscovery | None = None
+        self.health: HealthStore | None = None
         self._dra: UnixServer | None = None
         self._health_streams: HealthStreams | None = None
         self.registrar: Registrar | None = None
@@ -91,6 +93,11 @@ class Plugin:
         metrics.mig_management(mig.policy.dynamic, len(node.current.offer.dynamic_gpus))
         for warning in node.current.offer.warnings:
             log.warning("publishing: %s", warning)
+        def event(reason: str, message: str) -> None:
+            kube.node_event(cfg.node_name, None, reason, message)
+
+        self.health = health.start_health(cfg, node, self.driver, metrics, event)
+        taints = health.taint_gate(metrics, event)
         # Publishing runs in its own threads and needs only the node state and the API: start it before the
         # modules of the kubelet side are even imported (gRPC, protos, prepare: ~0.1 s), so the scheduler
         # sees the devices sooner. The kubelet calls nothing before the registration socket exists.
@@ -99,7 +106,7 @@ class Plugin:
             cfg.node_name,
             node,
             on_published=lambda gen: self._published(gen, mig),
-            on_dropped=mig.on_dropped,
+            on_dropped=lambda fields: taints.on_dropped(fields) | mig.on_dropped(fields),
             on_rejected=mig.on_rejected,
             before_first=lambda uid: mig.probe(kube, cfg.node_name, uid),
         )
@@ -113,6 +120,7 @@ class Plugin:
             interval_s=cfg.rediscover_interval_s,
             fabric_initial_s=cfg.rediscover_initial_s,
             on_pass=self._discovered,
+            on_change=self.health.refresh,
         )
         self.rediscovery.start()
         if cfg.mig_destroy_unowned and mig.policy.dynamic:
@@ -123,6 +131,8 @@ class Plugin:
 
     def _published(self, generation: int, mig: MigManagement) -> None:
         self.metrics.slices_published(generation)
+        if self.node is not None:
+            self.metrics.devices_by_health(health.count_by_health(self.node))
         if self.node is not None:
             self.metrics.mig_management(mig.policy.dynamic, len(self.node.current.offer.dynamic_gpus))
 
@@ -252,6 +262,8 @@ class Plugin:
         """Fast and complete: sockets removed, no thread left doing work (SIGTERM budget: 25 ms)."""
         if self.rediscovery is not None:
             self.rediscovery.stop()
+        if self.health is not None:
+            self.health.stop()
         if self._probe is not None:
             self._probe.stop()
         if self.registrar is not None:

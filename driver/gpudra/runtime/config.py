@@ -12,7 +12,8 @@ on loopback unless an address is given; the DaemonSet gives the pod IP, where Pr
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -53,6 +54,10 @@ class RunConfig:
     rediscover_initial_s: float = 15.0  # first re-discovery while NVLink fabric registration is pending
     mig_dynamic: bool = True  # --mig-management dynamic (partitionable devices) or static
     mig_destroy_unowned: bool = False  # dynamic MIG: destroy MIG devices no claim created, at start
+    health_monitoring: bool = True  # watch device health (taints, refusals, the kubelet's health stream)
+    #: quiet period per condition kind ("xid", "ecc", "reset", "thermal") before its taint goes
+    health_quiet_s: Mapping[str, float] = field(default_factory=dict)
+    ignored_xids: tuple[int, ...] = (13, 31, 43, 45, 68, 109)  # NVIDIA application Xids
 
     @property
     def plugin_dir(self) -> Path:

@@ -198,3 +198,39 @@ def resolve(opt: Opt, given: object, environ: Mapping[str, str]) -> Any:
         return opt.kind.parse(raw)
     except ValueError as e:
         raise UsageError(f"{source}: {e}", f"set {opt.flag} or {opt.env} to {opt.kind.expect}") from None
+
+
+def _quiet_periods(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        key, sep, value = part.partition("=")
+        if not sep or key.strip() not in QUIET_KINDS:
+            kinds = ", ".join(QUIET_KINDS)
+            raise ValueError(f"{part!r} is not <condition>=<seconds> with a condition of {kinds}")
+        try:
+            seconds_ = float(value)
+        except ValueError:
+            raise ValueError(f"{part!r}: {value!r} is not a number of seconds") from None
+        if not (math.isfinite(seconds_) and 0 < seconds_ <= 7 * 86400):
+            raise ValueError(f"{part!r}: seconds must be above 0 and at most a week")
+        out[key.strip()] = seconds_
+    return out
+
+
+#: Health conditions that clear after a quiet period (the others clear on evidence).
+QUIET_KINDS: Final = ("xid", "ecc", "reset", "thermal")
+QUIET_PERIODS: Final = Kind(
+    "comma-separated <condition>=<seconds> pairs, e.g. xid=600,ecc=1800", _quiet_periods
+)
+
+
+def _xids(text: str) -> tuple[int, ...]:
+    values = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if not part.isdigit() or not 0 < int(part) < 1000:
+            raise ValueError(f"{part!r} is not an Xid number (1-999)")
+        values.append(int(part))
+    return tuple(sorted(set(values)))
+
+
+XID_LIST: Final = Kind("comma-separated Xid numbers, e.g. 13,31,43 (empty: none ignored)", _xids)

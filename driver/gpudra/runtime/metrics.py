@@ -44,6 +44,9 @@ class Metrics(Protocol):
     def devices_by_health(self, counts: Mapping[str, int]) -> None:
         """Published devices by health state now."""
 
+    def taints_kept(self, kept: bool) -> None:
+        """Whether the API server keeps device taints (False: its DRADeviceTaints gate is off)."""
+
 
 class NullMetrics:
     def call(self, method: str, seconds: float, ok: bool) -> None:
@@ -71,6 +74,9 @@ class NullMetrics:
         return None
 
     def devices_by_health(self, counts: Mapping[str, int]) -> None:
+        return None
+
+    def taints_kept(self, kept: bool) -> None:
         return None
 
 
@@ -108,6 +114,10 @@ class PrometheusMetrics:
             ["to"],
         )
         self._health = prom.Gauge("gpudra_devices_by_health", "Published devices by health state", ["state"])
+        self._taints = prom.Gauge(
+            "gpudra_device_taints_kept", "0 when the API server dropped device taints (DRADeviceTaints off)"
+        )
+        self._taints.set(1)
         prom.Info("gpudra_build", "Build information").info({"version": __version__})
         prom.start_http_server(port, addr)
         log.info("serving Prometheus metrics on %s:%d", addr, port)
@@ -142,6 +152,9 @@ class PrometheusMetrics:
 
     def health_transition(self, device: str, before: str, after: str) -> None:
         self._health_transitions.labels(after).inc()
+
+    def taints_kept(self, kept: bool) -> None:
+        self._taints.set(1 if kept else 0)
 
     def devices_by_health(self, counts: Mapping[str, int]) -> None:
         for state in ("Healthy", "Unhealthy", "Unknown", *counts):

@@ -122,7 +122,8 @@ class HealthStore:
             was = old.state if old is not None else HealthState.UNKNOWN
             if was is now.state:
                 continue
-            level = logging.DEBUG if now.state is HealthState.HEALTHY and old is None else logging.WARNING
+            quiet = (was, now.state) == (HealthState.UNKNOWN, HealthState.HEALTHY)  # monitoring began
+            level = logging.DEBUG if quiet else logging.WARNING
             detail = f" ({now.message})" if now.message else ""
             log.log(level, "device %s: %s -> %s%s", name, was.value, now.state.value, detail)
             if self._on_transition is not None:

@@ -46,6 +46,7 @@ class Rediscovery:
         fabric_initial_s: float = 15.0,
         fabric_max_s: float = 300.0,
         on_pass: Callable[[float, Inventory], None] | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self._driver = driver
         self._node = node
@@ -55,6 +56,7 @@ class Rediscovery:
         self._fabric_initial_s = fabric_initial_s
         self._fabric_max_s = min(fabric_max_s, interval_s) if interval_s > 0 else fabric_max_s
         self._on_pass = on_pass
+        self._on_change = on_change  # after a pass made a new node state (device health follows it)
         self._pending = node.current.offer.inventory.fabric_pending
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -90,6 +92,8 @@ class Rediscovery:
         outcome = "changed" if state is not None else "unchanged"
         log.debug("re-discovery pass: %d device(s) in %.1f ms, %s", len(inv.devices), took_ms, outcome)
         if state is not None:
+            if self._on_change is not None:
+                self._on_change()
             _log_change(before.devices.keys(), state.offer.devices.keys(), state.version)
             for warning in (*inv.warnings, *state.offer.warnings):
                 log.warning("discovery: %s", warning)

@@ -73,6 +73,15 @@ class HostRoots:
 
 
 @dataclass(frozen=True, slots=True)
+class WatchOptions:
+    """How health is watched (``--ignored-xids``, ``--health-poll-interval``): NVIDIA Xids applications
+    cause (None: NVIDIA's defaults), and seconds between polls of presence and error counters."""
+
+    ignored_xids: tuple[int, ...] | None = None
+    poll_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceEdits:
     """A device's container edits, plus CDI devices of other specs the runtime must apply too."""
 
@@ -128,7 +137,7 @@ class HealthWatcher(Protocol):
         ...
 
 
-class VendorDriver(Discoverer, DeviceEditor, ClaimApplier, Protocol):
+class VendorDriver(Discoverer, DeviceEditor, ClaimApplier, HealthWatcher, Protocol):
     @property
     def name(self) -> str:
         """``nvml``, ``amd`` or ``mock`` (logs and metrics)."""

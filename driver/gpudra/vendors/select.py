@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final, Literal, get_args
 
-from gpudra.vendors.base import DiscoveryError, HostRoots, VendorDriver
+from gpudra.vendors.base import DiscoveryError, HostRoots, VendorDriver, WatchOptions
 from gpudra.vendors.mock.profile import ProfileError, builtin_profile_names
 from gpudra.vendors.nvidia.calls import MOCK_HINT
 from gpudra.vendors.nvidia.driver import NvidiaDriver
@@ -26,6 +26,8 @@ def open_driver(
     sysfs_root: Path,
     roots: HostRoots | None = None,
     files_dir: Path | None = None,
+    *,
+    health: WatchOptions | None = None,
 ) -> VendorDriver:
     """Open the driver ``kind``; raises :class:`DiscoveryError` with a message meant for the user.
 
@@ -38,47 +40,50 @@ def open_driver(
     description files containers mount (default: a private temporary directory).
     """
     roots = roots or HostRoots()
+    health = health or WatchOptions()
     if kind == "mock":
-        return _open_mock(profile or DEFAULT_PROFILE, files_dir)
+        return _open_mock(profile or DEFAULT_PROFILE, files_dir, health)
     if profile is not None:
         raise DiscoveryError(f"--profile {profile!r} only applies to --backend mock (backend is {kind!r})")
     if kind == "nvml":
-        return _open_nvml(sysfs_root, roots)
+        return _open_nvml(sysfs_root, roots, health)
     if kind == "auto":
-        return _open_auto(sysfs_root, roots)
+        return _open_auto(sysfs_root, roots, health)
     if kind == "amd":
-        return _open_amd(sysfs_root, roots)
+        return _open_amd(sysfs_root, roots, health)
     raise DiscoveryError(f"unknown backend {kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
 
 
-def _open_nvml(sysfs_root: Path, roots: HostRoots) -> NvidiaDriver:
+def _open_nvml(sysfs_root: Path, roots: HostRoots, health: WatchOptions) -> NvidiaDriver:
     try:
         import pynvml  # importing it does not load libnvidia-ml; nvmlInit in the driver does
     except ImportError as err:  # pragma: no cover - pynvml is a pinned dependency
         raise DiscoveryError(f"the pynvml package (nvidia-ml-py) is not installed: {err}") from err
-    return NvidiaDriver(pynvml, sysfs_root, roots)
+    return NvidiaDriver(
+        pynvml, sysfs_root, roots, ignored_xids=health.ignored_xids, health_poll_s=health.poll_s
+    )
 
 
-def _open_amd(sysfs_root: Path, roots: HostRoots) -> VendorDriver:
+def _open_amd(sysfs_root: Path, roots: HostRoots, health: WatchOptions) -> VendorDriver:
     from gpudra.vendors.amd.driver import AmdDriver
     from gpudra.vendors.amd.smi import load_amdsmi
 
-    return AmdDriver(sysfs_root, load_amdsmi(), roots)
+    return AmdDriver(sysfs_root, load_amdsmi(), roots, health_poll_seconds=health.poll_s)
 
 
-def _open_auto(sysfs_root: Path, roots: HostRoots) -> VendorDriver:
+def _open_auto(sysfs_root: Path, roots: HostRoots, health: WatchOptions) -> VendorDriver:
     try:
-        driver = _open_nvml(sysfs_root, roots)
+        driver = _open_nvml(sysfs_root, roots, health)
         count = driver.device_count()
     except DiscoveryError:
         if _has_amd(sysfs_root):
-            return _open_amd(sysfs_root, roots)
+            return _open_amd(sysfs_root, roots, health)
         raise
     if count > 0:
         return driver
     driver.close()
     if _has_amd(sysfs_root):
-        return _open_amd(sysfs_root, roots)
+        return _open_amd(sysfs_root, roots, health)
     raise DiscoveryError(f"NVML loaded but sees no NVIDIA GPU on this node. {MOCK_HINT}")
 
 
@@ -88,10 +93,10 @@ def _has_amd(sysfs_root: Path) -> bool:
     return bool(amdgpu_functions(sysfs_root))
 
 
-def _open_mock(profile: str, files_dir: Path | None) -> VendorDriver:
+def _open_mock(profile: str, files_dir: Path | None, health: WatchOptions) -> VendorDriver:
     from gpudra.vendors.mock.driver import open_mock_profile  # the mock path only
 
     try:
-        return open_mock_profile(profile, files_dir)
+        return open_mock_profile(profile, files_dir, health)
     except ProfileError as err:
         raise DiscoveryError(str(err)) from err

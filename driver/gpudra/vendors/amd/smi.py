@@ -15,6 +15,9 @@ in the log that discovery falls back to sysfs.
   one warning per function and cause says why.
 
 amdsmi is a secondary source: its failures never skip a GPU, they only lose its values.
+
+Its event half, :class:`~gpudra.vendors.amd.smi_events.SmiEventWatch` (from :meth:`AmdSmi.watch_events`), is
+the only code that calls amdsmi's event API, with the same rules.
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ import os
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from gpudra.vendors.sysfs import normalize_pci_bus_id
+
+if TYPE_CHECKING:  # the event half is imported when the health monitor starts it
+    from gpudra.vendors.amd.smi_events import SmiEventWatch
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +207,26 @@ class AmdSmi:
         ]
         kept = {bus: device for bus, device in devices.items() if bus not in ambiguous}
         return SmiSnapshot(devices=kept, driver_version=driver, warnings=tuple(warnings))
+
+    def watch_events(self, kinds: Iterable[str]) -> SmiEventWatch | None:
+        """Event notification for the ``AmdSmiEvtNotificationType`` members named ``kinds``, on every
+        processor handle; ``None`` (one log line) when amdsmi is shut down or this wrapper has no event API or
+        none of those types. Not thread-safe: the caller serialises it with the other calls of this object."""
+        if not self._open:
+            return None
+        names = list(kinds)
+        reader = getattr(self._m, "AmdSmiEventReader", None)
+        enum = getattr(self._m, "AmdSmiEvtNotificationType", None)
+        types = [t for name in names if (t := getattr(enum, name, None)) is not None]
+        if not callable(reader) or not types:
+            log.info("this amdsmi has no event notification API (AmdSmiEventReader) for %s; AMD health "
+                     "monitoring reads sysfs only", ", ".join(names))  # fmt: skip
+            return None
+        from gpudra.vendors.amd.smi_events import SmiEventWatch
+
+        watch = SmiEventWatch(self._m, self._errors, lambda: self._open, reader, types)
+        watch.refresh()
+        return watch
 
     def _device(self, handle: object) -> SmiDevice | None:
         raw_bdf = _text(self._call("amdsmi_get_gpu_device_bdf", handle))

@@ -29,7 +29,12 @@ comment keys starting with ``_``::
       "cpu_nodes": [{"cpu_cores_count": 96, "cpu_core_id_base": 0, "io_links_count": 33}, ...],
       "gpus": [                                    # probe order: KFD node ids, DRM minors, xcp numbers
         {"bdf": "0000:05:00.0", "unique_id": "e3aa140f9a5f9e31", "hive_id": "15188982192727901047",
-         "numa_node": 0, "pcie_root": "pci0000:00", "compute_partition": "CPX", "memory_partition": "NPS4"}
+         "numa_node": 0, "pcie_root": "pci0000:00", "compute_partition": "CPX", "memory_partition": "NPS4",
+         "ras_features": "feature mask: 0x3fff",  # ras/features as amdgpu prints it; null -> none
+         "ras": {"umc": {"ue": 0, "ce": 3, "de": 0}, "gfx": {"ue": 0, "ce": 0},   # ras/<block>_err_count
+                 "sdma": "Query currently inaccessible"},                       # or the file's text as is
+         "events": [{"id": "e1", "type": "gpu_reset"},                          # amdsmi events, see below
+                    {"id": "t1", "type": "thermal_throttle", "partition": 3, "message": "1:2"}]}
       ],
       "amdsmi": {                                  # null -> amdsmi missing (the backend gets amdsmi=None)
         "market_name": "AMD Instinct MI300X", "driver_version": "6.10.5", "vram_size_mib": 196592,
@@ -42,6 +47,17 @@ comment keys starting with ``_``::
 ``compute_partition`` null = no partition files (a whole GPU). In the per-GPU KFD text the generator sets
 ``location_id``, ``domain``, ``drm_render_minor``, ``hive_id`` and ``unique_id``; for CPU nodes
 ``cpu_cores_count`` and ``cpu_core_id_base``.
+
+Health (all optional; RAS values are synthetic, no capture had them). ``ras``: one
+``bus/pci/devices/<bdf>/ras/<block>_err_count`` file per block (``ue: N`` / ``ce: N`` lines, ``de: N`` when
+given, as newer kernels print for UMC); no ``ras`` and no ``ras_features``: no ``ras`` directory (RAS off).
+Raising a counter in the profile file of a running mock is an error the health monitor sees. ``events``:
+what the fake amdsmi's event API delivers (``AmdSmiEventReader.read``) to a reader subscribed to that type on
+the processor of partition ``partition`` (default 0, the PCI function); types ``vmfault``,
+``thermal_throttle``, ``gpu_pre_reset``, ``gpu_post_reset``, ``ring_hang`` (amdsmi's), and ``gpu_reset``
+(a pre- and a post-reset event, as the kernel sends them). Each ``id`` is delivered once, across edits of the
+profile: add an event with a new id to raise it again. ``message`` is one token of at most 63 characters
+(amdsmi reads ``%63s``); default empty. A GPU taken out of ``gpus`` is a GPU lost from the bus.
 """
 
 from __future__ import annotations
@@ -55,6 +71,8 @@ from typing import Any, Final
 
 from gpudra.vendors.amd.smi import STATUS_CODES
 from gpudra.vendors.amd.sysfs import COMPUTE_MODES, MEMORY_POOLS, parse_properties
+from gpudra.vendors.mock import amd_profile_health as health
+from gpudra.vendors.mock.amd_profile_health import AmdEvent, RasBlocks
 from gpudra.vendors.mock.profile import ProfileError
 from gpudra.vendors.mock.profile_json import Invalid, strings
 
@@ -72,8 +90,9 @@ _MODEL: Final = frozenset(
      "available_compute_partition", "available_memory_partition"}
 )  # fmt: skip
 _GPU: Final = frozenset(
-    {"bdf", "unique_id", "hive_id", "numa_node", "pcie_root", "compute_partition", "memory_partition"}
-)
+    {"bdf", "unique_id", "hive_id", "numa_node", "pcie_root", "compute_partition", "memory_partition",
+     "ras", "ras_features", "events"}
+)  # fmt: skip
 _SMI: Final = frozenset(
     {"market_name", "driver_version", "vram_size_mib", "vram_type", "missing_functions", "errors"}
 )
@@ -108,6 +127,9 @@ class AmdGpu:
     pcie_root: str | None = None
     compute_partition: str | None = None  # None: no partition files at all
     memory_partition: str | None = None
+    ras: RasBlocks = ()  # block -> counters, or the file's text as is
+    ras_features: str | None = None  # ras/features text ("feature mask: 0x3fff"); None: no such file
+    events: tuple[AmdEvent, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +225,9 @@ def _profile(raw: dict[str, Any], default_name: str) -> AmdProfile:
     gpus = tuple(_gpu(g, f"gpus[{i}]") for i, g in enumerate(_list(raw, "gpus")))
     if len({g.bdf for g in gpus}) != len(gpus):
         raise Invalid("gpus: bus ids must be distinct")
+    ids = [e.id for g in gpus for e in g.events]
+    if len(set(ids)) != len(ids):
+        raise Invalid("gpus[].events: event ids must be distinct in a profile")
     smi = raw.get("amdsmi")
     return AmdProfile(
         name=_opt(raw, "name", str, "") or default_name,
@@ -269,7 +294,9 @@ def _gpu(item: object, where: str) -> AmdGpu:
     return AmdGpu(
         bdf=bdf, unique_id=int(unique, 16) if unique else None, hive_id=int(hive),
         numa_node=_opt(raw, "numa_node", int, where), pcie_root=root, compute_partition=compute,
-        memory_partition=memory,
+        memory_partition=memory, ras=health.ras_blocks(raw.get("ras"), f"{where}.ras"),
+        ras_features=health.ras_features(raw.get("ras_features"), f"{where}.ras_features"),
+        events=health.events(raw.get("events"), f"{where}.events"),
     )  # fmt: skip
 
 

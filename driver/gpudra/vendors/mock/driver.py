@@ -19,12 +19,14 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
 from gpudra.fsutil import atomic_write
 from gpudra.model.applied import NOTHING_APPLIED, AppliedState, Change
+from gpudra.model.health import Observation
 from gpudra.model.inventory import Inventory
 from gpudra.vendors.base import (
     ApplyError,
@@ -34,6 +36,7 @@ from gpudra.vendors.base import (
     EditsError,
     HostRoots,
     VendorDriver,
+    WatchOptions,
 )
 from gpudra.vendors.mock.edits import description_file_name, device_description, mock_edits
 from gpudra.vendors.mock.hotswap import HotSwapDriver, ProfileFile, is_builtin, load_node_profile
@@ -67,6 +70,10 @@ class MockDriver:
 
     def discover(self) -> Inventory:
         return self._inner.discover()
+
+    def watch_health(self, report: Callable[[Observation], None], stop: threading.Event) -> None:
+        """The inner vendor driver's health watching, over the fake hardware."""
+        self._inner.watch_health(report, stop)
 
     def edits(self, claim: ClaimIdentity, device: ClaimDevice, applied: AppliedState) -> DeviceEdits:
         dev = created_device(device.device, device.name, applied.changes)  # a MIG device made at prepare
@@ -145,7 +152,11 @@ def open_fake_hardware(profile: NodeProfile, root: Path, roots: HostRoots | None
 
 
 def open_mock(
-    profile: NodeProfile, files_dir: Path | None = None, *, watch: ProfileFile | None = None
+    profile: NodeProfile,
+    files_dir: Path | None = None,
+    *,
+    watch: ProfileFile | None = None,
+    health: WatchOptions | None = None,
 ) -> MockDriver:
     """The mock driver for a loaded profile: a :class:`FakeNode` in a private temporary directory, with the
     mock's container edits. ``files_dir`` defaults to a directory inside that private tree. ``watch``: the
@@ -156,7 +167,7 @@ def open_mock(
     # state lives beside the description files (the run dir: one boot). Without files_dir, in the tree.
     state = (files_dir.parent if files_dir is not None else root) / MIG_STATE_FILE
     try:
-        node = FakeNode(profile, root, mig_state=state)
+        node = FakeNode(profile, root, mig_state=state, watch=health)
     except BaseException:
         tmp.cleanup()
         raise
@@ -164,10 +175,12 @@ def open_mock(
     return MockDriver(inner, files_dir or root / "claims", on_close=tmp.cleanup)
 
 
-def open_mock_profile(name_or_path: str, files_dir: Path | None = None) -> MockDriver:
+def open_mock_profile(
+    name_or_path: str, files_dir: Path | None = None, health: WatchOptions | None = None
+) -> MockDriver:
     """``--backend mock --profile name_or_path``: a built-in profile (fixed hardware), or a JSON file that is
     watched for edits. Raises :class:`~gpudra.vendors.mock.profile.ProfileError` for a bad profile."""
     if is_builtin(name_or_path) or not Path(name_or_path).is_file():
-        return open_mock(load_node_profile(name_or_path), files_dir)  # the loader says what is wrong
+        return open_mock(load_node_profile(name_or_path), files_dir, health=health)  # the loader explains
     file = ProfileFile(Path(name_or_path).absolute())  # the same file should anything change directory
-    return open_mock(file.read(), files_dir, watch=file)
+    return open_mock(file.read(), files_dir, watch=file, health=health)

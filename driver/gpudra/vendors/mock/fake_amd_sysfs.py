@@ -7,6 +7,7 @@ amd-systems.json ``_notes``): GPUs probe in profile order; each reserves ``1 + x
 global counter) in every compute mode; a BMC VGA device owns ``card0``; a device whose primary minor would be
 ``>= drm_minor_limit`` is not created at all - no platform device, render node or KFD node. KFD nodes: CPU
 sockets first, then one per existing partition (SPX: one per GPU; the xcp devices then have no KFD node).
+A GPU's ``ras`` / ``ras_features`` become its ``ras/`` directory (``<block>_err_count``, ``features``).
 """
 
 from __future__ import annotations
@@ -127,6 +128,16 @@ def _write_function(root: Path, profile: AmdProfile, gpu: AmdGpu) -> None:
     for name, text in optional.items():
         if text is not None:
             _write(base / name, text)
+    _write_ras(base / "ras", gpu)
+
+
+def _write_ras(folder: Path, gpu: AmdGpu) -> None:
+    """amdgpu's RAS group: ``features`` and one ``<block>_err_count`` per RAS block (none: RAS off)."""
+    if gpu.ras_features is not None:
+        _write(folder / "features", gpu.ras_features)
+    for block, counts in gpu.ras:
+        text = counts if isinstance(counts, str) else counts.text()
+        _write(folder / f"{block}_err_count", text, newline=isinstance(counts, str))
 
 
 def _device_dir(root: Path, bus_id: str, pcie_root: str | None, driver: str) -> Path:

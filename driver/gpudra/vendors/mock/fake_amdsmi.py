@@ -15,11 +15,24 @@ profile file is edited: a processor still present (same amdsmi bus id) keeps its
 is gone raises NOT_FOUND. The mock runs the real :class:`~gpudra.vendors.amd.driver.AmdDriver` over this fake
 (or no amdsmi at all when the profile says ``"amdsmi": null``) and the tree of
 :mod:`~gpudra.vendors.mock.fake_amd_sysfs`.
+
+Events: ``AmdSmiEventReader(handle, [AmdSmiEvtNotificationType...])`` subscribes a processor (the wrapper's
+``amdsmi_init_gpu_event_notification`` + ``amdsmi_set_gpu_event_notification_mask``, bit ``type - 1``);
+``read(timeout_ms, num_elem)`` returns up to ``num_elem`` of the profile's ``events`` whose processor is
+subscribed to their type, from every subscribed processor whichever reader reads (KFD's event fds are polled
+together), as ``{"processor_handle": <pointer int>, "event": "<type name>", "message": ...}``, and raises
+NO_DATA when there is none (at once: the timeout is not waited). Each event id is delivered once for the life
+of the fake, across :meth:`FakeAmdSmi.serve`; unlike KFD, an event raised before anything subscribed waits
+for a subscriber instead of being dropped. The enum is that of amdsmi 6.x's Python wrapper (with RING_HANG;
+amdsmi 7.0 removed it).
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable, Iterator
 from enum import IntEnum
+from types import TracebackType
 from typing import Any, Final, TypeVar
 
 from gpudra.vendors.amd.smi import STATUS_CODES
@@ -30,6 +43,9 @@ from gpudra.vendors.mock.fake_amd_sysfs import FakeDrmDevice, amd_layout
 _NOT_SUPPORTED: Final = STATUS_CODES["AMDSMI_STATUS_NOT_SUPPORTED"]
 _NOT_INIT: Final = STATUS_CODES["AMDSMI_STATUS_NOT_INIT"]
 _NOT_FOUND: Final = STATUS_CODES["AMDSMI_STATUS_NOT_FOUND"]
+_NO_DATA: Final = STATUS_CODES["AMDSMI_STATUS_NO_DATA"]
+_INVAL: Final = STATUS_CODES["AMDSMI_STATUS_INVAL"]
+_INIT_ERROR: Final = STATUS_CODES["AMDSMI_STATUS_INIT_ERROR"]
 _NA: Final = "N/A"
 _T = TypeVar("_T")
 
@@ -77,14 +93,72 @@ class AmdSmiInitFlags(IntEnum):
     INIT_NON_AMD_GPUS = 8
 
 
+class AmdSmiEvtNotificationType(IntEnum):
+    NONE = 0
+    VMFAULT = 1
+    THERMAL_THROTTLE = 2
+    GPU_PRE_RESET = 3
+    GPU_POST_RESET = 4
+    RING_HANG = 5
+
+
+_EvtType = AmdSmiEvtNotificationType  # for annotations inside FakeAmdSmi, whose attribute shadows the name
+#: The amdsmi events a profile event type raises.
+_EVENT_TYPES: Final[dict[str, tuple[AmdSmiEvtNotificationType, ...]]] = {
+    "vmfault": (AmdSmiEvtNotificationType.VMFAULT,),
+    "thermal_throttle": (AmdSmiEvtNotificationType.THERMAL_THROTTLE,),
+    "gpu_pre_reset": (AmdSmiEvtNotificationType.GPU_PRE_RESET,),
+    "gpu_post_reset": (AmdSmiEvtNotificationType.GPU_POST_RESET,),
+    "ring_hang": (AmdSmiEvtNotificationType.RING_HANG,),
+    "gpu_reset": (AmdSmiEvtNotificationType.GPU_PRE_RESET, AmdSmiEvtNotificationType.GPU_POST_RESET),
+}
+
+
 class FakeProcessorHandle:
-    """Opaque, like the wrapper's ``amdsmi_processor_handle``; only this fake can read it."""
+    """Opaque, like the wrapper's ``amdsmi_processor_handle`` (a ``c_void_p``: ``value`` is the pointer, the
+    number events carry); only this fake can read it."""
 
-    __slots__ = ("_device", "_owner")
+    __slots__ = ("_device", "_owner", "value")
 
-    def __init__(self, owner: FakeAmdSmi, device: FakeDrmDevice) -> None:
+    def __init__(self, owner: FakeAmdSmi, device: FakeDrmDevice, value: int) -> None:
         self._owner = owner
         self._device: FakeDrmDevice | None = device  # None: the processor is gone
+        self.value = value
+
+
+class FakeEventReader:
+    """``amdsmi.AmdSmiEventReader``: subscribes one processor to some event types at construction."""
+
+    def __init__(self, processor_handle: object, event_types: object) -> None:
+        if not isinstance(processor_handle, FakeProcessorHandle):
+            raise AmdSmiParameterException(f"not a processor handle: {type(processor_handle).__name__}")
+        if not isinstance(event_types, Iterable):
+            raise AmdSmiParameterException(f"not a list of event types: {type(event_types).__name__}")
+        types = list(event_types)
+        if not all(isinstance(t, AmdSmiEvtNotificationType) for t in types):
+            raise AmdSmiParameterException("event types must be AmdSmiEvtNotificationType members")
+        mask = 0
+        for event_type in types:
+            if event_type != AmdSmiEvtNotificationType.NONE:
+                mask |= 1 << (int(event_type) - 1)
+        self.processor_handle = processor_handle
+        self._owner = processor_handle._owner
+        self._owner._event_subscribe(processor_handle, mask)
+
+    def read(self, timestamp: int, num_elem: int = 10) -> list[dict[str, Any]]:
+        """Up to ``num_elem`` events of every subscribed processor (``timestamp``: the timeout in ms)."""
+        return self._owner._event_read(num_elem)
+
+    def stop(self) -> None:
+        self._owner._event_stop(self.processor_handle)
+
+    def __enter__(self) -> FakeEventReader:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
 
 
 class FakeAmdSmi:
@@ -94,30 +168,41 @@ class FakeAmdSmi:
     AmdSmiLibraryException = AmdSmiLibraryException
     AmdSmiParameterException = AmdSmiParameterException
     AmdSmiInitFlags = AmdSmiInitFlags
+    AmdSmiEvtNotificationType = AmdSmiEvtNotificationType
+    AmdSmiEventReader = FakeEventReader
 
     def __init__(self, profile: AmdProfile) -> None:
         self.init_count = 0
         self.calls: list[str] = []
         self._handles: list[FakeProcessorHandle] = []
+        self._pointers = 0x5A5A0000  # handle pointer values (any distinct numbers do)
+        self._lock = threading.Lock()  # event state: the health thread reads while the hardware changes
+        self._masks: dict[int, int] = {}  # subscribed handle pointer -> event mask
+        self.delivered: set[tuple[str, int]] = set()  # (event id, n-th amdsmi event of it)
         self.serve(profile)
 
     def serve(self, profile: AmdProfile) -> None:
         """Answer for ``profile``'s hardware from the next call on: one handle per processor (partition)
         with a KFD node; a processor still present (same bus id) keeps its handle, others' handles go stale.
         Init state and the call log carry over. Call it between discovery passes (the mock does)."""
-        old = {h._device.bus_id: h for h in self._handles if h._device is not None}
-        handles: list[FakeProcessorHandle] = []
-        for device in (d for d in amd_layout(profile) if d.kfd_node is not None):
-            handle = old.pop(device.bus_id, None) or FakeProcessorHandle(self, device)
-            handle._device = device
-            handles.append(handle)
-        for gone in old.values():
-            gone._device = None
-        self.profile, self.answers = profile, profile.amdsmi or AmdSmiAnswers()
-        self._handles = handles
+        with self._lock:
+            old = {h._device.bus_id: h for h in self._handles if h._device is not None}
+            handles: list[FakeProcessorHandle] = []
+            for device in (d for d in amd_layout(profile) if d.kfd_node is not None):
+                handle = old.pop(device.bus_id, None)
+                if handle is None:
+                    self._pointers += 0x40
+                    handle = FakeProcessorHandle(self, device, self._pointers)
+                handle._device = device
+                handles.append(handle)
+            for gone in old.values():
+                gone._device = None
+            self.profile, self.answers = profile, profile.amdsmi or AmdSmiAnswers()
+            self._handles = handles
 
     def __getattribute__(self, name: str) -> Any:
-        if name.startswith("amdsmi_") and name in object.__getattribute__(self, "answers").missing_functions:
+        hideable = name.startswith("amdsmi_") or name == "AmdSmiEventReader"
+        if hideable and name in object.__getattribute__(self, "answers").missing_functions:
             raise AttributeError(f"module 'amdsmi' has no attribute {name!r}")
         return object.__getattribute__(self, name)
 
@@ -179,6 +264,48 @@ class FakeAmdSmi:
     def amdsmi_get_gpu_memory_partition(self, handle: object) -> str:
         gpu = self._device("amdsmi_get_gpu_memory_partition", handle).gpu
         return _present(None if gpu.bdf in self.profile.faults.no_partition_files else gpu.memory_partition)
+
+    def _event_subscribe(self, handle: FakeProcessorHandle, mask: int) -> None:
+        self._device("amdsmi_init_gpu_event_notification", handle)
+        with self._lock:
+            self._masks[handle.value] = 0
+        self._device("amdsmi_set_gpu_event_notification_mask", handle)
+        with self._lock:
+            if handle.value not in self._masks:
+                raise AmdSmiLibraryException(_INIT_ERROR)
+            self._masks[handle.value] = mask
+
+    def _event_read(self, num_elem: int) -> list[dict[str, Any]]:
+        self._enter("amdsmi_get_gpu_event_notification")
+        if num_elem <= 0:
+            raise AmdSmiLibraryException(_INVAL)
+        out: list[dict[str, Any]] = []
+        with self._lock:
+            for key, handle, kind, message in self._pending():
+                if len(out) >= num_elem:
+                    break
+                self.delivered.add(key)
+                out.append({"processor_handle": handle.value, "event": kind.name, "message": message})
+        if not out:
+            raise AmdSmiLibraryException(_NO_DATA)
+        return out
+
+    def _pending(self) -> Iterator[tuple[tuple[str, int], FakeProcessorHandle, _EvtType, str]]:
+        """The profile's events not delivered yet whose processor is subscribed to their type, in order."""
+        by_bus = {h._device.bus_id: h for h in self._handles if h._device is not None}
+        for gpu in self.profile.gpus:
+            for event in gpu.events:
+                handle = by_bus.get(f"{gpu.bdf[:-1]}{event.partition:x}")
+                mask = 0 if handle is None else self._masks.get(handle.value, 0)
+                for n, kind in enumerate(_EVENT_TYPES[event.type]):
+                    if handle is not None and (event.id, n) not in self.delivered and mask >> (kind - 1) & 1:
+                        yield (event.id, n), handle, kind, event.message
+
+    def _event_stop(self, handle: FakeProcessorHandle) -> None:
+        self._enter("amdsmi_stop_gpu_event_notification")
+        with self._lock:
+            if self._masks.pop(handle.value, None) is None:
+                raise AmdSmiLibraryException(_INVAL)  # rsmi: this device has no event fd
 
     def _enter(self, call: str, *, initialised: bool = True) -> None:
         self.calls.append(call)

@@ -2,7 +2,8 @@
 
 :class:`FakeNvml` has the pynvml functions the NVIDIA driver calls (the MIG ones from
 :mod:`~gpudra.vendors.mock.fake_nvml_mig` and :mod:`~gpudra.vendors.mock.fake_nvml_migops`, the NVLink
-ones from :mod:`~gpudra.vendors.mock.fake_nvml_links`),
+ones from :mod:`~gpudra.vendors.mock.fake_nvml_links`, the event sets and ECC counter a health watcher
+reads from :mod:`~gpudra.vendors.mock.fake_nvml_events`),
 with pynvml's signatures and return types (``str`` for names and versions, ``int`` for enums,
 ``pynvml.c_nvmlDevice_t`` handles, ``pynvml.nvmlPciInfo_t`` and ``pynvml.c_nvmlMemory_t`` structures, whose
 ``char[]`` fields such as ``busId`` read back as ``str`` because pynvml's ``_PrintableStructure`` decodes
@@ -18,6 +19,7 @@ writes the sysfs entries the same profile implies; the mock runs the real
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 from typing import Any
@@ -25,13 +27,14 @@ from typing import Any
 import pynvml
 
 from gpudra.vendors.mock.fake_nvml_base import fail, present
+from gpudra.vendors.mock.fake_nvml_events import FakeEventCalls
 from gpudra.vendors.mock.fake_nvml_links import FakeLinkCalls
 from gpudra.vendors.mock.fake_nvml_migops import FakeMigOps
 from gpudra.vendors.mock.profile import Profile
 from gpudra.vendors.sysfs import normalize_pci_bus_id, pci_device_link
 
 
-class FakeNvml(FakeMigOps, FakeLinkCalls):
+class FakeNvml(FakeMigOps, FakeLinkCalls, FakeEventCalls):
     """Module-like stand-in for ``pynvml``; one instance is one simulated node (and one NVML library).
 
     ``FakeNvml(profile, state_file=None)``: with a ``state_file`` the node's MIG state (instances created,
@@ -73,6 +76,37 @@ class FakeNvml(FakeMigOps, FakeLinkCalls):
             raise fail(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         self.device_errors("nvmlDeviceGetHandleByIndex", self.profile.devices[index])
         return self.gpu_handle(index)
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str | bytes) -> Any:
+        """The handle of the GPU or MIG device ``uuid`` (NOT_FOUND when the node has none by that UUID)."""
+        call = "nvmlDeviceGetHandleByUUID"
+        self.enter(call)
+        wanted = uuid.decode() if isinstance(uuid, bytes) else uuid
+        with self.hardware_lock:
+            devices = self.profile.devices
+            for index, device in enumerate(devices):
+                if device.uuid == wanted:
+                    self.device_errors(call, device)
+                    return self.gpu_handle(index)
+            for index, device in enumerate(devices):
+                for mig_index, mig in enumerate(self.view(index).migs):
+                    if mig.uuid == wanted:
+                        self.device_errors(call, device)
+                        self.mig_errors(call, mig)
+                        return self.mig_handle(index, mig_index)
+        raise fail(pynvml.NVML_ERROR_NOT_FOUND)
+
+    def nvmlDeviceIsMigDeviceHandle(self, device: Any) -> Any:
+        """A ``c_uint``, 1 for a MIG device's handle: pynvml returns the ctypes value, not an int."""
+        with self.hardware_lock:
+            key = self.resolve("nvmlDeviceIsMigDeviceHandle", device, ("gpu", "mig"))
+        return ctypes.c_uint(1 if key[0] == "mig" else 0)
+
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, migDevice: Any) -> Any:
+        with self.hardware_lock:
+            key = self.resolve("nvmlDeviceGetDeviceHandleFromMigDeviceHandle", migDevice, ("mig",))
+            self.mig_of(key)  # INVALID_ARGUMENT once that MIG device is gone
+            return self.handle(("gpu", key[1]))
 
     def nvmlDeviceGetUUID(self, handle: Any) -> str:
         gpu, mig = self.gpu_or_mig("nvmlDeviceGetUUID", handle)

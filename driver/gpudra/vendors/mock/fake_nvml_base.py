@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ from gpudra.vendors.mock.profile_mig import MigDeviceProfile
 _T = TypeVar("_T")
 _HANDLE_BASE: Final = 0x6770_0000  # fake addresses; handles are never dereferenced
 _HANDLE_STRIDE: Final = 0x10
+_REEXPORTED: Final = ("NVML_", "NVMLError", "c_nvml", "nvmlPciInfo", "nvmlGpuFabricInfo", "nvmlEventType")
 
 #: What a handle names: ("gpu", slot) | ("mig", slot, mig) | ("gi", slot, gi_id, serial) |
 #: ("ci", slot, gi_id, ci_id, serial), where ``slot`` names a GPU for as long as it is present, ``mig`` is the
@@ -102,6 +104,9 @@ class FakeNvmlBase:
         self.profile = profile
         self.init_count = 0  # like NVML's reference count: nvmlInit increments, nvmlShutdown decrements
         self.calls: list[str] = []  # every call made, in order (for tests and debugging)
+        #: Held by :meth:`serve` while the hardware changes, and by the calls a health watcher makes from
+        #: its own thread (:mod:`~gpudra.vendors.mock.fake_nvml_events`), so those never see half a swap.
+        self.hardware_lock = threading.RLock()
         self._addresses: dict[HandleKey, int] = {}
         self._keys: dict[int, HandleKey] = {}
         self._fresh_slots = itertools.count()
@@ -125,7 +130,7 @@ class FakeNvmlBase:
         between discovery passes (the mock does, under its lock). ``OSError`` when the state file cannot be
         written; nothing changes then.
         """
-        with self._store.lock:
+        with self.hardware_lock, self._store.lock:
             state = reconcile(self._mig_state, profile)
             if state != self._mig_state:
                 self._store.save(state)
@@ -135,10 +140,15 @@ class FakeNvmlBase:
             self._index = {slot: i for i, slot in enumerate(slots)}
             self._gpu_keys = gpu_keys(profile)
             self._views = {}  # last (see view())
+            self.hardware_changed()
+
+    def hardware_changed(self) -> None:
+        """Called by :meth:`serve` once the new hardware shows (under :attr:`hardware_lock`): the NVML events
+        the new profile brings are delivered here (:mod:`~gpudra.vendors.mock.fake_nvml_events`)."""
 
     def __getattr__(self, name: str) -> Any:
         """Re-export pynvml's constants, error classes and structure types — never its functions."""
-        if name.startswith(("NVML_", "NVMLError", "c_nvml", "nvmlPciInfo", "nvmlGpuFabricInfo")):
+        if name.startswith(_REEXPORTED):
             return getattr(pynvml, name)
         raise AttributeError(name)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpudra.model.applied import AppliedState
+from gpudra.model.health import Observation
 from gpudra.model.inventory import Inventory
 from gpudra.vendors.base import ClaimDevice, ClaimIdentity, DeviceEdits
 from gpudra.vendors.mock.amd_profile import AmdProfile, is_amd_profile, load_amd_profile, parse_amd_profile
@@ -154,6 +155,11 @@ class HotSwapDriver:
         with self._lock:
             self._file.poll(self._node.serve)
             return self._node.driver.discover()
+
+    def watch_health(self, report: Callable[[Observation], None], stop: threading.Event) -> None:
+        """The vendor driver's health watching (not under the lock: it runs until ``stop``); the hardware
+        changes this driver makes are what it sees."""
+        self._node.driver.watch_health(report, stop)
 
     def edits(self, claim: ClaimIdentity, device: ClaimDevice, applied: AppliedState) -> DeviceEdits:
         return self._node.driver.edits(claim, device, applied)

@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gpudra.vendors.base import HostRoots, VendorDriver
+from gpudra.vendors.base import HostRoots, VendorDriver, WatchOptions
 from gpudra.vendors.mock.amd_profile import AmdProfile
 from gpudra.vendors.mock.fake_nvml import FakeNvml, write_sysfs_tree
 from gpudra.vendors.mock.profile import Profile, ProfileError
@@ -45,8 +45,14 @@ class FakeNode:
     """
 
     def __init__(
-        self, profile: NodeProfile, root: Path, roots: HostRoots | None = None, mig_state: Path | None = None
+        self,
+        profile: NodeProfile,
+        root: Path,
+        roots: HostRoots | None = None,
+        mig_state: Path | None = None,
+        watch: WatchOptions | None = None,
     ) -> None:
+        watch = watch or WatchOptions()
         self._root = root
         self._profile = profile
         self.sysfs = root / "sys"
@@ -60,10 +66,12 @@ class FakeNode:
             from gpudra.vendors.mock.fake_amdsmi import FakeAmdSmi
 
             self.amdsmi = FakeAmdSmi(profile) if profile.amdsmi is not None else None
-            self.driver = AmdDriver(self.sysfs, self.amdsmi, roots)
+            self.driver = AmdDriver(self.sysfs, self.amdsmi, roots, health_poll_seconds=watch.poll_s)
         else:
             self.nvml = FakeNvml(profile, mig_state)
-            self.driver = NvidiaDriver(self.nvml, self.sysfs, roots)
+            self.driver = NvidiaDriver(
+                self.nvml, self.sysfs, roots, ignored_xids=watch.ignored_xids, health_poll_s=watch.poll_s
+            )
 
     @property
     def profile(self) -> NodeProfile:

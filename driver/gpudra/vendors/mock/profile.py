@@ -35,6 +35,7 @@ Schema (keys not listed are errors, except comment keys starting with ``_``)::
           "addressing_mode": 1,             # nvmlDeviceGetAddressingMode (0 NONE, 1 HMM, 2 ATS)
           "mig_mode": [0, 0], ...           # MIG keys: see profile_mig.py
           "fabric": {...}, "nvlink": {...}  # NVLink keys: see profile_links.py
+          "events": [...], "ecc_uncorrected_volatile": 0  # health keys: see profile_events.py
         }
       ],
       "p2p_status": {"NVLINK": [[null, 0], [0, null]]}    # see profile_links.py
@@ -58,6 +59,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
+from gpudra.vendors.mock.profile_events import (
+    EVENT_TYPES,
+    HEALTH_KEYS,
+    EventProfile,
+    check_event_ids,
+    health_section,
+)
 from gpudra.vendors.mock.profile_json import Invalid, errors, is_int, obj, opt, req, strings
 from gpudra.vendors.mock.profile_links import (
     LINK_KEYS,
@@ -77,7 +85,8 @@ from gpudra.vendors.mock.profile_mig import (
 from gpudra.vendors.sysfs import normalize_pci_bus_id
 
 __all__ = [
-    "ALL_DEVICE_CALLS", "DEVICE_CALLS", "MIG_CALLS", "SYSTEM_CALLS", "DeviceProfile", "FabricProfile",
+    "ALL_DEVICE_CALLS", "DEVICE_CALLS", "MIG_CALLS", "SYSTEM_CALLS", "DeviceProfile", "EventProfile",
+    "FabricProfile",
     "GpuInstanceProfileInfo", "MemoryProfile", "MigDeviceProfile", "NvLinkProfile", "PciProfile", "Profile",
     "ProfileError", "SysfsProfile", "builtin_profile_names", "load_profile", "parse_profile",
 ]  # fmt: skip
@@ -91,6 +100,9 @@ SYSTEM_CALLS: Final = frozenset(
         "nvmlSystemGetCudaDriverVersion",
         "nvmlSystemGetCudaDriverVersion_v2",
         "nvmlDeviceGetCount",
+        "nvmlEventSetCreate",
+        "nvmlEventSetWait_v2",
+        "nvmlEventSetFree",
     }
 )
 DEVICE_CALLS: Final = frozenset(
@@ -114,6 +126,12 @@ DEVICE_CALLS: Final = frozenset(
         "nvmlDeviceGetGpuFabricInfoV",
         "nvmlDeviceGetNvLinkState",
         "nvmlDeviceGetP2PStatus",
+        "nvmlDeviceGetHandleByUUID",
+        "nvmlDeviceIsMigDeviceHandle",
+        "nvmlDeviceGetDeviceHandleFromMigDeviceHandle",
+        "nvmlDeviceGetSupportedEventTypes",
+        "nvmlDeviceRegisterEvents",
+        "nvmlDeviceGetTotalEccErrors",
     }
     | MIG_CALLS - {"*"}
     | DYNAMIC_MIG_CALLS
@@ -133,6 +151,7 @@ _DEVICE_KEYS: Final = frozenset(
     }
     | MIG_KEYS
     | LINK_KEYS
+    | HEALTH_KEYS
 )  # fmt: skip
 _PCI_KEYS: Final = frozenset(
     {"busId", "busIdLegacy", "domain", "bus", "device", "pciDeviceId", "pciSubSystemId"}
@@ -199,6 +218,9 @@ class DeviceProfile:
     mig_devices: tuple[MigDeviceProfile, ...] = ()
     fabric: FabricProfile | None = None
     nvlink: NvLinkProfile | None = None
+    events: tuple[EventProfile, ...] = ()  # delivered once each by the profile swap showing them first
+    event_types: tuple[str, ...] | None = EVENT_TYPES  # supported NVML event types (None: NOT_SUPPORTED)
+    ecc_uncorrected_volatile: int | None = None  # volatile uncorrectable ECC count (None: no ECC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,9 +280,11 @@ def _profile(raw: dict[str, Any], default_name: str) -> Profile:
     if not isinstance(devices_raw, list):
         raise Invalid("devices: required, a list of GPU objects")
     name = opt(raw, "name", str, "") or default_name
+    devices = tuple(_device(item, f"devices[{i}]", i) for i, item in enumerate(devices_raw))
+    check_event_ids(devices)
     return Profile(
         name=name,
-        devices=tuple(_device(item, f"devices[{i}]", i) for i, item in enumerate(devices_raw)),
+        devices=devices,
         driver_version=opt(raw, "driver_version", str, ""),
         cuda_driver_version=opt(raw, "cuda_driver_version", int, ""),
         errors=errors(raw.get("errors"), "errors", SYSTEM_CALLS),
@@ -295,6 +319,7 @@ def _device(item: object, where: str, position: int) -> DeviceProfile:
         addressing_mode=opt(raw, "addressing_mode", int, where),
         **mig_section(raw, where),
         **links_section(raw, where),
+        **health_section(raw, where),
     )
 
 

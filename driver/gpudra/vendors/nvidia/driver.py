@@ -5,22 +5,26 @@ last successful discovery pass found (for code that acts on a device later: MIG 
 Discovery passes are serialised (the re-discovery loop and start-up may ask at once), so the handle map
 always is the latest pass's; edits read only the host's files. Prepare changes nothing on the node for
 static full GPUs and pre-made MIG devices; a MIG device published for dynamic MIG is created at prepare and
-destroyed at unprepare (:mod:`~gpudra.vendors.nvidia.mig_dynamic`).
+destroyed at unprepare (:mod:`~gpudra.vendors.nvidia.mig_dynamic`). Device health is watched through NVML
+events and polls (:mod:`~gpudra.vendors.nvidia.health`).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any
 
 from gpudra.model.applied import NOTHING_APPLIED, AppliedState
+from gpudra.model.health import Observation
 from gpudra.model.inventory import Inventory
 from gpudra.vendors.base import ApplyError, ClaimDevice, ClaimIdentity, DeviceEdits, DiscoveryError, HostRoots
 from gpudra.vendors.nvidia.calls import Nvml
 from gpudra.vendors.nvidia.discovery import NvidiaDiscovery
+from gpudra.vendors.nvidia.health import HealthWatchers
+from gpudra.vendors.nvidia.health_xid import DEFAULT_POLL_S, ignore_list
 from gpudra.vendors.nvidia.mig_dynamic import (
     MIG_INSTANCE,
     MIG_MODE,
@@ -37,12 +41,19 @@ class NvidiaDriver:
 
     The constructor runs ``nvmlInit`` and raises :class:`DiscoveryError` when NVML cannot be initialised
     (library missing, driver not loaded); :meth:`close` shuts it down. Safe to use from several threads.
+    Health watching (:meth:`watch_health`) ignores the Xids in ``ignored_xids`` (the whole list; None:
+    NVIDIA's defaults, :data:`~gpudra.vendors.nvidia.health_xid.DEFAULT_IGNORED_XIDS`) and checks every
+    GPU's presence and ECC counter every ``health_poll_s`` seconds; ValueError for a negative Xid or period.
     """
 
     def __init__(
-        self, nvml: ModuleType | object, sysfs_root: Path = Path("/sys"), roots: HostRoots | None = None
-    ):
+        self, nvml: ModuleType | object, sysfs_root: Path = Path("/sys"), roots: HostRoots | None = None,
+        *, ignored_xids: Iterable[int] | None = None, health_poll_s: float = DEFAULT_POLL_S,
+    ):  # fmt: skip
         self._nvml = Nvml(nvml)
+        self._health = HealthWatchers(  # first: it checks its parameters before NVML is initialised
+            self._nvml, lambda: self._handles, ignored_xids=ignore_list(ignored_xids), poll_s=health_poll_s
+        )
         self._nvml.init()
         self._discovery = NvidiaDiscovery(self._nvml, sysfs_root)
         self._roots = roots or HostRoots()
@@ -79,6 +90,11 @@ class NvidiaDriver:
         """UUID -> NVML handle of every device the last successful discovery pass found (read-only)."""
         return self._handles
 
+    def watch_health(self, report: Callable[[Observation], None], stop: threading.Event) -> None:
+        """:class:`~gpudra.vendors.base.HealthWatcher`: NVML events and polls over the devices of the latest
+        discovery until ``stop`` is set or the driver closes (:mod:`~gpudra.vendors.nvidia.health`)."""
+        self._health.watch(report, stop)
+
     def edits(self, claim: ClaimIdentity, device: ClaimDevice, applied: AppliedState) -> DeviceEdits:
         # Imported at the first prepare, not at start-up: the CDI model and the host readers are not
         # needed to publish, and the first slice goes out sooner without them (measured ~8 ms).
@@ -107,7 +123,9 @@ class NvidiaDriver:
             self._mig.undo(applied.changes)
 
     def close(self) -> None:
-        """``nvmlShutdown`` once (the handles go with it); later calls do nothing."""
+        """``nvmlShutdown`` once (the handles go with it), after the health watchers ended; later calls do
+        nothing."""
+        self._health.halt()
         with self._lock:
             if self._open:
                 self._open = False
