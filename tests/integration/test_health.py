@@ -128,3 +128,32 @@ def test_a_burst_of_events_keeps_the_plugin_serving(
     [taint] = _taints(api)[_name(5)]  # 200 observations of one condition: one taint
     assert (taint["key"], taint["value"], taint["effect"]) == ("gpudra.io/xid", "94", "NoSchedule")
     assert plugin.log().count("device " + _name(5) + ": Healthy -> Unhealthy") == 1  # logged once
+
+
+def test_xid_79_taints_the_gpu_noexecute_as_lost(api: FakeApiServer, short_tmp: Path, profile: Path) -> None:
+    # polls far apart: the fake GPU still answers, so only the event marks it lost until the next poll
+    args = ["--profile", str(profile), "--mig-management", "static", "--rediscover-interval", "0.2",
+            "--health-poll-interval", "60"]  # fmt: skip
+    plugin = PluginProcess(short_tmp, api, args).start()
+    try:
+        assert api.wait_for(lambda: pool_complete(api), timeout=20), plugin.log()
+        info = plugin.register()
+        with (
+            kubeletsim.HealthStream(info.endpoint, "v1") as v1,
+            kubeletsim.HealthStream(info.endpoint, "v1alpha1") as v1alpha1,
+        ):
+            for stream in (v1, v1alpha1):
+                _health(stream, _name(6), "HEALTHY")
+            started = time.monotonic()
+            _inject(profile, {6: [{"id": "bus", "type": "xid", "value": 79}]})
+            assert api.wait_for(lambda: _taints(api)[_name(6)], timeout=15), plugin.log()
+            latency = time.monotonic() - started  # reported, never asserted (no timed assertions)
+            [taint] = _taints(api)[_name(6)]
+            assert (taint["key"], taint["value"], taint["effect"]) == ("gpudra.io/lost", "true", "NoExecute")
+            for stream in (v1, v1alpha1):
+                assert "79" in _health(stream, _name(6), "UNHEALTHY").message
+        print(f"edit -> NoExecute taint in the API: {latency * 1000:.0f} ms (re-discovery every 0.2 s)")
+        assert all(not t for n, t in _taints(api).items() if n != _name(6))
+        plugin.assert_alive()
+    finally:
+        plugin.terminate()
