@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from gpudra._proto import dra_v1_pb2, registration_v1_pb2
+from gpudra.devtools import kubeletsim
 from gpudra.devtools.fakeapi import FakeApiServer
 from tests.integration.conftest import PluginProcess, device_names, make_claim
 
@@ -59,8 +60,9 @@ def test_registration_method_paths(plugin: PluginProcess) -> None:
     assert _call(sock, "/pluginregistration.Registration/NotifyRegistrationStatus", status) == b""
 
 
-def test_health_service_is_not_served_until_monitoring_exists(plugin: PluginProcess) -> None:
-    with pytest.raises(grpc.RpcError) as err:
-        _call(str(plugin.dra_socket), "/v1alpha1.DRAResourceHealth/NodeWatchResources", b"")
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "v1alpha1.DRAResourceHealth" not in plugin.register().supported_versions
+def test_the_health_services_are_served_and_advertised(plugin: PluginProcess) -> None:
+    advertised = plugin.register().supported_versions
+    assert {"v1.DRAResourceHealth", "v1alpha1.DRAResourceHealth"} <= set(advertised)
+    for service in ("v1", "v1alpha1"):  # a streaming method: the first message arrives, then we cancel
+        with kubeletsim.HealthStream(plugin.dra_socket, service) as stream:
+            assert len(stream.next(timeout_s=10)) == 8

@@ -101,7 +101,14 @@ def test_the_store_publishes_health_and_taints_through_the_node_state() -> None:
     node = NodeStateStore(plan_offer(Inventory(devices=(h100(0), h100(1)))))
     events: list[tuple[str, str]] = []
     clock = _Clock()
-    store = HealthStore(node, POLICY, clock=clock, on_event=lambda r, m: events.append((r, m)))
+    recovered = threading.Event()
+
+    def on_event(reason: str, message: str) -> None:
+        events.append((reason, message))
+        if reason == EVENT_RECOVERED:
+            recovered.set()
+
+    store = HealthStore(node, POLICY, clock=clock, on_event=on_event)
     name = names.gpu_device_name(h100(0).uuid)
     assert node.current.health_of(name).state is HealthState.UNKNOWN
     for i in (0, 1):
@@ -120,6 +127,7 @@ def test_the_store_publishes_health_and_taints_through_the_node_state() -> None:
     try:
         assert node.wait_newer(version + 2, timeout=10) is not None
         assert node.current.health_of(name).state is HealthState.HEALTHY
+        assert recovered.wait(10)  # recorded by the expiry thread right after the new version
         assert [r for r, _ in events] == [EVENT_UNHEALTHY, EVENT_RECOVERED]
     finally:
         store.stop()

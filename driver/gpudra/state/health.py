@@ -117,7 +117,11 @@ class HealthStore:
             self._transitions(before, health)
 
     def _transitions(self, before: Mapping[str, DeviceHealth], after: Mapping[str, DeviceHealth]) -> None:
+        devices = self._node.current.offer.devices
         for name, now in after.items():
+            device = devices.get(name)
+            if device is not None and device.created_at_prepare:
+                continue  # a dynamic MIG placement: its GPU's own transition says it (not 26 Events)
             old = before.get(name)
             was = old.state if old is not None else HealthState.UNKNOWN
             if was is now.state:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from gpudra.model import cdi
-from gpudra.model.health import HealthState
+from gpudra.model.health import ConditionKind
 from gpudra.model.k8stypes import ResourceClaim
 from gpudra.planning import plan
 from gpudra.planning.offer import Offer
@@ -272,7 +272,7 @@ class Preparer:
         state = self._node.current
         for d in p.devices:
             health = state.health_of(d.name)
-            if health.state is HealthState.UNHEALTHY:
+            if any(c.kind is not ConditionKind.UNMONITORED for c in health.conditions):  # tainted
                 return f"device {d.name} is unhealthy: {health.message} (see its gpudra.io taints)"
         return None
 
