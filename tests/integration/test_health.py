@@ -157,3 +157,32 @@ def test_xid_79_taints_the_gpu_noexecute_as_lost(api: FakeApiServer, short_tmp: 
         plugin.assert_alive()
     finally:
         plugin.terminate()
+
+
+def test_taints_the_cluster_drops_are_reported_once_and_prepare_still_refuses(
+    short_tmp: Path, profile: Path
+) -> None:
+    server = FakeApiServer().start()  # Kubernetes 1.34 defaults: DRADeviceTaints off
+    server.put_object({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
+    args = ["--profile", str(profile), "--mig-management", "static", "--rediscover-interval", "0.2",
+            "--health-poll-interval", "0.2"]  # fmt: skip
+    plugin = PluginProcess(short_tmp, server, args).start()
+    try:
+        assert server.wait_for(lambda: pool_complete(server), timeout=20), plugin.log()
+        _inject(
+            profile,
+            {2: [{"id": "a", "type": "xid", "value": 48}], 3: [{"id": "b", "type": "xid", "value": 48}]},
+        )
+        reason = "GpudraDeviceTaintsDropped"
+        dropped = lambda: [e for e in server.list_objects("Event", "default") if e.get("reason") == reason]  # noqa: E731
+        assert server.wait_for(dropped, timeout=15), plugin.log()
+        assert "DRADeviceTaints" in dropped()[0]["message"]
+        assert not any(_taints(server).values())  # the server kept none
+        claim = make_claim(server, "sick", [_name(2)])
+        with plugin.client() as client:
+            assert "unhealthy" in client.prepare([claim]).claims[claim.uid].error
+        assert len(dropped()) == 1  # told once, though two devices were tainted
+        plugin.assert_alive()
+    finally:
+        plugin.terminate()
+        server.stop()
