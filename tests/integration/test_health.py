@@ -173,8 +173,11 @@ def test_taints_the_cluster_drops_are_reported_once_and_prepare_still_refuses(
             profile,
             {2: [{"id": "a", "type": "xid", "value": 48}], 3: [{"id": "b", "type": "xid", "value": 48}]},
         )
-        reason = "GpudraDeviceTaintsDropped"
-        dropped = lambda: [e for e in server.list_objects("Event", "default") if e.get("reason") == reason]  # noqa: E731
+
+        def dropped() -> list[dict[str, Any]]:
+            events = server.list_objects("Event", "default")
+            return [e for e in events if e.get("reason") == "GpudraDeviceTaintsDropped"]
+
         assert server.wait_for(dropped, timeout=15), plugin.log()
         assert "DRADeviceTaints" in dropped()[0]["message"]
         assert not any(_taints(server).values())  # the server kept none

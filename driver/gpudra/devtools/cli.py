@@ -1,6 +1,7 @@
 """``gpudra-dev``: the development tools, apart from the plugin (installed with ``gpudra[devtools]``).
 
 - ``gpudra-dev demo [--profile NAME]``: the whole path on mock GPUs with an in-process stand-in API server;
+  ``--scenario health``: a GPU goes unhealthy (an injected Xid) and recovers, on a mock DGX H100;
 - ``gpudra-dev fakeapi ...``: the stand-in Kubernetes API server alone (also
   ``python -m gpudra.devtools.fakeapi``).
 """
@@ -22,6 +23,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the whole path on mock GPUs with an in-process API server")
     demo.add_argument("--profile", default="dgx-h100", help="mock profile (default: dgx-h100)")
+    demo.add_argument(
+        "--scenario",
+        choices=("basic", "health"),
+        default="basic",
+        help="basic (default): publish, register, prepare and unprepare one claim; "
+        "health: a GPU gets Xid 48, is tainted, refused and recovers (dgx-h100 only)",
+    )
     sub.add_parser("fakeapi", help="the stand-in API server (all further arguments go to it)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "fakeapi":
@@ -30,7 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fakeapi_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.scenario == "health" and args.profile != "dgx-h100":
+        parser.error("--scenario health runs on the dgx-h100 profile only")
     logs.setup(args.verbose, "text")
+    if args.scenario == "health":
+        from gpudra.devtools import demo_health
+
+        return demo_health.run()
     from gpudra.devtools import demo as demo_module
 
     return demo_module.run(args.profile)

@@ -3,7 +3,8 @@
 A stand-in API server runs in-process. The real plugin discovers a mock DGX H100 and publishes its
 ResourceSlices. A kubelet stand-in then registers the plugin over the real registration socket, prepares
 one claim for one GPU over the real DRA socket, shows the CDI spec, and unprepares it. Exit code 0 means
-every step checked out.
+every step checked out. ``--scenario health`` (:mod:`gpudra.devtools.demo_health`) shows a GPU going
+unhealthy and recovering instead.
 """
 
 from __future__ import annotations
@@ -29,20 +30,21 @@ class DemoError(Exception):
     pass
 
 
-def _say(step: str, detail: str = "") -> None:
+def say(step: str, detail: str = "") -> None:
     print(f"==> {step}" + (f"\n{detail}" if detail else ""), flush=True)
 
 
-def _node_slices(api: FakeApiServer) -> list[dict[str, Any]]:
+def node_slices(api: FakeApiServer) -> list[dict[str, Any]]:
     return [s for s in api.list_objects("ResourceSlice") if s["spec"].get("nodeName") == NODE]
 
 
-def _allocate(api: FakeApiServer, device: str) -> str:
+def allocate(api: FakeApiServer, device: str, name: str = "demo-gpu") -> str:
+    """Create the claim ``default/<name>``, allocated to ``device`` of the node's pool; returns its uid."""
     claim = api.put_object(
         {
             "apiVersion": "resource.k8s.io/v1",
             "kind": "ResourceClaim",
-            "metadata": {"name": "demo-gpu", "namespace": "default"},
+            "metadata": {"name": name, "namespace": "default"},
             "spec": {
                 "devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": names.CLASS_GPU}}]}
             },
@@ -60,15 +62,29 @@ def _allocate(api: FakeApiServer, device: str) -> str:
     return str(claim["metadata"]["uid"])
 
 
+def demo_config(root: Path, api: FakeApiServer, **settings: Any) -> RunConfig:
+    """The plugin's configuration: every path under ``root``, the stand-in API's kubeconfig; ``settings``
+    override the rest."""
+    return RunConfig(
+        node_name=NODE,
+        kubeconfig=api.write_kubeconfig(root / "kubeconfig"),
+        plugins_dir=root / "plugins",
+        registry_dir=root / "registry",
+        cdi_root=root / "cdi",
+        dev_root=root / "dev",
+        **settings,
+    )
+
+
 def _play_kubelet(api: FakeApiServer, cfg: RunConfig) -> None:
     info = kubeletsim.register(cfg.registration_socket)
-    _say(
+    say(
         "kubelet: registered",
         f"    {info.name} ({info.type}) at {info.endpoint}, versions {', '.join(info.supported_versions)}",
     )
-    slices = _node_slices(api)
+    slices = node_slices(api)
     device = sorted(d["name"] for s in slices for d in s["spec"]["devices"])[0]
-    uid = _allocate(api, device)
+    uid = allocate(api, device)
     claim = kubeletsim.Claim("default", "demo-gpu", uid)
     with kubeletsim.DraClient(info.endpoint, "v1") as client:
         t0 = time.perf_counter()
@@ -77,13 +93,13 @@ def _play_kubelet(api: FakeApiServer, cfg: RunConfig) -> None:
         if result.error or len(result.devices) != 1:
             raise DemoError(f"prepare failed: {result.error or 'no device returned'}")
         ids = list(result.devices[0].cdi_device_ids)
-        _say(f"kubelet: NodePrepareResources default/demo-gpu -> {ids} ({took:.1f} ms)")
+        say(f"kubelet: NodePrepareResources default/demo-gpu -> {ids} ({took:.1f} ms)")
         spec = cfg.cdi_root / f"{names.CDI_VENDOR}-{names.CDI_CLASS}_{uid}.yaml"
-        _say(f"CDI spec {spec}", json.dumps(json.loads(spec.read_text()), indent=2))
+        say(f"CDI spec {spec}", json.dumps(json.loads(spec.read_text()), indent=2))
         unprepared = client.unprepare([claim]).claims[uid]
         if unprepared.error or spec.exists():
             raise DemoError(f"unprepare failed: {unprepared.error or 'CDI spec still on disk'}")
-        _say("kubelet: NodeUnprepareResources default/demo-gpu -> ok, CDI spec removed")
+        say("kubelet: NodeUnprepareResources default/demo-gpu -> ok, CDI spec removed")
 
 
 def run(profile: str = "dgx-h100") -> int:
@@ -92,29 +108,22 @@ def run(profile: str = "dgx-h100") -> int:
     plugin: Plugin | None = None
     try:
         api.put_object({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
-        cfg = RunConfig(
-            node_name=NODE,
-            kubeconfig=api.write_kubeconfig(root / "kubeconfig"),
-            plugins_dir=root / "plugins",
-            registry_dir=root / "registry",
-            cdi_root=root / "cdi",
-            dev_root=root / "dev",
-        )
-        _say(f"stand-in API server at {api.url}; mock profile {profile}; work dir {root}")
+        cfg = demo_config(root, api)
+        say(f"stand-in API server at {api.url}; mock profile {profile}; work dir {root}")
         t0 = time.perf_counter()
         driver = open_driver("mock", profile, Path("/sys"), cfg.host_roots, cfg.effective_run_dir / "claims")
         plugin = Plugin(cfg, driver)
         plugin.start()
-        if not api.wait_for(lambda: _node_slices(api), timeout=10):
+        if not api.wait_for(lambda: node_slices(api), timeout=10):
             raise DemoError("no ResourceSlice was published within 10 s")
-        slices = _node_slices(api)
+        slices = node_slices(api)
         count = sum(len(s["spec"]["devices"]) for s in slices)
-        _say(
+        say(
             f"published {len(slices)} ResourceSlice(s) with {count} device(s) in "
             f"{(time.perf_counter() - t0) * 1000:.0f} ms"
         )
         _play_kubelet(api, cfg)
-        _say("demo finished: all steps checked")
+        say("demo finished: all steps checked")
         return 0
     except (DemoError, OSError) as e:
         print(f"gpudra demo: FAILED: {e}", flush=True)
