@@ -29,7 +29,7 @@ from tests.integration.conftest import NODE, PluginProcess, make_claim, node_sli
 
 pytestmark = pytest.mark.integration
 
-FAST = {"GPUDRA_WATCH_IDLE_S": "1", "GPUDRA_API_TIMEOUT_S": "0.5", "GPUDRA_WATCH_TIMEOUT_S": "60"}
+FAST = {"GPUDRA_WATCH_IDLE_S": "1", "GPUDRA_API_TIMEOUT_S": "2", "GPUDRA_WATCH_TIMEOUT_S": "60"}
 RETRY = "ResourceSlice publishing:"
 
 

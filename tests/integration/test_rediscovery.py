@@ -96,7 +96,9 @@ def test_a_lost_gpu_is_withdrawn_and_its_claims_still_unprepare(
     plugin.proc.send_signal(signal.SIGHUP)
     assert api.wait_for(lambda: lost not in _devices(api), timeout=10), plugin.log()
     assert len(_devices(api)) == 7
-    assert _generations(api) == {generation + 1}
+    # one pool generation, newer (the health watcher may have tainted the GPU lost just before it went)
+    (newer,) = _generations(api)
+    assert newer > generation
     assert "GPU index 3 skipped" in plugin.log()  # and the log says why
 
     late = make_claim(api, "late", [lost])
