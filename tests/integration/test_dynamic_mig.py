@@ -229,13 +229,19 @@ def test_kill_9_between_creating_and_recording_leaks_nothing(
     assert outcome
     assert isinstance(outcome[0], Exception)  # the kubelet got no answer
     plugin.proc = None
-    restarted = PluginProcess(short_tmp, gated_api, ["--profile", str(profile)]).start()
+    # a short grace (90 s by default, longer than any prepare of an instance being replaced) before the
+    # prepares left unfinished are rolled back
+    grace = {"GPUDRA_ROLLBACK_GRACE_S": "1"}
+    restarted = PluginProcess(short_tmp, gated_api, ["--profile", str(profile)], env=grace).start()
     try:
         # the log file is the killed process's too: wait for the second "serving" (its sockets are stale)
         assert gated_api.wait_for(lambda: restarted.log().count("gpudra serving") == 2, timeout=20), (
             restarted.log()
         )
-        assert "rolled back the interrupted prepare" in restarted.log()
+        assert _instances(restarted) == [(14, 0)]  # left by the killed prepare, until the grace is over
+        assert gated_api.wait_for(
+            lambda: "rolled back the interrupted prepare" in restarted.log(), timeout=20
+        )
         assert _instances(restarted) == []  # the half-made MIG device is gone
         with restarted.client() as again:  # the kubelet asks again: it is made once, and works
             assert again.prepare([claim]).claims[claim.uid].error == ""

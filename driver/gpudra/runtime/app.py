@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
@@ -47,6 +49,19 @@ if TYPE_CHECKING:  # imported in Plugin.start, once publishing has begun (see th
 
 log = logging.getLogger(__name__)
 
+def _grace_s(default: float = 90.0) -> float:
+    """Seconds after start before prepares a previous instance left unfinished are rolled back: longer
+    than a prepare takes (creating a MIG device takes about a second). Hidden env GPUDRA_ROLLBACK_GRACE_S
+    (tests); a value that is not a positive number is ignored."""
+    try:
+        value = float(os.environ.get("GPUDRA_ROLLBACK_GRACE_S") or default)
+    except ValueError:
+        return default
+    return value if 0 < value < 86400 else default
+
+
+ROLLBACK_GRACE_S = _grace_s()
+
 
 class ProbeServerLike(Protocol):
     def start(self) -> int: ...
@@ -66,6 +81,7 @@ class Plugin:
         self.preparer: Preparer | None = None
         self.rediscovery: Rediscovery | None = None
         self.health: HealthStore | None = None
+        self._timers: list[threading.Timer] = []
         self._dra: UnixServer | None = None
         self._health_streams: HealthStreams | None = None
         self.registrar: Registrar | None = None
@@ -146,6 +162,19 @@ class Plugin:
             metric=lambda dynamic: metrics.mig_management(dynamic, 0),
         )  # fmt: skip
 
+    def _roll_back_later(self, preparer: Preparer) -> None:
+        """Prepares left PrepareStarted: after ROLLBACK_GRACE_S (longer than any prepare, so a call of the
+        instance this one replaces has finished), those still unchanged are rolled back."""
+        seen = preparer.interrupted()
+        if not seen:
+            return
+        log.info("%d prepare(s) did not complete before this start; rolled back in %.0f s unless they "
+                 "complete or are asked for again", len(seen), ROLLBACK_GRACE_S)  # fmt: skip
+        timer = threading.Timer(ROLLBACK_GRACE_S, lambda: preparer.roll_back_interrupted(seen))
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
+
     def _serve_metrics(self) -> Metrics:
         cfg = self.cfg
         try:
@@ -216,7 +245,7 @@ class Plugin:
         removed = preflight.remove_leftovers(cfg)
         if removed:
             log.info("removed %d leftover temp file(s) of interrupted writes", removed)
-        preparer.roll_back_interrupted()
+        self._roll_back_later(preparer)
         preparer.collect_garbage()
         # grpc_workers prepares at once; the reserve threads keep unprepare and probes free of them.
         registrars = dra.registrars(preparer, metrics, prepare_slots=cfg.grpc_workers)
@@ -264,6 +293,8 @@ class Plugin:
             self.rediscovery.stop()
         if self.health is not None:
             self.health.stop()
+        for timer in self._timers:
+            timer.cancel()
         if self._probe is not None:
             self._probe.stop()
         if self.registrar is not None:

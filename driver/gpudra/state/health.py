@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Final
 
 from gpudra.model.health import DeviceHealth, HealthState, Observation
@@ -109,7 +110,7 @@ class HealthStore:
 
     def _publish(self) -> None:
         with self._lock:
-            by_identity = dict(self._by_identity)
+            by_identity = {k: _visible(h) for k, h in self._by_identity.items()}
         state = self._node.current
         health = rules.published_health(state.offer.devices, by_identity)
         before = state.health
@@ -136,3 +137,11 @@ class HealthStore:
                 self._on_event(EVENT_UNHEALTHY, f"device {name} is unhealthy: {now.message}")
             elif self._on_event is not None and was is HealthState.UNHEALTHY:
                 self._on_event(EVENT_RECOVERED, f"device {name} is {now.state.value.lower()} again")
+
+
+def _visible(health: DeviceHealth) -> DeviceHealth:
+    """``health`` as published: without when each condition was last seen (the store keeps that for the
+    quiet periods), so a condition that keeps recurring - a burst of one Xid - makes no new node state."""
+    if all(c.last_seen == c.since for c in health.conditions):
+        return health
+    return replace(health, conditions=tuple(replace(c, last_seen=c.since) for c in health.conditions))

@@ -296,9 +296,13 @@ class Preparer:
     def _roll_back(self, txn: Txn, record: ClaimRecord) -> bool:
         return recovery.roll_back(txn, record, self._driver, self._files)
 
-    def roll_back_interrupted(self) -> list[str]:
-        """At start: undo every prepare a crash left half done (see :mod:`gpudra.state.recovery`)."""
-        return recovery.roll_back_interrupted(self._store, self._driver, self._files)
+    def roll_back_interrupted(self, seen: Mapping[str, ClaimRecord]) -> list[str]:
+        """Undo the prepares a crash left half done, of those ``seen`` at start and unchanged since (see
+        :mod:`gpudra.state.recovery`)."""
+        return recovery.roll_back_interrupted(self._store, self._driver, self._files, seen)
+
+    def interrupted(self) -> dict[str, ClaimRecord]:
+        return recovery.interrupted(self._store)
 
     def _apply_and_write(self, r: _Ready, built: Built, offer: Offer) -> Built | str:
         """No lock held: the driver's changes, then the claim's files. Returns what was built (with the

@@ -1,9 +1,11 @@
 """Start-up recovery of the claims' state on the node: prepares a crash cut short, and orphaned files.
 
-- :func:`roll_back_interrupted`: a ``PrepareStarted`` record is a prepare that never answered the kubelet
-  (the process died, or another instance's call is still running during a rolling update: that call then
-  finds its record gone and fails the claim, which the kubelet asks for again). What it intended or did -
-  a MIG device created or being created, files written - is undone exactly as recorded, then the record goes.
+- :func:`roll_back_interrupted`: a ``PrepareStarted`` record is a prepare that never answered the kubelet -
+  the process died, or another instance's call is still running (a rolling update). So the records seen at
+  start are rolled back only after a grace period longer than any prepare, and only if still unchanged:
+  what a finished call completed is kept. What it intended or did - a MIG device created or being created,
+  files written - is undone exactly as recorded, then the record goes. A claim the kubelet asks for again
+  meanwhile is rolled back by that call first (:meth:`gpudra.state.prepare.Preparer.prepare`).
   The vendor driver's undo finds a half-made change by what was intended (a MIG device by its placement), so
   a crash between creating something and recording its ids leaks nothing.
 - :func:`collect_garbage`: CDI specs no record owns, unless damage may have lost their records.
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from gpudra.state.checkpoint import CheckpointStore, ClaimRecord, Txn
 from gpudra.state.claimfiles import ClaimFiles
@@ -34,14 +37,23 @@ def roll_back(txn: Txn, record: ClaimRecord, driver: ClaimApplier, files: ClaimF
     return True
 
 
-def roll_back_interrupted(store: CheckpointStore, driver: ClaimApplier, files: ClaimFiles) -> list[str]:
-    """At start: undo every prepare a crash left half done (PrepareStarted records: MIG devices created
-    or being created, files written). The kubelet asks for those claims again. Returns their UIDs."""
+def interrupted(store: CheckpointStore) -> dict[str, ClaimRecord]:
+    """The prepares that have not completed now (PrepareStarted records), by claim UID."""
+    return {uid: r for uid, r in store.snapshot().items() if r.state == "PrepareStarted"}
+
+
+def roll_back_interrupted(
+    store: CheckpointStore, driver: ClaimApplier, files: ClaimFiles, seen: Mapping[str, ClaimRecord]
+) -> list[str]:
+    """Undo the prepares a crash left half done: those of ``seen`` (taken at start, see
+    :func:`interrupted`) whose record is still exactly as it was. A record that completed or went
+    meanwhile belonged to a call still running in another instance (a rolling update) and is left alone;
+    a claim the kubelet asked for again was rolled back by that call. Returns the UIDs rolled back."""
     rolled: list[str] = []
     with store.transaction() as txn:
-        for record in list(txn.claims.values()):
-            if record.state == "PrepareStarted" and roll_back(txn, record, driver, files):
-                rolled.append(record.uid)
+        for uid, record in seen.items():
+            if txn.get(uid) == record and roll_back(txn, record, driver, files):
+                rolled.append(uid)
         txn.commit()
     return rolled
 
