@@ -200,7 +200,7 @@ def test_seven_1g10gb_fit_on_one_h100(gated_api: FakeApiServer, plugin: PluginPr
 
 def _slow_profile(root: Path) -> Path:
     doc = json.loads((PROFILES / "dgx-h100.json").read_text())
-    doc["devices"][0]["mig_create_seconds"] = 3  # about what real NVML takes per instance
+    doc["devices"][0]["mig_create_seconds"] = 1.5  # about what real NVML takes per instance
     path = root / "slow-dgx-h100.json"
     path.write_text(json.dumps(doc))
     return path

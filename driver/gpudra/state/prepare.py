@@ -31,6 +31,7 @@ from gpudra.state.cdi import CdiWriter
 from gpudra.state.checkpoint import CheckpointStore, ClaimRecord, PreparedDevice, Txn, UnwritableRecord
 from gpudra.state.claimfiles import Built, ClaimFiles
 from gpudra.state.node import NodeStateStore
+from gpudra.state.unprepare import unprepare_claims
 from gpudra.vendors.base import ApplyError, ClaimDevice, EditsError, VendorDriver
 
 log = logging.getLogger(__name__)
@@ -361,46 +362,7 @@ class Preparer:
 
     def unprepare(self, refs: Sequence[ClaimRef]) -> dict[str, str | None]:
         """Undo prepare for each claim; an unknown claim is already unprepared (success)."""
-        out: dict[str, str | None] = {}
-        try:
-            with self._store.transaction() as txn:
-                for ref in refs:
-                    out[ref.uid] = self._undo(txn, ref)
-                txn.commit()
-                self._report(txn)
-        except OSError as e:  # undone, but not recorded: the kubelet asks again, and undoing is idempotent
-            log.error("unprepare: the checkpoint cannot be written: %s", e)
-            return {ref.uid: f"cannot record the unprepare in the checkpoint: {e}" for ref in refs}
-        return out
-
-    def _undo(self, txn: Txn, ref: ClaimRef) -> str | None:
-        record = txn.get(ref.uid)
-        if record is None:
-            return self._undo_unrecorded(ref)
-        try:
-            self._driver.undo(record.applied)
-            self._files.remove(ref.uid, record)
-        except ApplyError as e:
-            log.warning("unprepare %s: %s", ref, e)
-            return f"cannot undo the changes for claim {ref.uid}: {e}"
-        except OSError as e:
-            log.warning("unprepare %s: %s", ref, e)
-            return f"cannot remove CDI spec for claim {ref.uid}: {e}"
-        txn.remove(ref.uid)
-        return None
-
-    def _undo_unrecorded(self, ref: ClaimRef) -> str | None:
-        """A claim without a record: never prepared here (success), or its record was lost to damage and
-        start-up kept its files; the kubelet unprepares only what no pod uses, so they go now."""
-        if not self._files.cdi.path_for(ref.uid).exists():
-            return None
-        try:
-            self._files.remove(ref.uid, None)
-        except OSError as e:
-            log.warning("unprepare %s: %s", ref, e)
-            return f"cannot remove CDI spec for claim {ref.uid}: {e}"
-        log.warning("unprepare %s: removed the files of a claim the checkpoint had lost", ref)
-        return None
+        return unprepare_claims(self._store, self._driver, self._files, refs, self._report)
 
     # ---- housekeeping -------------------------------------------------------------------------------
 
