@@ -14,6 +14,7 @@ MIG device's own ``errors`` apply to it alone (and to the GPU-instance calls of 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 import pynvml
@@ -69,11 +70,7 @@ class FakeMigCalls(FakeNvmlBase):
             raise fail(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)  # what pynvml raises for other versions
         if row is None:
             raise fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        for name, value in row.values.items():
-            setattr(info, name, value)
-        if version == 2:
-            info.name = row.name.encode()
-        return info
+        return _filled(info, row.values, row.name, version)
 
     def nvmlDeviceGetGpuInstancePossiblePlacements(
         self, device: Any, profileId: int, placementsRef: Any, countRef: Any
@@ -163,11 +160,7 @@ class FakeMigCalls(FakeNvmlBase):
         found = next((c for c in row.ci_profiles if c.index == profile), None) if row else None
         if found is None:
             raise fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        for name, value in found.values.items():
-            setattr(info, name, value)
-        if version == 2:
-            info.name = found.name.encode()
-        return info
+        return _filled(info, found.values, found.name, version)
 
     def nvmlGpuInstanceGetComputeInstances(
         self, gpuInstance: Any, profileId: int, computeInstancesRef: Any, countRef: Any
@@ -238,3 +231,12 @@ def _fits(length: int | None, needed: int, what: str) -> None:
             f"an array of {length} {what} is too short: NVML writes up to the profile's instanceCount "
             f"({needed}), past its end"
         )
+
+
+def _filled(info: Any, values: Mapping[str, int], name: str, version: int) -> Any:
+    """A profile-info structure with a profile row's values (and, in version 2, its name)."""
+    for field_name, value in values.items():
+        setattr(info, field_name, value)
+    if version == 2:
+        info.name = name.encode()
+    return info
