@@ -140,3 +140,14 @@ class _Watcher:
 
     def watch_health(self, report: object, stop: threading.Event) -> None:
         stop.wait(30)
+
+
+def test_a_stopped_store_drops_what_a_closing_watcher_still_reports() -> None:
+    node = NodeStateStore(plan_offer(Inventory(devices=(h100(0),))))
+    store = HealthStore(node, POLICY)
+    store.report(_obs(ConditionKind.UNMONITORED, "", 1.0, cleared=True, device=h100(0).uuid))
+    version = node.current.version
+    store.stop()
+    store.report(_obs(ConditionKind.LOST, "true", 2.0, device=h100(0).uuid))  # NVML shut down under it
+    assert node.current.version == version
+    assert node.current.health_of(names.gpu_device_name(h100(0).uuid)).state is HealthState.HEALTHY

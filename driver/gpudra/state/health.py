@@ -57,7 +57,10 @@ class HealthStore:
     # ---- input ------------------------------------------------------------------------------------
 
     def report(self, obs: Observation) -> None:
-        """One observation from the watcher's thread; the node state follows at once."""
+        """One observation from the watcher's thread; the node state follows at once. Ignored once stopped
+        (the driver is closing: a shut-down library is no lost GPU)."""
+        if self._stop.is_set():
+            return
         with self._lock:
             self._by_identity[obs.device] = rules.observe(self._by_identity.get(obs.device), obs)
             self.reported += 1

@@ -333,15 +333,16 @@ def test_stop_ends_the_watcher_and_frees_its_event_set(
     assert fake.calls.count("nvmlEventSetCreate") == fake.calls.count("nvmlEventSetFree") == 1
 
 
-def test_closing_the_driver_ends_the_watcher_first(node: Open, watch: Watcher) -> None:
+def test_closing_the_driver_does_not_wait_for_the_watcher_but_ends_it(node: Open, watch: Watcher) -> None:
+    # close() must fit the plugin's SIGTERM budget: it tells the watcher to end and shuts NVML down at once
+    # (what the watcher reports afterwards, the stopped health store drops: test_health_rules)
     driver, fake = node(_profile(builtin_json("dgx-h100")))
     w = watch(driver)
     w.started(driver.handles)
     driver.close()
+    assert "nvmlShutdown" in fake.calls
     w.thread.join(3)
     assert not w.thread.is_alive()
-    assert fake.calls.index("nvmlEventSetFree") < fake.calls.index("nvmlShutdown")
-    assert w.problems() == []  # a shut-down NVML is not a lost GPU
 
 
 def test_a_burst_of_200_events_is_reported_whole(node: Open, watch: Watcher) -> None:

@@ -101,7 +101,7 @@ class HealthWatchers:
             self._closing.set()
             running = list(self._running)
         for done in running:
-            if not done.wait(timeout):
+            if timeout > 0 and not done.wait(timeout):
                 log.warning("an NVML health watcher did not end within %.1f s", timeout)
 
 
