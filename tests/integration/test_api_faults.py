@@ -31,6 +31,7 @@ pytestmark = pytest.mark.integration
 
 FAST = {"GPUDRA_WATCH_IDLE_S": "1", "GPUDRA_API_TIMEOUT_S": "2", "GPUDRA_WATCH_TIMEOUT_S": "60"}
 RETRY = "ResourceSlice publishing:"
+PUBLISHED = re.compile(r"\bpublished \d+ ResourceSlice")
 
 
 def wait_for(check: Callable[[], bool], timeout: float) -> bool:
@@ -82,15 +83,20 @@ def delete_a_slice(api: FakeApiServer) -> Callable[[], bool]:
 def test_a_half_open_watch_is_replaced_and_a_deleted_slice_restored(
     bookmarked: FakeApiServer, proxy: FaultProxy, plugin: PluginProcess
 ) -> None:
+    assert wait_for(lambda: PUBLISHED.search(plugin.log()), 5), plugin.log()  # the start-up publish ended
+    published = len(PUBLISHED.findall(plugin.log()))
     restored = delete_a_slice(bookmarked)  # a healthy watch: back at once
     assert wait_for(restored, 5), plugin.log()
+    # The server stores the slice before its answer reaches the plugin: orphaning the connections before
+    # the plugin has read that answer would end the restore with a read timeout, not the watch.
+    assert wait_for(lambda: len(PUBLISHED.findall(plugin.log())) > published, 5), plugin.log()
     assert proxy.orphan_established() >= 1  # the watch's connection: silently dead; new ones work
     restored = delete_a_slice(bookmarked)
     started = time.monotonic()
     # the watch's read timeout (1 s here, 120 s by default) ends it; the publisher lists again and restores
     assert wait_for(restored, 6), f"not restored after a half-open watch:\n{plugin.log()}"
     assert time.monotonic() - started < 6
-    assert "the connection is presumed dead" in plugin.log()
+    assert "the connection is presumed dead" in plugin.log(), plugin.log()
     plugin.assert_alive()
 
 
