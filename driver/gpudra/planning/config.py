@@ -14,16 +14,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gpudra.planning import sharing_config
+from gpudra.planning.configfields import ConfigError, ConfigFieldError
 
-class ConfigError(ValueError):
-    """A config for our driver that cannot be used. The message is shown to the user in the pod events."""
-
+__all__ = ["KNOWN_KINDS", "ConfigError", "Decoder", "OpaqueConfig", "by_precedence", "resolve"]
 
 Decoder = Callable[[Mapping[str, Any]], object]
 
-#: (apiVersion, kind) -> strict decoder. No opaque config kinds are defined yet; later features (sharing,
-#: MIG) register theirs here. Until then any opaque config addressed to gpudra.io is refused, never ignored.
-KNOWN_KINDS: Mapping[tuple[str, str], Decoder] = {}
+#: (apiVersion, kind) -> strict decoder. Any other opaque config addressed to gpudra.io is refused, never
+#: ignored. The sharing kinds (``gpudra.io/v1alpha1`` ``GpuConfig``, ``MigDeviceConfig``) are in
+#: :mod:`gpudra.planning.sharing_config`; a feature with kinds of its own adds them here.
+KNOWN_KINDS: Mapping[tuple[str, str], Decoder] = {**sharing_config.KINDS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,9 @@ def _decode(cfg: OpaqueConfig, kinds: Mapping[tuple[str, str], Decoder]) -> obje
         )
     try:
         return decoder(cfg.parameters)
+    except ConfigFieldError as e:  # one path, as the apiserver writes it: <where>.sharing.strategy: ...
+        field = f"{cfg.path}.{e.path}" if cfg.path and e.path else cfg.path or e.path
+        raise ConfigError(f"{field}: {e.problem}" if field else e.problem) from e
     except ConfigError as e:
         raise ConfigError(f"{cfg.where()}{e}") from e
 
