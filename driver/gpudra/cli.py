@@ -60,6 +60,11 @@ BACKEND_OPTS: Final = (
         "claim gets at prepare (needs the DRAPartitionableDevices gate, on from Kubernetes 1.36; falls back "
         "to static when the cluster drops counters); static: publish the MIG layout an admin made, never "
         "change it"),
+    Opt("--fractional-gpus", "GPUDRA_FRACTIONAL_GPUS", choice("on", "off"), "on",
+        "on: publish GPUs, static MIG devices and AMD partitions for several claims to share, each "
+        "consuming part of the memory (KEP-5075; needs the DRAConsumableCapacity gate, on from Kubernetes "
+        "1.36; falls back to exclusive devices when the cluster drops the fields). Devices of dynamic MIG "
+        "stay exclusive. off: every device is exclusive"),
 )  # fmt: skip
 RUN_OPTS: Final = (
     Opt("--node-name", "NODE_NAME", NODE_NAME, None, "this node's name (required)"),
@@ -230,13 +235,13 @@ def _discover(args: argparse.Namespace) -> int:
         inv = driver.discover()
     finally:
         driver.close()
+    # The vendor driver has logged the inventory's warnings (stderr); the planner's are printed here.
     if args.output == "table":
         print(inventory_table(inv))
-        for warning in inv.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
         return 0
-    offer = plan_offer(inv, policy=MigPolicy(dynamic=args.mig_management == "dynamic"))
-    for warning in (*inv.warnings, *offer.warnings):
+    policy = MigPolicy(dynamic=args.mig_management == "dynamic", fractional=args.fractional_gpus == "on")
+    offer = plan_offer(inv, policy=policy)
+    for warning in offer.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     objs = slices.plan_slices(offer, args.node_name, None, 1)
     if args.output == "json":
@@ -282,6 +287,7 @@ def _run(args: argparse.Namespace) -> int:
         rediscover_interval_s=args.rediscover_interval,
         rediscover_initial_s=args.rediscover_pending_interval,
         mig_dynamic=args.mig_management == "dynamic",
+        fractional_gpus=args.fractional_gpus == "on",
     )
     check(cfg)
     health = WatchOptions(ignored_xids=args.ignored_xids, poll_s=args.health_poll_interval)

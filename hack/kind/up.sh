@@ -28,7 +28,7 @@ kc apply -k daemonset/overlays/mock
 for class in deviceclasses/*.gpudra.io.yaml; do
   kc apply -f "$class"
 done
-kc -n gpudra-system rollout status daemonset/gpudra-kubelet-plugin --timeout="$TIMEOUT"
+kc -n gpudra-system rollout status daemonset/gpudra-mock --timeout="$TIMEOUT"
 
 echo "waiting for the plugin's ResourceSlices"
 for _ in $(seq 90); do
@@ -39,5 +39,5 @@ for _ in $(seq 90); do
   sleep 2
 done
 echo "up.sh: no ResourceSlice of gpudra.io after 180 s" >&2
-kc -n gpudra-system logs daemonset/gpudra-kubelet-plugin --tail=50 >&2 || true
+kc -n gpudra-system logs daemonset/gpudra-mock --tail=50 >&2 || true
 exit 1

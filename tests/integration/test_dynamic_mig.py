@@ -281,7 +281,8 @@ def test_gate_off_falls_back_to_static_mig(api: FakeApiServer, short_tmp: Path) 
         assert not _counter_sets(api)
         assert all("consumesCounters" not in d for d in _devices(api))
         assert {s["spec"]["pool"]["generation"] for s in node_slices(api)} == {1}  # asked before publishing
-        assert api.count("POST", "/apis/resource.k8s.io/v1/resourceslices") == 2  # the probe, the pool
+        # the partitionable-devices probe, the consumable-capacity probe (fractional GPUs), the pool
+        assert api.count("POST", "/apis/resource.k8s.io/v1/resourceslices") == 3
         events = [
             e
             for e in api.list_objects("Event", "default")

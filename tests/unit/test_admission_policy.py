@@ -1,4 +1,5 @@
-"""The ValidatingAdmissionPolicy of daemonset/base: the plugin may write only its own node's ResourceSlices.
+"""The ValidatingAdmissionPolicy the chart installs (as rendered in daemonset/overlays/mock/gpudra.yaml): the
+plugin may write only its own node's ResourceSlices.
 
 Its CEL expressions are evaluated with celpy (the library under gpudra.devtools.cel's emulation) on the
 AdmissionRequest shapes the apiserver hands them: ``request`` (operation, userInfo with the node-name extra of
@@ -8,7 +9,6 @@ policy's own ``variables``. As with selectors, this is an emulation of the apise
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,14 +20,16 @@ celpy = pytest.importorskip("celpy")
 from celpy import celtypes  # noqa: E402
 from celpy.adapter import json_to_cel  # noqa: E402
 
-from tests.unit.kustomize_subset import load_documents  # noqa: E402
+from tests.unit.manifest_tools import DAEMONSET, load_documents  # noqa: E402
 
-POLICY = Path(__file__).resolve().parents[2] / "daemonset" / "base" / "admissionpolicy.yaml"
+RENDERED = DAEMONSET / "overlays" / "mock" / "gpudra.yaml"
 NODE_EXTRA = "authentication.kubernetes.io/node-name"
 PLUGIN_USER = "system:serviceaccount:gpudra-system:gpudra-kubelet-plugin"
 
 _ENV = celpy.Environment()
-_SPEC: dict[str, Any] = load_documents(POLICY)[0]["spec"]
+_SPEC: dict[str, Any] = next(
+    d["spec"] for d in load_documents(RENDERED) if d["metadata"]["name"] == "gpudra-resourceslices-own-node"
+)
 _PROGRAMS: dict[str, Any] = {}
 
 

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpudra.vendors.mock import edits
-from tests.unit.kustomize_subset import load_documents, render
+from tests.unit.manifest_tools import kustomize, load_documents
 
 ROOT = Path(__file__).resolve().parents[2]
 KIND = ROOT / "hack" / "kind"
@@ -167,7 +167,7 @@ def test_skip_list_names_examples_with_reasons() -> None:
 
 def test_cluster_labels_the_node_the_mock_overlay_selects() -> None:
     cluster = yaml.safe_load((KIND / "cluster.yaml").read_text())
-    ds = next(o for o in render(ROOT / "daemonset" / "overlays" / "mock") if o["kind"] == "DaemonSet")
+    ds = next(o for o in kustomize(ROOT / "daemonset" / "overlays" / "mock") if o["kind"] == "DaemonSet")
     affinity = ds["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
     [term] = affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     [expr] = term["matchExpressions"]
@@ -254,7 +254,7 @@ def test_up_builds_loads_and_deploys_the_mock_overlay(tmp_path: Path) -> None:
             f"{kc} apply -f {p.relative_to(ROOT)}"
             for p in sorted((ROOT / "deviceclasses").glob("*.gpudra.io.yaml"))
         ),
-        f"{kc} -n gpudra-system rollout status daemonset/gpudra-kubelet-plugin --timeout=180s",
+        f"{kc} -n gpudra-system rollout status daemonset/gpudra-mock --timeout=180s",
     ]
     assert calls[: len(expected)] == expected
     for c in calls:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gpudra.model import names
-from tests.unit.kustomize_subset import load_documents
+from tests.unit.manifest_tools import load_documents
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "deviceclasses" / "examples"

@@ -14,8 +14,10 @@ slices, ``consumesCounters`` checked against allocated claims and this claim's e
 constraints, a backtracking search in published order with a bound on work, config and nodeSelector of
 the result, the scheduler's texts for CEL errors. As in the scheduler, an admin-access device is not "in
 use" for other claims but its counters are still checked, and incomplete pools are skipped (an ``All``
-request on one is an error). Not modelled: consumable capacity
-(``allowMultipleAllocations`` devices are never picked; capacity requests are refused), nodeSelector /
+request on one is an error). Consumable capacity (KEP-5075, the scheduler with ``DRAConsumableCapacity``
+on): ``capacity.requests`` against each device's capacities and request policies, devices with
+``allowMultipleAllocations`` shared by several claims while their shares fit, each result with a fresh
+``shareID`` and its ``consumedCapacity`` (:mod:`.allocator_capacity`). Not modelled: nodeSelector /
 perDeviceNodeSelection slices, list-type attributes, binding conditions, ``tolerations`` in the results,
 several claims of one pod allocated together (allocate and commit them one by one), scoring.
 """
@@ -23,6 +25,7 @@ several claims of one pod allocated together (allocate and commit them one by on
 from __future__ import annotations
 
 import copy
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -33,6 +36,7 @@ from gpudra.devtools.allocator_pools import JSON, DeviceKey, Pool, PoolDevice, d
 from gpudra.devtools.allocator_requests import ClaimError, allocation_config, claim_label, parse_claim
 from gpudra.devtools.allocator_search import Pick, Search, SearchAborted, Usage
 from gpudra.model import k8stypes
+from gpudra.model.quantity import stored_value
 
 __all__ = ["Allocation", "AllocationFailure", "AllocationStatus", "Allocator", "DeviceResult"]
 
@@ -68,6 +72,8 @@ class DeviceResult:
     pool: str
     device: str
     admin_access: bool = False
+    share_id: str | None = None  # a share of a device with allowMultipleAllocations
+    consumed: tuple[tuple[str, str], ...] = ()  # its consumedCapacity: (capacity, quantity)
 
     @property
     def key(self) -> DeviceKey:
@@ -82,6 +88,10 @@ class DeviceResult:
         }
         if self.admin_access:
             out["adminAccess"] = True
+        if self.share_id is not None:
+            out["shareID"] = self.share_id
+        if self.consumed:
+            out["consumedCapacity"] = dict(self.consumed)
         return out
 
 
@@ -168,9 +178,13 @@ class Allocator:
 
     def _allocation(self, claim: JSON, label: str, picks: tuple[Pick, ...]) -> Allocation:
         results = tuple(
-            DeviceResult(p.alternative.name, *p.device.key, admin_access=p.alternative.admin_access)
+            DeviceResult(
+                p.alternative.name, *p.device.key, admin_access=p.alternative.admin_access,
+                share_id=None if p.share is None else str(uuid.uuid4()),
+                consumed=tuple((name, a.text) for name, a in sorted((p.share or {}).items())),
+            )
             for p in picks
-        )
+        )  # fmt: skip
         chosen = list({p.alternative.request: p.alternative for p in picks}.values())
         nodes = [p.device.node_name for p in picks if p.device.node_name is not None]
         config = tuple(allocation_config(claim, chosen, self.classes))
@@ -180,16 +194,22 @@ class Allocator:
 
     def commit(self, claim_uid: str, allocation: Allocation | Mapping[str, Any]) -> None:
         """Record that claim ``claim_uid`` holds ``allocation`` (ours, or a claim's ``status.allocation``):
-        its devices are in use (admin access ones are not) and consume their counters until released."""
+        its devices are in use (admin access ones are not; a share, with a ``shareID``, consumes its
+        ``consumedCapacity`` instead) and consume their counters until released."""
         if isinstance(allocation, AllocationFailure):
             raise TypeError(f"claim {claim_uid}: cannot commit a failed allocation: {allocation}")
         if claim_uid in self._committed:
             raise ValueError(f"claim {claim_uid} is already allocated")
         results = allocation.results if isinstance(allocation, Allocation) else _parse_results(allocation)
-        held = self.usage().in_use
+        usage = self.usage()
         for r in results:
-            if not r.admin_access and r.key in held:
-                raise ValueError(f"device {device_id(r.key)} is already allocated to claim {held[r.key]}")
+            if not r.admin_access and r.key in usage.in_use:
+                raise ValueError(
+                    f"device {device_id(r.key)} is already allocated to claim {usage.in_use[r.key]}"
+                )
+            if not r.admin_access and r.share_id is None and r.key in usage.shares:
+                holders = ", ".join(usage.shares[r.key])
+                raise ValueError(f"device {device_id(r.key)} is shared by claims {holders}: cannot be whole")
         self._committed[claim_uid] = results
 
     def release(self, claim_uid: str) -> None:
@@ -197,23 +217,42 @@ class Allocator:
         del self._committed[claim_uid]
 
     def usage(self) -> Usage:
-        """Devices in use (-> claim uid) and counters consumed, by the committed claims."""
+        """Devices in use (-> claim uid), counters consumed, and shares, by the committed claims."""
         in_use: dict[DeviceKey, str] = {}
         consumed: dict[tuple[str, str, str], dict[str, Fraction]] = {}
+        capacity: dict[DeviceKey, dict[str, Fraction]] = {}
+        shares: dict[DeviceKey, tuple[str, ...]] = {}
         for uid, results in self._committed.items():
             for r in results:
                 if r.admin_access:
                     continue
-                in_use[r.key] = uid
+                if r.share_id is None:
+                    in_use[r.key] = uid
+                elif r.key in capacity:  # counters: consumed by the first share only
+                    _add(capacity[r.key], r.consumed)
+                    shares[r.key] = (*shares[r.key], uid)
+                    continue
+                else:
+                    _add(capacity.setdefault(r.key, {}), r.consumed)
+                    shares[r.key] = (uid,)
                 pool_device = self._devices.get(r.key)
                 for c in pool_device[1].consumes if pool_device else ():
                     counters = consumed.setdefault((r.driver, r.pool, c.counter_set), {})
                     counters[c.counter] = counters.get(c.counter, Fraction(0)) + c.amount
-        return Usage(in_use, consumed)
+        return Usage(in_use, consumed, capacity, shares)
+
+
+def _add(held: dict[str, Fraction], consumed: tuple[tuple[str, str], ...]) -> None:
+    for name, text in consumed:
+        held[name] = held.get(name, Fraction(0)) + stored_value(text)[0]
 
 
 def _parse_results(allocation: Mapping[str, Any]) -> tuple[DeviceResult, ...]:
     return tuple(
-        DeviceResult(r["request"], r["driver"], r["pool"], r["device"], r.get("adminAccess") is True)
+        DeviceResult(
+            r["request"], r["driver"], r["pool"], r["device"], r.get("adminAccess") is True,
+            share_id=r.get("shareID"),
+            consumed=tuple(sorted((k, str(v)) for k, v in (r.get("consumedCapacity") or {}).items())),
+        )
         for r in (allocation.get("devices") or {}).get("results") or []
-    )
+    )  # fmt: skip

@@ -3,16 +3,19 @@
 Called after a search failed without an error. In order it names: pools that are not used (incomplete,
 invalid); per request (per subrequest of a ``firstAvailable`` request, when none of them works) what is
 missing: no device matches, fewer available than needed (each unavailable device with why: in use by which
-claim, which counter is exhausted, which taint), or available devices that do not fit together; then, when
-every request works alone, whether the requests compete with each other or which constraint cannot hold.
+claim, which counter is exhausted, which taint, which capacity is exhausted by which claims' shares or which
+capacity request a device's policy refuses), or available devices that do not fit together; then, when every
+request works alone, whether the requests compete with each other or which constraint cannot hold.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from typing import Final
 
+from gpudra.devtools.allocator_capacity import consume, fits, show
 from gpudra.devtools.allocator_pools import Pool, PoolDevice
 from gpudra.devtools.allocator_requests import Alternative, Constraint, ParsedClaim, Request
 from gpudra.devtools.allocator_search import (
@@ -62,17 +65,38 @@ def _matching(ctx: _Context, alt: Alternative, devices: list[PoolDevice]) -> tup
 
 def _unavailable(ctx: _Context, alt: Alternative, device: PoolDevice) -> str | None:
     """Why ``device`` cannot be given to ``alt`` on its own, or None."""
-    if device.multiple:
-        return "allowMultipleAllocations (consumable capacity) is not modelled by the simulator"
     holder = ctx.usage.in_use.get(device.key)
     if holder is not None and not alt.admin_access:
-        return f"in use by claim {holder}"
-    pool = next(p for p in ctx.pools if (p.driver, p.name) == device.key[:2])
-    short = counter_room(device, pool, ctx.usage.consumed)
+        return f"in use by claim {holder}" + (" (whole, without a share)" if device.multiple else "")
+    short = _capacity(ctx, alt, device)
+    if short is None and not (device.multiple and device.key in ctx.usage.shares):
+        pool = next(p for p in ctx.pools if (p.driver, p.name) == device.key[:2])
+        short = counter_room(device, pool, ctx.usage.consumed)
     if short is not None:
         return short
     taint = alt.blocking_taint(device.taints)
     return None if taint is None else f"taint {taint} not tolerated"
+
+
+def _capacity(ctx: _Context, alt: Alternative, device: PoolDevice) -> str | None:
+    """Why the device's capacities cannot serve ``alt`` (beside the shares allocated claims hold), or None."""
+    if not device.multiple and not alt.capacity:
+        return None
+    want = consume(device.capacity, alt.capacity_requests)
+    if isinstance(want, str):
+        return f"capacity request refused: {want}"
+    used = ctx.usage.capacity.get(device.key, {}) if device.multiple else {}
+    name = fits(device.capacity, want, used)
+    if name is None:
+        return None
+    total, need = device.capacity[name].value.value, want[name].value
+    holders = ctx.usage.shares.get(device.key, ()) if device.multiple else ()
+    if not holders:
+        return f"capacity {name} is {show(total)}, request {alt.name} needs {show(need)}"
+    return (
+        f"capacity exhausted: {name} {show(used.get(name, Fraction(0)))} of {show(total)} consumed by claims "
+        f"{', '.join(holders)} (request {alt.name} needs {show(need)})"
+    )
 
 
 def _named(blocked: list[tuple[PoolDevice, str]]) -> str:

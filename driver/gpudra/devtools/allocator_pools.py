@@ -4,8 +4,8 @@ Slices are grouped by (driver, pool name); only the slices with the highest ``po
 pool is *complete* when ``resourceSliceCount`` of them are present. Counter sets (KEP-4815) come from any
 slice of the pool: from 1.35 they sit in slices of their own (``spec.sharedCounters``), which count in
 ``resourceSliceCount`` like the device slices. A pool that is incomplete or invalid (duplicate device names,
-a device consuming a counter its pool does not define, an unparseable quantity) is not allocated from; its
-:attr:`Pool.problem` says why.
+a device consuming a counter its pool does not define, an unparseable quantity or request policy) is not
+allocated from; its :attr:`Pool.problem` says why.
 
 Node selection: slices with ``nodeName`` (the node's) or ``allNodes``. ``nodeSelector`` and
 ``perDeviceNodeSelection`` slices need the Node object and are refused with ValueError.
@@ -14,10 +14,11 @@ Node selection: slices with ``nodeName`` (the node's) or ``allNodes``. ``nodeSel
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from gpudra.devtools.allocator_capacity import Capacity, capacities
 from gpudra.model.quantity import stored_value
 
 __all__ = ["Consumption", "DeviceKey", "Pool", "PoolDevice", "Taint", "device_id", "gather_pools"]
@@ -61,6 +62,7 @@ class PoolDevice:
     consumes: tuple[Consumption, ...]
     taints: tuple[Taint, ...]
     multiple: bool  # allowMultipleAllocations
+    capacity: Mapping[str, Capacity] = field(default_factory=dict)  # with request policies
 
     @property
     def name(self) -> str:
@@ -132,7 +134,8 @@ def _devices(slices: list[JSON], driver: str, pool: str) -> list[PoolDevice]:
             seen.add(device["name"])
             key = (driver, pool, device["name"])
             multiple = device.get("allowMultipleAllocations") is True
-            out.append(PoolDevice(key, device, bound, _consumes(device), _taints(device), multiple))
+            caps = capacities(device)
+            out.append(PoolDevice(key, device, bound, _consumes(device), _taints(device), multiple, caps))
     return out
 
 

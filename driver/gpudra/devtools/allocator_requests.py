@@ -12,8 +12,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from gpudra.devtools.allocator_capacity import Amount
 from gpudra.devtools.allocator_pools import JSON, Taint
 from gpudra.model import k8stypes
+from gpudra.model.quantity import stored_value
 
 __all__ = [
     "MAX_RESULTS",
@@ -66,6 +68,12 @@ class Alternative:
     count: int
     admin_access: bool
     tolerations: tuple[Toleration, ...]
+    #: ``capacity.requests``: what each device must have (consumable capacity: what a share consumes)
+    capacity: tuple[tuple[str, Amount], ...] = ()
+
+    @property
+    def capacity_requests(self) -> dict[str, Amount]:
+        return dict(self.capacity)
 
     @property
     def name(self) -> str:
@@ -140,11 +148,6 @@ def _alternative(
             f"claim {label}, request {shown}: could not retrieve device class {class_name}: "
             f'deviceclass.resource.k8s.io "{class_name}" not found'
         )
-    if (spec.get("capacity") or {}).get("requests"):
-        raise ClaimError(
-            f"claim {label}, request {shown}: capacity requests (consumable capacity) are not modelled "
-            "by the allocation simulator"
-        )
     mode = spec.get("allocationMode", "ExactCount")
     if mode not in ("ExactCount", "All"):
         raise ClaimError(f"claim {label}, request {shown}: unsupported count mode {mode}")
@@ -158,7 +161,22 @@ def _alternative(
         count=int(spec.get("count", 1)) if mode == "ExactCount" else 0,
         admin_access=spec.get("adminAccess") is True,
         tolerations=_tolerations(spec),
+        capacity=_capacity(label, shown, spec),
     )
+
+
+def _capacity(label: str, shown: str, spec: JSON) -> tuple[tuple[str, Amount], ...]:
+    """``capacity.requests`` (the API refuses an unparseable or negative quantity before anyone sees it)."""
+    out: list[tuple[str, Amount]] = []
+    for name, text in sorted(((spec.get("capacity") or {}).get("requests") or {}).items()):
+        try:
+            amount = Amount(stored_value(str(text))[0], str(text))
+        except ValueError as err:
+            raise ClaimError(f"claim {label}, request {shown}: capacity.requests[{name}]: {err}") from err
+        if amount.value < 0:
+            raise ClaimError(f"claim {label}, request {shown}: capacity.requests[{name}]: negative quantity")
+        out.append((name, amount))
+    return tuple(out)
 
 
 def _request(label: str, raw: JSON, classes: Mapping[str, JSON]) -> Request:

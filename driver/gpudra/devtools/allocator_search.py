@@ -9,7 +9,11 @@ have room (already allocated claims plus this claim's earlier picks), its NoSche
 tolerated and the claim's constraints still hold. A CEL error, as in the scheduler, aborts the search
 (:class:`SearchAborted`); so does exceeding ``max_steps`` (the simulator's bound on work).
 
-Devices with ``allowMultipleAllocations`` (consumable capacity) are not modelled and never picked.
+Consumable capacity (KEP-5075, :mod:`.allocator_capacity`): every candidate must have the capacities the
+request asks for, as its request policies allow. A device with ``allowMultipleAllocations`` is never "in
+use" (unless a claim holds it without a share, from before it was shared): it can be picked by several claims
+and several requests of one claim while the sum of what their shares consume fits each capacity, and its
+counters are consumed by its first share only, as the scheduler does.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import cast
 
+from gpudra.devtools.allocator_capacity import Amount, consume, fits
 from gpudra.devtools.allocator_pools import DeviceKey, Pool, PoolDevice, device_id
 from gpudra.devtools.allocator_requests import MAX_RESULTS, Alternative, ParsedClaim
 from gpudra.devtools.cel import CelCompileError, CelError, compile_selector
@@ -37,16 +42,20 @@ class SearchAborted(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """What allocated claims hold: devices (-> claim uid) and consumed counters."""
+    """What allocated claims hold: devices (-> claim uid), consumed counters, and the shares of devices with
+    ``allowMultipleAllocations``: what they consume per capacity and which claims (uids) hold them."""
 
     in_use: Mapping[DeviceKey, str] = field(default_factory=dict)
     consumed: Mapping[tuple[str, str, str], Mapping[str, Fraction]] = field(default_factory=dict)
+    capacity: Mapping[DeviceKey, Mapping[str, Fraction]] = field(default_factory=dict)
+    shares: Mapping[DeviceKey, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class Pick:
     alternative: Alternative
     device: PoolDevice
+    share: Mapping[str, Amount] | None = None  # what a share of a shared device consumes, per capacity
 
 
 def attribute_value(device: PoolDevice, qualified: str) -> tuple[str, object] | None:
@@ -115,6 +124,7 @@ class Search:
         self.values: list[list[tuple[str, object]]] = [[] for _ in self.constraints]
         self.picks: list[Pick] = []
         self.picked: set[DeviceKey] = set()
+        self.allocating: dict[DeviceKey, dict[str, Fraction]] = {}  # this claim's shares so far
         self.matches: dict[tuple[Alternative, DeviceKey], bool] = {}
         self.all_devices = {
             alt: self._all_devices(alt) for r in self.requests for alt in r.alternatives if alt.all_mode
@@ -183,8 +193,8 @@ class Search:
     # ---- one device ------------------------------------------------------------------------------------
 
     def _free(self, alt: Alternative, device: PoolDevice) -> bool:
-        if device.multiple:
-            return False  # consumable capacity: not modelled
+        if device.multiple:  # shared: only a claim holding it whole (no share) keeps others off
+            return alt.admin_access or device.key not in self.usage.in_use
         if alt.admin_access:
             return device.key not in self.picked
         return device.key not in self.picked and device.key not in self.usage.in_use
@@ -207,11 +217,49 @@ class Search:
                 )
         return [d for d in self.devices if selects(self.claim, alt, d)]
 
-    def _take(self, alt: Alternative, device: PoolDevice, must: bool = False) -> Callable[[], None] | None:
-        """Counters, taints, constraints; on success record the pick and return how to undo it."""
-        pool = self.pools[device.key[0], device.key[1]]
-        if counter_room(device, pool, self.consumed) is not None or alt.blocking_taint(device.taints):
+    def share(self, alt: Alternative, device: PoolDevice) -> dict[str, Amount] | None:
+        """What ``alt`` consumes of ``device`` when it fits beside what is held of it; None when it does not
+        (a capacity it lacks, a request its policy refuses, or too little left)."""
+        if not device.multiple and not alt.capacity:
+            return {}  # the whole device, which has all of its capacity: nothing to check
+        want = consume(device.capacity, alt.capacity_requests)
+        if isinstance(want, str):
             return None
+        held = (self.usage.capacity.get(device.key, {}), self.allocating.get(device.key, {}))
+        return want if fits(device.capacity, want, *(held if device.multiple else ())) is None else None
+
+    def _take(self, alt: Alternative, device: PoolDevice, must: bool = False) -> Callable[[], None] | None:
+        """Capacity, counters, taints, constraints; on success record the pick and return how to undo it."""
+        pool = self.pools[device.key[0], device.key[1]]
+        share = self.share(alt, device)
+        if share is None:
+            return None
+        # a shared device's counters are consumed by its first share only
+        count = not (device.multiple and (device.key in self.usage.capacity or device.key in self.allocating))
+        if count and counter_room(device, pool, self.consumed) is not None:
+            return None
+        if alt.blocking_taint(device.taints):
+            return None
+        added = self._constrain(alt, device, must)
+        if added is None:
+            return None
+        if count:
+            self._count(pool, device, 1)
+        self._hold(device, share if device.multiple else None, 1)
+        self.picks.append(Pick(alt, device, share if device.multiple else None))
+
+        def undo() -> None:
+            self.picks.pop()
+            self._hold(device, share if device.multiple else None, -1)
+            if count:
+                self._count(pool, device, -1)
+            for j in added:
+                self.values[j].pop()
+
+        return undo
+
+    def _constrain(self, alt: Alternative, device: PoolDevice, must: bool) -> list[int] | None:
+        """Add the device's values to the constraints that apply; None (nothing added) when one fails."""
         added: list[int] = []
         for i, constraint in enumerate(self.constraints):
             if not constraint.applies(alt):
@@ -229,18 +277,20 @@ class Search:
                 return None
             held.append(value)
             added.append(i)
-        self._count(pool, device, 1)
-        self.picks.append(Pick(alt, device))
-        self.picked.add(device.key)
+        return added
 
-        def undo() -> None:
-            self.picks.pop()
-            self.picked.discard(device.key)
-            self._count(pool, device, -1)
-            for j in added:
-                self.values[j].pop()
-
-        return undo
+    def _hold(self, device: PoolDevice, share: Mapping[str, Amount] | None, sign: int) -> None:
+        if share is None:
+            if sign > 0:
+                self.picked.add(device.key)
+            else:
+                self.picked.discard(device.key)
+            return
+        held = self.allocating.setdefault(device.key, {})
+        for name, amount in share.items():
+            held[name] = held.get(name, Fraction(0)) + sign * amount.value
+        if sign < 0 and not any(p.device.key == device.key for p in self.picks):
+            del self.allocating[device.key]
 
     def _count(self, pool: Pool, device: PoolDevice, sign: int) -> None:
         for c in device.consumes:

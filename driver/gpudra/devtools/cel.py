@@ -5,9 +5,10 @@ this module runs them on celpy (the ``cel-python`` package) with the Kubernetes 
 :mod:`gpudra.devtools.cel_k8s`, and reproduces what the scheduler hands a selector
 (``k8s.io/dynamic-resource-allocation/cel``):
 
-* ``device.driver``; ``device.attributes['<domain>'].<id>`` and ``device.capacity['<domain>'].<id>``, where
-  an unqualified published name belongs to the driver's domain (``memory`` -> ``gpudra.io``) and a
-  qualified one to its own (``resource.kubernetes.io/pciBusID``);
+* ``device.driver``; ``device.allowMultipleAllocations`` (KEP-5075, as with ``DRAConsumableCapacity`` on:
+  false unless the device sets it); ``device.attributes['<domain>'].<id>`` and
+  ``device.capacity['<domain>'].<id>``, where an unqualified published name belongs to the driver's domain
+  (``memory`` -> ``gpudra.io``) and a qualified one to its own (``resource.kubernetes.io/pciBusID``);
 * attribute values as CEL string/int/bool, ``version`` attributes as semver values, capacities as
   quantities;
 * a missing key inside a domain is a RUNTIME ERROR (``no such key: memory``), which aborts the claim's
@@ -17,8 +18,8 @@ this module runs them on celpy (the ``cel-python`` package) with the Kubernetes 
 What differs from the scheduler: there is no type checker, so a type mismatch between literals
 (``1 == 'a'`` is false here, a compile error there) or a non-bool result shows up only at run time;
 undeclared variables/functions and unknown ``device`` fields are still compile errors. No cost limits;
-``cel.bind`` and ``device.allowMultipleAllocations`` are not supported. The product never imports this
-module at run time (celpy is for tests and tools only).
+``cel.bind`` is not supported. The product never imports this module at run time (celpy is for tests and
+tools only).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ __all__ = [
 ]
 
 DEVICE_VARIABLE: Final = "device"
-DEVICE_FIELDS: Final = frozenset({"driver", "attributes", "capacity"})
+DEVICE_FIELDS: Final = frozenset({"driver", "allowMultipleAllocations", "attributes", "capacity"})
 
 
 class CelError(Exception):
@@ -123,6 +124,9 @@ def device_value(device: k8stypes.Device, driver: str = names.DRIVER_NAME) -> ce
     capacity = {k: _capacity_value(k, v) for k, v in device.get("capacity", {}).items()}
     return celtypes.MapType({
         celtypes.StringType("driver"): celtypes.StringType(driver),
+        celtypes.StringType("allowMultipleAllocations"): celtypes.BoolType(
+            device.get("allowMultipleAllocations") is True
+        ),
         celtypes.StringType("attributes"): _by_domain(attributes, driver),
         celtypes.StringType("capacity"): _by_domain(capacity, driver),
     })

@@ -43,8 +43,26 @@ class DeviceAttribute(TypedDict, total=False):
     version: str
 
 
+class CapacityRequestPolicyRange(TypedDict, total=False):
+    """``validRange`` of a request policy (KEP-5075): ``min`` is required, ``max`` and ``step`` optional."""
+
+    min: str  # resource.Quantity
+    max: str
+    step: str
+
+
+class CapacityRequestPolicy(TypedDict, total=False):
+    """How claims consume a capacity of a device with ``allowMultipleAllocations`` (KEP-5075): ``default``
+    when a request asks none of it, and at most one of ``validValues`` (sorted, <= 10) and ``validRange``."""
+
+    default: str  # resource.Quantity
+    validValues: list[str]
+    validRange: CapacityRequestPolicyRange
+
+
 class DeviceCapacity(TypedDict):
     value: str  # a resource.Quantity, e.g. "85520809984"
+    requestPolicy: NotRequired[CapacityRequestPolicy]  # gate DRAConsumableCapacity
 
 
 class Counter(TypedDict):
@@ -76,6 +94,7 @@ class Device(TypedDict, total=False):
     capacity: dict[str, DeviceCapacity]
     consumesCounters: list[DeviceCounterConsumption]
     taints: list[DeviceTaint]
+    allowMultipleAllocations: bool  # gate DRAConsumableCapacity (KEP-5075)
 
 
 class ResourcePool(TypedDict):

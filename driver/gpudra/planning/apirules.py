@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from fractions import Fraction
 from typing import Final
 
 from gpudra.model import k8stypes
+from gpudra.model.quantity import parse_quantity
 
 _INT64_MAX: Final = 2**63 - 1
 OBJECT_NAME_MAX: Final = 253
@@ -89,6 +91,56 @@ def check_device(device: k8stypes.Device) -> None:
         problem = attribute_problem(value)
         if problem:
             raise ValueError(f"device {name}: attribute {key}: {problem}")
+    for key, cap in capacity.items():
+        policy = cap.get("requestPolicy")
+        if policy is not None:
+            problem = request_policy_problem(cap["value"], policy, device.get("allowMultipleAllocations"))
+            if problem:
+                raise ValueError(f"device {name}: capacity {key}: requestPolicy: {problem}")
+
+
+#: resource.k8s.io/v1 CapacityRequestPolicyDiscreteMaxOptions
+MAX_VALID_VALUES: Final = 10
+
+
+def request_policy_problem(
+    value: str, policy: k8stypes.CapacityRequestPolicy, multiple: bool | None
+) -> str | None:
+    """What the apiserver would refuse in a capacity's ``requestPolicy`` (KEP-5075 validation), or None."""
+    if multiple is not True:
+        return "allowMultipleAllocations must be true"
+    total = parse_quantity(value)
+    values, valid_range = policy.get("validValues"), policy.get("validRange")
+    if values and valid_range is not None:
+        return "only one of validValues and validRange"
+    if (values or valid_range is not None) and "default" not in policy:
+        return "default is required with validValues or validRange"
+    default = parse_quantity(policy["default"]) if "default" in policy else None
+    if values:
+        options = [parse_quantity(v) for v in values]
+        if len(options) > MAX_VALID_VALUES or options != sorted(options) or any(o > total for o in options):
+            return f"validValues must be <= {MAX_VALID_VALUES} ascending values <= the capacity"
+        return None if default in options else "default is not one of validValues"
+    if valid_range is None or default is None:
+        return None
+    return _range_problem(total, default, valid_range)
+
+
+def _range_problem(
+    total: Fraction, default: Fraction, valid: k8stypes.CapacityRequestPolicyRange
+) -> str | None:
+    if "min" not in valid:
+        return "validRange.min is required"
+    low = parse_quantity(valid["min"])
+    high = parse_quantity(valid["max"]) if "max" in valid else None
+    if not 0 <= low <= default <= (total if high is None else min(high, total)):
+        return "0 <= min <= default <= max <= the capacity does not hold"
+    if "step" in valid:
+        step = parse_quantity(valid["step"])
+        aligned = [(v - low) / step for v in (default, high) if v is not None]
+        if step <= 0 or low + step > total or any(n.denominator != 1 for n in aligned):
+            return "default and max must be min + n * step, and min + step <= the capacity"
+    return None
 
 
 def normalize_bus_id(bus_id: str) -> str | None:

@@ -14,6 +14,10 @@ Under a dynamic :class:`~gpudra.planning.partitions.MigPolicy`, a MIG-capable GP
 offers itself whole and every MIG placement, all drawing on its counter set (:mod:`.partitions`); its
 ``migEnabled`` attribute is not published, because prepare switches MIG mode as the allocated device needs
 and the published devices must not change when it does.
+
+Under a ``fractional`` policy, every other device that can be shared by memory is published with
+``allowMultipleAllocations`` and request policies (:mod:`.fractional`); the devices of dynamic MIG stay
+exclusive.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from types import MappingProxyType
 
 from gpudra.model import k8stypes, names
 from gpudra.model.inventory import Device, DeviceKind, Inventory
+from gpudra.planning import fractional
 from gpudra.planning.devices import build_device, device_name
 from gpudra.planning.partitions import (
     STATIC_MIG,
@@ -60,6 +65,17 @@ class Offer:
             and self.entries == other.entries
             and self.counter_sets == other.counter_sets
         )
+
+    def shareable(self, name: str) -> bool:
+        """Whether device ``name`` is published for several claims (``allowMultipleAllocations``): only then
+        may prepare give it to a claim while another holds it (each with its ``shareID``)."""
+        entry = self.entries.get(name)
+        return entry is not None and fractional.shared(entry)
+
+    @property
+    def shared_devices(self) -> int:
+        """How many devices are published for sharing."""
+        return sum(1 for entry in self.entries.values() if fractional.shared(entry))
 
     @property
     def dynamic_gpus(self) -> tuple[str, ...]:
@@ -100,9 +116,17 @@ def _candidates(
             continue  # made by prepare for a claim: part of a device already published and allocated
         else:
             entry = build_device(dev, inv)
-            found.append((dev, entry.device))
             warnings.extend(entry.warnings)
+            found.append((dev, _shared(entry.device, warnings) if policy.fractional else entry.device))
     return found, warnings, dynamic
+
+
+def _shared(entry: k8stypes.Device, warnings: list[str]) -> k8stypes.Device:
+    """``entry`` published for several claims to share (:mod:`.fractional`), or as it is, with why."""
+    shared, why = fractional.share(entry)
+    if why is not None:
+        warnings.append(f"device {entry['name']}: not shared (fractional GPUs): {why}; published exclusive")
+    return shared
 
 
 def _partitionable(

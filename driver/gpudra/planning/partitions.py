@@ -45,9 +45,15 @@ class MigPolicy:
     """How this node manages MIG. ``dynamic``: MIG-capable GPUs are published as partitionable devices and
     partitioned at prepare (the default); False: static MIG, the layout an admin made is published as is
     (``--mig-management static``, or the cluster dropped the counters: its partitionable-devices gate is
-    off)."""
+    off).
+
+    ``fractional``: devices that are not partitionable are published for several claims to share, each
+    consuming part of their memory (KEP-5075, :mod:`gpudra.planning.fractional`; ``--fractional-gpus``, off
+    once the cluster drops the fields). It rides along here because every plan of the node takes this one
+    policy."""
 
     dynamic: bool = True
+    fractional: bool = False
 
 
 STATIC_MIG: Final = MigPolicy(dynamic=False)

@@ -35,6 +35,7 @@ from gpudra.runtime.errors import StartupError
 from gpudra.runtime.metrics import Metrics, NullMetrics
 from gpudra.runtime.metrics import create as create_metrics
 from gpudra.runtime.migmode import MigManagement, destroy_unowned
+from gpudra.runtime.sharemode import ShareMode, probe_gates
 from gpudra.state.checkpoint import CheckpointStore, CheckpointUnavailable, read_boot_id
 from gpudra.state.health import HealthStore
 from gpudra.state.node import NodeStateStore
@@ -105,8 +106,10 @@ class Plugin:
         store = self._checkpoint(kube)
         created = store.claim_created
         mig = self._mig_management(kube, created, metrics)
-        self.node = node = mig.node = NodeStateStore(plan_offer(inv, created(), mig.policy))
+        share = self._share_mode(kube, mig, created, metrics)
+        self.node = node = mig.node = share.node = NodeStateStore(plan_offer(inv, created(), share.policy))
         metrics.mig_management(mig.policy.dynamic, len(node.current.offer.dynamic_gpus))
+        metrics.fractional_gpus(share.enabled, node.current.offer.shared_devices)
         for warning in node.current.offer.warnings:
             log.warning("publishing: %s", warning)
         def event(reason: str, message: str) -> None:
@@ -121,17 +124,21 @@ class Plugin:
             kube,
             cfg.node_name,
             node,
-            on_published=lambda gen: self._published(gen, mig),
-            on_dropped=lambda fields: taints.on_dropped(fields) | mig.on_dropped(fields),
-            on_rejected=mig.on_rejected,
-            before_first=lambda uid: mig.probe(kube, cfg.node_name, uid),
+            on_published=lambda gen: self._published(gen, mig, share),
+            on_dropped=lambda fields: (
+                taints.on_dropped(fields) | share.on_dropped(fields) | share.follow(mig.on_dropped(fields))
+            ),
+            on_rejected=lambda obj, err: (
+                share.on_rejected(obj, err) or share.follow(mig.on_rejected(obj, err))
+            ),
+            before_first=lambda uid: probe_gates(kube, cfg.node_name, uid, mig, share),
         )
         self.publisher.start()
         self._serve_kubelet(kube, node, store, metrics)
         self.rediscovery = Rediscovery(
             self.driver,
             node,
-            policy=lambda: mig.policy,
+            policy=lambda: share.policy,
             claim_created=created,
             interval_s=cfg.rediscover_interval_s,
             fabric_initial_s=cfg.rediscover_initial_s,
@@ -145,12 +152,23 @@ class Plugin:
                 self.rediscovery.trigger()  # those GPUs are partitionable now
         log.info("gpudra serving: DRA %s, registration %s", cfg.dra_socket, cfg.registration_socket)
 
-    def _published(self, generation: int, mig: MigManagement) -> None:
+    def _published(self, generation: int, mig: MigManagement, share: ShareMode) -> None:
         self.metrics.slices_published(generation)
         if self.node is not None:
             self.metrics.devices_by_health(health.count_by_health(self.node))
         if self.node is not None:
             self.metrics.mig_management(mig.policy.dynamic, len(self.node.current.offer.dynamic_gpus))
+            self.metrics.fractional_gpus(share.enabled, self.node.current.offer.shared_devices)
+
+    def _share_mode(
+        self, kube: KubeClient, mig: MigManagement, created: Callable[[], AbstractSet[str]], metrics: Metrics
+    ) -> ShareMode:
+        name = self.cfg.node_name
+        return ShareMode(
+            self.cfg.fractional_gpus, lambda: mig.policy, created,
+            event=lambda reason, message: kube.node_event(name, None, reason, message),
+            metric=lambda enabled: metrics.fractional_gpus(enabled, 0),
+        )  # fmt: skip
 
     def _mig_management(
         self, kube: KubeClient, created: Callable[[], AbstractSet[str]], metrics: Metrics
@@ -190,9 +208,7 @@ class Plugin:
         self._discovered(time.monotonic() - t0, inv)
         took_ms = (time.monotonic() - t0) * 1000
         log.info("discovered %d device(s) in %.1f ms via %s", len(inv.devices), took_ms, self.driver.name)
-        for warning in inv.warnings:
-            log.warning("discovery: %s", warning)
-        return inv
+        return inv  # the vendor driver has logged the inventory's warnings
 
     def _discovered(self, seconds: float, inv: Inventory) -> None:
         self.metrics.discovery(seconds, len(inv.devices))

@@ -54,6 +54,7 @@ class RunConfig:
     rediscover_initial_s: float = 15.0  # first re-discovery while NVLink fabric registration is pending
     mig_dynamic: bool = True  # --mig-management dynamic (partitionable devices) or static
     mig_destroy_unowned: bool = False  # dynamic MIG: destroy MIG devices no claim created, at start
+    fractional_gpus: bool = True  # --fractional-gpus: publish devices for claims to share by memory
     health_monitoring: bool = True  # watch device health (taints, refusals, the kubelet's health stream)
     #: quiet period per condition kind ("xid", "ecc", "reset", "thermal") before its taint goes
     health_quiet_s: Mapping[str, float] = field(default_factory=dict)

@@ -47,6 +47,9 @@ class Metrics(Protocol):
     def taints_kept(self, kept: bool) -> None:
         """Whether the API server keeps device taints (False: its DRADeviceTaints gate is off)."""
 
+    def fractional_gpus(self, enabled: bool, shared_devices: int) -> None:
+        """Whether devices are published for sharing (False: off, or fallen back) and how many are."""
+
 
 class NullMetrics:
     def call(self, method: str, seconds: float, ok: bool) -> None:
@@ -77,6 +80,9 @@ class NullMetrics:
         return None
 
     def taints_kept(self, kept: bool) -> None:
+        return None
+
+    def fractional_gpus(self, enabled: bool, shared_devices: int) -> None:
         return None
 
 
@@ -118,6 +124,12 @@ class PrometheusMetrics:
             "gpudra_device_taints_kept", "0 when the API server dropped device taints (DRADeviceTaints off)"
         )
         self._taints.set(1)
+        self._fractional = prom.Gauge(
+            "gpudra_fractional_gpus",
+            "1 while devices are published for claims to share by memory (KEP-5075), 0 when off or fallen "
+            "back because the cluster drops consumable-capacity fields",
+        )
+        self._shared = prom.Gauge("gpudra_shared_devices", "Devices published for sharing")
         prom.Info("gpudra_build", "Build information").info({"version": __version__})
         prom.start_http_server(port, addr)
         log.info("serving Prometheus metrics on %s:%d", addr, port)
@@ -155,6 +167,10 @@ class PrometheusMetrics:
 
     def taints_kept(self, kept: bool) -> None:
         self._taints.set(1 if kept else 0)
+
+    def fractional_gpus(self, enabled: bool, shared_devices: int) -> None:
+        self._fractional.set(1 if enabled else 0)
+        self._shared.set(shared_devices)
 
     def devices_by_health(self, counts: Mapping[str, int]) -> None:
         for state in ("Healthy", "Unhealthy", "Unknown", *counts):

@@ -95,7 +95,7 @@ class Rediscovery:
             if self._on_change is not None:
                 self._on_change()
             _log_change(before.devices.keys(), state.offer.devices.keys(), state.version)
-            for warning in (*inv.warnings, *state.offer.warnings):
+            for warning in state.offer.warnings:  # the vendor driver has logged the inventory's
                 log.warning("discovery: %s", warning)
         self._pending = inv.fabric_pending
         return state

@@ -27,15 +27,21 @@ def unprepare_claims(
 ) -> dict[str, str | None]:
     """Each claim's error, or None when it is unprepared (or never was prepared here)."""
     out: dict[str, str | None] = {}
+    devices: dict[str, str] = {}
     try:
         with store.transaction() as txn:
             for ref in refs:
+                record = txn.get(ref.uid)
+                devices[ref.uid] = ", ".join(d.device for d in record.devices) if record else "no record"
                 out[ref.uid] = _undo(txn, ref, driver, files)
             txn.commit()
             report(txn)
     except OSError as e:  # undone, but not recorded: the kubelet asks again, and undoing is idempotent
         log.error("unprepare: the checkpoint cannot be written: %s", e)
         return {ref.uid: f"cannot record the unprepare in the checkpoint: {e}" for ref in refs}
+    for ref in refs:
+        if out[ref.uid] is None:
+            log.debug("unprepared %s: %s", ref, devices[ref.uid])
     return out
 
 

@@ -17,7 +17,7 @@ live here as well, so vendor folders never import the layers that call them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 from gpudra.model.applied import NOTHING_APPLIED, AppliedState
 from gpudra.model.health import Observation
 from gpudra.model.inventory import Inventory
+from gpudra.model.usage import DeviceUsage
 from gpudra.planning.plan import DeviceToPrepare
 
 if TYPE_CHECKING:  # the CDI model is needed at the first prepare, not to discover and publish
@@ -137,7 +138,17 @@ class HealthWatcher(Protocol):
         ...
 
 
-class VendorDriver(Discoverer, DeviceEditor, ClaimApplier, HealthWatcher, Protocol):
+class UsageReader(Protocol):
+    def read_usage(self, uuids: Iterable[str]) -> Mapping[str, DeviceUsage]:
+        """What each device of ``uuids`` (GPUs, MIG devices, partitions, by the UUID discovery gave them,
+        and the parent GPUs of MIG devices and partitions) reports now: energy, power, utilisation and memory
+        used, each ``None`` where the library does not report it for that device. A device that cannot be
+        read at all (lost, unknown) is left out. Never raises; called from the usage sampler's thread only,
+        never on the prepare path (:mod:`gpudra.runtime.usage`)."""
+        ...
+
+
+class VendorDriver(Discoverer, DeviceEditor, ClaimApplier, HealthWatcher, UsageReader, Protocol):
     @property
     def name(self) -> str:
         """``nvml``, ``amd`` or ``mock`` (logs and metrics)."""

@@ -431,16 +431,17 @@ def test_missing_attribute_in_a_selector_is_the_schedulers_cel_error() -> None:
     )
 
 
-def test_unknown_class_and_capacity_requests_are_refused() -> None:
+def test_unknown_class_is_refused_and_an_unknown_capacity_matches_no_device() -> None:
     alloc = Allocator(mig_node(), CLASSES)
     assert failed(alloc.allocate(claim("c", exactly("gpu", "tpu.example.com")))).reasons == (
         "claim default/c, request gpu: could not retrieve device class tpu.example.com: "
         'deviceclass.resource.k8s.io "tpu.example.com" not found',
     )
-    wants = exactly("gpu", "gpu.gpudra.io", capacity={"requests": {"memory": "10Gi"}})
+    wants = exactly("gpu", "gpu.gpudra.io", capacity={"requests": {"bandwidth": "10G"}})
     assert failed(alloc.allocate(claim("c", wants))).reasons == (
-        "claim default/c, request gpu: capacity requests (consumable capacity) are not modelled "
-        "by the allocation simulator",
+        "request gpu: 1 device(s) needed, 0 of 2 matching devices available: "
+        "gpu-0: capacity request refused: no capacity bandwidth; "
+        "gpu-1: capacity request refused: no capacity bandwidth",
     )
 
 
@@ -515,13 +516,15 @@ def test_no_execute_taint_refuses_too() -> None:
     assert ok(alloc.allocate(claim("c", exactly("gpu", "gpu.gpudra.io")))).devices == ("gpu-1",)
 
 
-def test_multiple_allocations_devices_are_refused_explicitly() -> None:
+def test_a_shared_device_without_a_policy_is_consumed_whole_by_a_claim_asking_nothing() -> None:
+    """(Consumable capacity has its own tests in test_allocator_capacity.py.)"""
     shared = whole_gpu(0)
     shared["allowMultipleAllocations"] = True
     alloc = Allocator(slices([shared], [counter_set(0)]), CLASSES)
+    assert take(alloc, "first", exactly("gpu", "gpu.gpudra.io")) == ("gpu-0",)
     assert failed(alloc.allocate(claim("c", exactly("gpu", "gpu.gpudra.io")))).reasons == (
         "request gpu: 1 device(s) needed, 0 of 1 matching devices available: "
-        "gpu-0: allowMultipleAllocations (consumable capacity) is not modelled by the simulator",
+        "gpu-0: capacity exhausted: memory 80Gi of 80Gi consumed by claims first (request gpu needs 80Gi)",
     )
 
 

@@ -69,7 +69,7 @@ def test_errors_are_the_real_pynvml_classes() -> None:
 def test_fake_never_exposes_real_pynvml_functions() -> None:
     nvml = FakeNvml(load_profile("h100"))
     assert not hasattr(nvml, "nvmlDeviceGetNvLinkRemotePciInfo")  # not used by the backend, so not faked
-    assert not hasattr(nvml, "nvmlDeviceGetPowerUsage")
+    assert not hasattr(nvml, "nvmlDeviceGetTemperature")
 
 
 def test_mig_calls_return_pynvml_types() -> None:

@@ -5,7 +5,7 @@ partitions, health monitoring (:mod:`.health`). Prepare changes nothing on the n
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from gpudra.model.applied import AppliedState
@@ -13,6 +13,7 @@ from gpudra.model.health import Observation
 from gpudra.model.inventory import Inventory
 from gpudra.vendors.amd.discovery import AmdDiscovery
 from gpudra.vendors.amd.health import POLL_SECONDS, RAS_POLL_SECONDS, AmdHealthMonitor
+from gpudra.vendors.amd.usage import AmdUsage, DeviceUsage
 from gpudra.vendors.base import ClaimDevice, ClaimIdentity, DeviceEdits, HostRoots, StaticDevices
 
 
@@ -34,7 +35,8 @@ class AmdDriver(StaticDevices):
         self._roots = roots or HostRoots()
         self._lock = threading.Lock()
         self._sysfs_root = sysfs_root
-        self._latest: Inventory | None = None  # the latest discovery, for watch_health
+        self._latest: Inventory | None = None  # the latest discovery, for watch_health and read_usage
+        self._usage = AmdUsage(sysfs_root, self._discovery._smi)  # energy, power, activity, VRAM (usage.py)
         self.health_poll_seconds = health_poll_seconds
         self.ras_poll_seconds = ras_poll_seconds
 
@@ -60,6 +62,12 @@ class AmdDriver(StaticDevices):
             poll_seconds=self.health_poll_seconds, ras_poll_seconds=self.ras_poll_seconds,
         )  # fmt: skip
         monitor.run(report, stop)
+
+    def read_usage(self, uuids: Iterable[str]) -> Mapping[str, DeviceUsage]:
+        """:class:`~gpudra.vendors.base.UsageReader` (:mod:`~gpudra.vendors.amd.usage`), of the devices of the
+        latest discovery, under the lock that serialises amdsmi."""
+        with self._lock:
+            return self._usage.read(uuids, self._latest)
 
     def edits(self, claim: ClaimIdentity, device: ClaimDevice, applied: AppliedState) -> DeviceEdits:
         from gpudra.vendors.amd.edits import amd_device_edits  # at the first prepare, not at start-up

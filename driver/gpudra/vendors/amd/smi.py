@@ -228,6 +228,25 @@ class AmdSmi:
         watch.refresh()
         return watch
 
+    def processors(self) -> dict[str, object]:
+        """Bus id (amdsmi's: a partition's index in the function digit) -> processor handle, now; empty when
+        amdsmi is shut down. For the usage readings (:mod:`~gpudra.vendors.amd.usage`); not thread-safe."""
+        if not self._open:
+            return {}
+        handles = self._call("amdsmi_get_processor_handles")
+        out: dict[str, object] = {}
+        for handle in handles if isinstance(handles, list | tuple) else ():
+            raw = _text(self._call("amdsmi_get_gpu_device_bdf", handle))
+            bus_id = normalize_pci_bus_id(raw) if raw else None
+            if bus_id is not None:
+                out[bus_id] = handle
+        return out
+
+    def answer(self, name: str, handle: object) -> Any:
+        """``name(handle)`` under this layer's rules: the answer, or ``None`` when amdsmi has none (a failure
+        other than "not there" is counted into the next :meth:`snapshot`'s warnings)."""
+        return self._call(name, handle) if self._open else None
+
     def _device(self, handle: object) -> SmiDevice | None:
         raw_bdf = _text(self._call("amdsmi_get_gpu_device_bdf", handle))
         bus_id = normalize_pci_bus_id(raw_bdf) if raw_bdf else None

@@ -34,7 +34,8 @@ comment keys starting with ``_``::
          "ras": {"umc": {"ue": 0, "ce": 3, "de": 0}, "gfx": {"ue": 0, "ce": 0},   # ras/<block>_err_count
                  "sdma": "Query currently inaccessible"},                       # or the file's text as is
          "events": [{"id": "e1", "type": "gpu_reset"},                          # amdsmi events, see below
-                    {"id": "t1", "type": "thermal_throttle", "partition": 3, "message": "1:2"}]}
+                    {"id": "t1", "type": "thermal_throttle", "partition": 3, "message": "1:2"}],
+         "usage": {"utilization": 0.35, "idle_watts": 140, "max_watts": 750}}    # see profile_usage.py
       ],
       "amdsmi": {                                  # null -> amdsmi missing (the backend gets amdsmi=None)
         "market_name": "AMD Instinct MI300X", "driver_version": "6.10.5", "vram_size_mib": 196592,
@@ -75,6 +76,7 @@ from gpudra.vendors.mock import amd_profile_health as health
 from gpudra.vendors.mock.amd_profile_health import AmdEvent, RasBlocks
 from gpudra.vendors.mock.profile import ProfileError
 from gpudra.vendors.mock.profile_json import Invalid, strings
+from gpudra.vendors.mock.profile_usage import DEFAULT_USAGE, UsageProfile, usage_profile
 
 _PACKAGE: Final = "gpudra.vendors.mock"
 _BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.0$")
@@ -91,7 +93,7 @@ _MODEL: Final = frozenset(
 )  # fmt: skip
 _GPU: Final = frozenset(
     {"bdf", "unique_id", "hive_id", "numa_node", "pcie_root", "compute_partition", "memory_partition",
-     "ras", "ras_features", "events"}
+     "ras", "ras_features", "events", "usage"}
 )  # fmt: skip
 _SMI: Final = frozenset(
     {"market_name", "driver_version", "vram_size_mib", "vram_type", "missing_functions", "errors"}
@@ -130,6 +132,7 @@ class AmdGpu:
     ras: RasBlocks = ()  # block -> counters, or the file's text as is
     ras_features: str | None = None  # ras/features text ("feature mask: 0x3fff"); None: no such file
     events: tuple[AmdEvent, ...] = ()
+    usage: UsageProfile = DEFAULT_USAGE  # the fake's readings: default utilisation and power model
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +300,7 @@ def _gpu(item: object, where: str) -> AmdGpu:
         memory_partition=memory, ras=health.ras_blocks(raw.get("ras"), f"{where}.ras"),
         ras_features=health.ras_features(raw.get("ras_features"), f"{where}.ras_features"),
         events=health.events(raw.get("events"), f"{where}.events"),
+        usage=usage_profile(raw.get("usage"), f"{where}.usage"),
     )  # fmt: skip
 
 

@@ -12,6 +12,9 @@ hardware change, which the next discovery pass sees - a GPU lost, another MIG la
 switched - while an invalid edit keeps the old hardware (one warning). :class:`MockDriver` itself knows
 nothing of this: its inner driver is the vendor driver, or that driver behind a
 :class:`~gpudra.vendors.mock.hotswap.HotSwapDriver`.
+
+Usage readings are the vendor driver's over the fakes' usage model (:mod:`.fake_usage`), whose utilisation
+another process sets through ``mock-usage.json`` in the run dir (beside the MIG state).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -28,6 +31,7 @@ from gpudra.fsutil import atomic_write
 from gpudra.model.applied import NOTHING_APPLIED, AppliedState, Change
 from gpudra.model.health import Observation
 from gpudra.model.inventory import Inventory
+from gpudra.model.usage import DeviceUsage
 from gpudra.vendors.base import (
     ApplyError,
     ClaimDevice,
@@ -39,6 +43,7 @@ from gpudra.vendors.base import (
     WatchOptions,
 )
 from gpudra.vendors.mock.edits import description_file_name, device_description, mock_edits
+from gpudra.vendors.mock.fake_usage import USAGE_FILE
 from gpudra.vendors.mock.hotswap import HotSwapDriver, ProfileFile, is_builtin, load_node_profile
 from gpudra.vendors.mock.node import FakeNode, NodeProfile
 from gpudra.vendors.nvidia.mig_dynamic import created_device
@@ -55,10 +60,14 @@ class MockDriver:
     """A :class:`~gpudra.vendors.base.VendorDriver`: ``inner`` (the vendor driver over the fakes) for
     discovery and the claim changes it makes, the mock's own edits for containers."""
 
-    def __init__(self, inner: VendorDriver, files_dir: Path, on_close: Callable[[], None] | None = None):
+    def __init__(
+        self, inner: VendorDriver, files_dir: Path, on_close: Callable[[], None] | None = None,
+        on_usage: Callable[[], None] | None = None,
+    ):  # fmt: skip
         self._inner = inner
         self._files_root = str(files_dir)  # paths are built as text on the prepare path (no Path parsing)
         self._on_close = on_close
+        self._on_usage = on_usage  # before each usage reading: the fake hardware's files catch up
 
     @property
     def name(self) -> str:
@@ -74,6 +83,12 @@ class MockDriver:
     def watch_health(self, report: Callable[[Observation], None], stop: threading.Event) -> None:
         """The inner vendor driver's health watching, over the fake hardware."""
         self._inner.watch_health(report, stop)
+
+    def read_usage(self, uuids: Iterable[str]) -> Mapping[str, DeviceUsage]:
+        """The inner vendor driver's readings of the fake hardware's usage model."""
+        if self._on_usage is not None:
+            self._on_usage()
+        return self._inner.read_usage(uuids)
 
     def edits(self, claim: ClaimIdentity, device: ClaimDevice, applied: AppliedState) -> DeviceEdits:
         dev = created_device(device.device, device.name, applied.changes)  # a MIG device made at prepare
@@ -166,13 +181,14 @@ def open_mock(
     # The MIG devices made at prepare outlive the process, as on a real node until a reset or reboot: their
     # state lives beside the description files (the run dir: one boot). Without files_dir, in the tree.
     state = (files_dir.parent if files_dir is not None else root) / MIG_STATE_FILE
+    usage = state.with_name(USAGE_FILE)  # tests and the demo set the fake GPUs' utilisation there
     try:
-        node = FakeNode(profile, root, mig_state=state, watch=health)
+        node = FakeNode(profile, root, mig_state=state, watch=health, usage_file=usage)
     except BaseException:
         tmp.cleanup()
         raise
     inner: VendorDriver = node.driver if watch is None else HotSwapDriver(node, watch)
-    return MockDriver(inner, files_dir or root / "claims", on_close=tmp.cleanup)
+    return MockDriver(inner, files_dir or root / "claims", on_close=tmp.cleanup, on_usage=node.tick_usage)
 
 
 def open_mock_profile(

@@ -8,6 +8,9 @@ global counter) in every compute mode; a BMC VGA device owns ``card0``; a device
 ``>= drm_minor_limit`` is not created at all - no platform device, render node or KFD node. KFD nodes: CPU
 sockets first, then one per existing partition (SPX: one per GPU; the xcp devices then have no KFD node).
 A GPU's ``ras`` / ``ras_features`` become its ``ras/`` directory (``<block>_err_count``, ``features``).
+:func:`write_usage_files` writes what amdgpu reports of a GPU's usage (``gpu_busy_percent``,
+``mem_info_vram_used``/``_total``, ``hwmon/hwmonN/energy1_input`` in microjoules and ``power1_average`` in
+microwatts), each time the mock samples, from the usage model (:mod:`~gpudra.vendors.mock.fake_usage`).
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from gpudra.vendors.amd.sysfs import PARTITIONS_PER_MODE
+from gpudra.fsutil import atomic_write
+from gpudra.vendors.amd.sysfs import FRAME_BUFFER_HEAP_TYPES, MEMORY_POOLS, PARTITIONS_PER_MODE
 from gpudra.vendors.mock.amd_profile import AmdGpu, AmdProfile, Props
+from gpudra.vendors.mock.fake_usage import UsageModel, memory_used
 from gpudra.vendors.sysfs import pci_device_link
 
 RENDER_MINOR_BASE: Final = 128
@@ -100,6 +105,35 @@ def write_amd_sysfs(root: Path, profile: AmdProfile) -> tuple[FakeDrmDevice, ...
         (base / "drm" / f"renderD{device.render}").mkdir(parents=True)
     _write_kfd(root / _KFD, profile, layout)
     return layout
+
+
+def write_usage_files(root: Path, profile: AmdProfile, usage: UsageModel) -> None:
+    """The whole GPU's usage files of every GPU (amdgpu's are per PCI function, so per GPU, partitioned or
+    not), replaced atomically; model keys ``AMD-<unique_id>`` (the UUID gpudra gives it without amdsmi) and
+    the bus id. A GPU whose directory is gone (a profile swap in progress) is skipped."""
+    for k, gpu in enumerate(profile.gpus):
+        base = pci_device_link(root, gpu.bdf)
+        if not base.is_dir():
+            continue
+        keys = (f"AMD-{gpu.unique_id:016x}", gpu.bdf) if gpu.unique_id else (gpu.bdf,)
+        reading = usage.reading(keys, gpu.usage)
+        total = vram_bytes(profile, gpu)
+        files = {
+            "gpu_busy_percent": round(reading.utilization * 100),
+            "mem_info_vram_total": total,
+            "mem_info_vram_used": memory_used(total, 0, reading.utilization),
+            f"hwmon/hwmon{k + 2}/energy1_input": round(reading.energy_joules * 1e6),
+            f"hwmon/hwmon{k + 2}/power1_average": round(reading.power_watts * 1e6),
+        }
+        for name, value in files.items():
+            atomic_write(base / name, f"{value}\n".encode(), durable=False)
+
+
+def vram_bytes(profile: AmdProfile, gpu: AmdGpu) -> int:
+    """The GPU's VRAM: its KFD frame-buffer banks (one memory pool's) times the pools of its memory mode."""
+    banks = (dict(b) for b in profile.model.kfd_mem_banks)
+    pool = sum(b.get("size_in_bytes", 0) for b in banks if b.get("heap_type") in FRAME_BUFFER_HEAP_TYPES)
+    return pool * MEMORY_POOLS.get(gpu.memory_partition or "NPS1", 1)
 
 
 def _write_function(root: Path, profile: AmdProfile, gpu: AmdGpu) -> None:

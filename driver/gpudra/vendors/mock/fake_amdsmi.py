@@ -16,20 +16,33 @@ is gone raises NOT_FOUND. The mock runs the real :class:`~gpudra.vendors.amd.dri
 (or no amdsmi at all when the profile says ``"amdsmi": null``) and the tree of
 :mod:`~gpudra.vendors.mock.fake_amd_sysfs`.
 
-Events: ``AmdSmiEventReader(handle, [AmdSmiEvtNotificationType...])`` subscribes a processor (the wrapper's
-``amdsmi_init_gpu_event_notification`` + ``amdsmi_set_gpu_event_notification_mask``, bit ``type - 1``);
-``read(timeout_ms, num_elem)`` returns up to ``num_elem`` of the profile's ``events`` whose processor is
-subscribed to their type, from every subscribed processor whichever reader reads (KFD's event fds are polled
-together), as ``{"processor_handle": <pointer int>, "event": "<type name>", "message": ...}``, and raises
-NO_DATA when there is none (at once: the timeout is not waited). Each event id is delivered once for the life
-of the fake, across :meth:`FakeAmdSmi.serve`; unlike KFD, an event raised before anything subscribed waits
-for a subscriber instead of being dropped. The enum is that of amdsmi 6.x's Python wrapper (with RING_HANG;
-amdsmi 7.0 removed it).
+Events: ``AmdSmiEventReader(processor_handle, [AmdSmiEvtNotificationType...])`` subscribes a processor (the
+wrapper's ``amdsmi_init_gpu_event_notification`` + ``amdsmi_set_gpu_event_notification_mask``, bit
+``type-1``); ``read(timeout_ms, num_elem)`` returns up to ``num_elem`` of the profile's ``events`` whose
+processor is subscribed to their type, from every subscribed processor whichever reader reads (KFD's event fds
+are polled together), as ``{"processor_handle": c_void_p, "event": "<type name>", "message": ...}``, and
+raises NO_DATA when there is none (at once: the timeout is not waited). Each event id is delivered once for
+the life of the fake, across :meth:`FakeAmdSmi.serve`; unlike KFD, an event raised before anything subscribed
+waits for a subscriber instead of being dropped. The enum is that of the Python wrapper ``gpudra[amd]`` pins
+(amdsmi 7.x): a profile's ``ring_hang`` event is KFD's event 5, which amdsmi before 7.0 named RING_HANG and
+7.x names MIGRATE_START, so it arrives under that name. An event's ``processor_handle`` is a new ``c_void_p``
+of the processor's pointer, as the wrapper builds it. tests/unit/vendors/test_fake_amdsmi_api.py checks every
+name, signature, enum value and dict key here against the real package's source.
+
+Usage (the model of :mod:`~gpudra.vendors.mock.fake_usage`): ``amdsmi_get_energy_count`` (an accumulator of
+:data:`ENERGY_RESOLUTION_UJ` microjoule steps) and ``amdsmi_get_power_info`` (``socket_power`` and
+``current_socket_power`` in watts, ``average_socket_power`` N/A as on MI300X) answer on a GPU's primary
+processor (partition 0) with the whole GPU's figures, NOT_SUPPORTED on its other partitions;
+``amdsmi_get_gpu_activity`` (``gfx_activity`` percent) and ``amdsmi_get_gpu_vram_usage`` (MiB; a partition's
+share of the VRAM) answer per processor. Model keys: a GPU's amdsmi UUID and bus id; a partition's
+``<uuid>-p<index>`` and bus id first, then its GPU's.
 """
 
 from __future__ import annotations
 
+import ctypes
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from enum import IntEnum
 from types import TracebackType
@@ -38,7 +51,8 @@ from typing import Any, Final, TypeVar
 from gpudra.vendors.amd.smi import STATUS_CODES
 from gpudra.vendors.amd.sysfs import gfx_name
 from gpudra.vendors.mock.amd_profile import AmdProfile, AmdSmiAnswers
-from gpudra.vendors.mock.fake_amd_sysfs import FakeDrmDevice, amd_layout
+from gpudra.vendors.mock.fake_amd_sysfs import FakeDrmDevice, amd_layout, partitions_in
+from gpudra.vendors.mock.fake_usage import FakeReading, UsageModel, memory_used
 
 _NOT_SUPPORTED: Final = STATUS_CODES["AMDSMI_STATUS_NOT_SUPPORTED"]
 _NOT_INIT: Final = STATUS_CODES["AMDSMI_STATUS_NOT_INIT"]
@@ -47,6 +61,8 @@ _NO_DATA: Final = STATUS_CODES["AMDSMI_STATUS_NO_DATA"]
 _INVAL: Final = STATUS_CODES["AMDSMI_STATUS_INVAL"]
 _INIT_ERROR: Final = STATUS_CODES["AMDSMI_STATUS_INIT_ERROR"]
 _NA: Final = "N/A"
+#: Microjoules per step of the fake's energy accumulator (what MI300X reports).
+ENERGY_RESOLUTION_UJ: Final = 15.259
 _T = TypeVar("_T")
 
 
@@ -73,15 +89,26 @@ class AmdSmiLibraryException(AmdSmiException):
     def get_error_code(self) -> int:
         return self.err_code
 
-    def get_error_info(self) -> str:
-        return self.err_info
+    def get_error_info(self, detailed: bool = True) -> str:
+        return self.err_info  # the wrapper's short form (its text before " - "): the fake has no long one
 
     def __str__(self) -> str:
         return f"Error code:\n\t{self.err_code} | {self.err_info}"
 
 
 class AmdSmiParameterException(AmdSmiException):
-    """A handle or flag of the wrong type."""
+    """A handle or flag of the wrong type: ``receivedValue`` was given where ``expectedType`` is wanted."""
+
+    def __init__(self, receivedValue: object, expectedType: object, msg: str | None = None) -> None:
+        super().__init__(msg)
+        self.err_code = None
+        self.actualType = type(receivedValue)
+        self.expectedType = expectedType
+        wanted = f"Invalid parameter:\nActual type: {self.actualType}\nExpected type: {expectedType}"
+        self.err_msg = msg or wanted
+
+    def __str__(self) -> str:
+        return self.err_msg
 
 
 class AmdSmiInitFlags(IntEnum):
@@ -99,7 +126,7 @@ class AmdSmiEvtNotificationType(IntEnum):
     THERMAL_THROTTLE = 2
     GPU_PRE_RESET = 3
     GPU_POST_RESET = 4
-    RING_HANG = 5
+    MIGRATE_START = 5  # RING_HANG before amdsmi 7.0
 
 
 _EvtType = AmdSmiEvtNotificationType  # for annotations inside FakeAmdSmi, whose attribute shadows the name
@@ -109,7 +136,7 @@ _EVENT_TYPES: Final[dict[str, tuple[AmdSmiEvtNotificationType, ...]]] = {
     "thermal_throttle": (AmdSmiEvtNotificationType.THERMAL_THROTTLE,),
     "gpu_pre_reset": (AmdSmiEvtNotificationType.GPU_PRE_RESET,),
     "gpu_post_reset": (AmdSmiEvtNotificationType.GPU_POST_RESET,),
-    "ring_hang": (AmdSmiEvtNotificationType.RING_HANG,),
+    "ring_hang": (AmdSmiEvtNotificationType.MIGRATE_START,),  # KFD's event 5
     "gpu_reset": (AmdSmiEvtNotificationType.GPU_PRE_RESET, AmdSmiEvtNotificationType.GPU_POST_RESET),
 }
 
@@ -131,12 +158,13 @@ class FakeEventReader:
 
     def __init__(self, processor_handle: object, event_types: object) -> None:
         if not isinstance(processor_handle, FakeProcessorHandle):
-            raise AmdSmiParameterException(f"not a processor handle: {type(processor_handle).__name__}")
+            raise AmdSmiParameterException(processor_handle, FakeProcessorHandle)
         if not isinstance(event_types, Iterable):
-            raise AmdSmiParameterException(f"not a list of event types: {type(event_types).__name__}")
+            raise AmdSmiParameterException(event_types, Iterable)
         types = list(event_types)
-        if not all(isinstance(t, AmdSmiEvtNotificationType) for t in types):
-            raise AmdSmiParameterException("event types must be AmdSmiEvtNotificationType members")
+        for event_type in types:
+            if not isinstance(event_type, AmdSmiEvtNotificationType):
+                raise AmdSmiParameterException(event_type, AmdSmiEvtNotificationType)
         mask = 0
         for event_type in types:
             if event_type != AmdSmiEvtNotificationType.NONE:
@@ -156,7 +184,10 @@ class FakeEventReader:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
     ) -> None:
         self.stop()
 
@@ -171,7 +202,8 @@ class FakeAmdSmi:
     AmdSmiEvtNotificationType = AmdSmiEvtNotificationType
     AmdSmiEventReader = FakeEventReader
 
-    def __init__(self, profile: AmdProfile) -> None:
+    def __init__(self, profile: AmdProfile, usage: UsageModel | None = None) -> None:
+        self.usage = usage or UsageModel()  # energy, power, activity and VRAM in use (fake_usage)
         self.init_count = 0
         self.calls: list[str] = []
         self._handles: list[FakeProcessorHandle] = []
@@ -208,7 +240,7 @@ class FakeAmdSmi:
 
     def amdsmi_init(self, flag: object = AmdSmiInitFlags.INIT_AMD_GPUS) -> None:
         if not isinstance(flag, AmdSmiInitFlags):
-            raise AmdSmiParameterException(f"expected AmdSmiInitFlags, got {type(flag).__name__}")
+            raise AmdSmiParameterException(flag, AmdSmiInitFlags)
         self._enter("amdsmi_init", initialised=False)
         self.init_count += 1
 
@@ -220,15 +252,15 @@ class FakeAmdSmi:
         self._enter("amdsmi_get_processor_handles")
         return list(self._handles)
 
-    def amdsmi_get_gpu_device_bdf(self, handle: object) -> str:
-        return self._device("amdsmi_get_gpu_device_bdf", handle).bus_id
+    def amdsmi_get_gpu_device_bdf(self, processor_handle: object) -> str:
+        return self._device("amdsmi_get_gpu_device_bdf", processor_handle).bus_id
 
-    def amdsmi_get_gpu_device_uuid(self, handle: object) -> str:
-        device = self._device("amdsmi_get_gpu_device_uuid", handle)
+    def amdsmi_get_gpu_device_uuid(self, processor_handle: object) -> str:
+        device = self._device("amdsmi_get_gpu_device_uuid", processor_handle)
         return amdsmi_uuid(device.gpu.unique_id or 0, self.profile.model.device_id)
 
-    def amdsmi_get_gpu_asic_info(self, handle: object) -> dict[str, Any]:
-        device = self._device("amdsmi_get_gpu_asic_info", handle)
+    def amdsmi_get_gpu_asic_info(self, processor_handle: object) -> dict[str, Any]:
+        device = self._device("amdsmi_get_gpu_asic_info", processor_handle)
         model, props = self.profile.model, dict(self.profile.model.kfd_gpu_properties)
         simd, per_cu = props.get("simd_count"), props.get("simd_per_cu")
         target = props.get("gfx_target_version")
@@ -237,7 +269,8 @@ class FakeAmdSmi:
             "market_name": self.answers.market_name or _NA,
             "vendor_id": hex(model.vendor_id),
             "vendor_name": _NA,
-            "subvendor_id": hex(model.subsystem_vendor_id) if model.subsystem_vendor_id else _NA,
+            "subvendor_id": _hex4(model.subsystem_vendor_id),
+            "subsystem_id": _hex4(model.subsystem_device_id),
             "device_id": hex(model.device_id),
             "rev_id": _NA,
             "asic_serial": f"0x{unique:016X}" if unique else _NA,
@@ -246,24 +279,65 @@ class FakeAmdSmi:
             "target_graphics_version": (target and gfx_name(target)) or _NA,
         }
 
-    def amdsmi_get_gpu_vram_info(self, handle: object) -> dict[str, Any]:
-        self._device("amdsmi_get_gpu_vram_info", handle)
+    def amdsmi_get_gpu_vram_info(self, processor_handle: object) -> dict[str, Any]:
+        self._device("amdsmi_get_gpu_vram_info", processor_handle)
         size = _present(self.answers.vram_size_mib)
         vram_type = self.answers.vram_type if self.answers.vram_type is not None else 0
-        return {"vram_type": vram_type, "vram_vendor": _NA, "vram_size": size, "vram_bit_width": _NA}
+        return {"vram_type": vram_type, "vram_vendor": _NA, "vram_size": size, "vram_bit_width": _NA,
+                "vram_max_bandwidth": _NA}  # fmt: skip
 
-    def amdsmi_get_gpu_driver_info(self, handle: object) -> dict[str, Any]:
-        self._device("amdsmi_get_gpu_driver_info", handle)
+    def amdsmi_get_gpu_driver_info(self, processor_handle: object) -> dict[str, Any]:
+        self._device("amdsmi_get_gpu_driver_info", processor_handle)
         version = _present(self.answers.driver_version)
         return {"driver_name": "amdgpu", "driver_version": version, "driver_date": _NA}
 
-    def amdsmi_get_gpu_compute_partition(self, handle: object) -> str:
-        gpu = self._device("amdsmi_get_gpu_compute_partition", handle).gpu
+    def amdsmi_get_gpu_compute_partition(self, processor_handle: object) -> str:
+        gpu = self._device("amdsmi_get_gpu_compute_partition", processor_handle).gpu
         return _present(None if gpu.bdf in self.profile.faults.no_partition_files else gpu.compute_partition)
 
-    def amdsmi_get_gpu_memory_partition(self, handle: object) -> str:
-        gpu = self._device("amdsmi_get_gpu_memory_partition", handle).gpu
+    def amdsmi_get_gpu_memory_partition(self, processor_handle: object) -> str:
+        gpu = self._device("amdsmi_get_gpu_memory_partition", processor_handle).gpu
         return _present(None if gpu.bdf in self.profile.faults.no_partition_files else gpu.memory_partition)
+
+    def amdsmi_get_energy_count(self, processor_handle: object) -> dict[str, Any]:
+        reading = self._gpu_reading("amdsmi_get_energy_count", processor_handle)
+        steps = int(reading.energy_joules * 1e6 / ENERGY_RESOLUTION_UJ)
+        return {"energy_accumulator": steps, "counter_resolution": ENERGY_RESOLUTION_UJ,
+                "timestamp": time.monotonic_ns()}  # fmt: skip
+
+    def amdsmi_get_power_info(self, processor_handle: object) -> dict[str, Any]:
+        reading = self._gpu_reading("amdsmi_get_power_info", processor_handle)
+        watts = round(reading.power_watts)
+        limit = round(self._device("amdsmi_get_power_info", processor_handle).gpu.usage.max_watts)
+        return {"socket_power": watts, "current_socket_power": watts, "average_socket_power": _NA,
+                "gfx_voltage": _NA, "soc_voltage": _NA, "mem_voltage": _NA, "power_limit": limit}  # fmt: skip
+
+    def amdsmi_get_gpu_activity(self, processor_handle: object) -> dict[str, Any]:
+        device = self._device("amdsmi_get_gpu_activity", processor_handle)
+        util = self.usage.utilization(self.usage_keys(device), device.gpu.usage)
+        return {"gfx_activity": round(util * 100), "umc_activity": round(util * 50), "mm_activity": _NA}
+
+    def amdsmi_get_gpu_vram_usage(self, processor_handle: object) -> dict[str, Any]:
+        device = self._device("amdsmi_get_gpu_vram_usage", processor_handle)
+        parts = partitions_in(device.gpu, self.profile.model.xcc_count)
+        total = _present(self.answers.vram_size_mib) // parts
+        util = self.usage.utilization(self.usage_keys(device), device.gpu.usage)
+        return {"vram_total": total, "vram_used": memory_used(total, 0, util)}
+
+    def usage_keys(self, device: FakeDrmDevice) -> tuple[str, ...]:
+        """The usage model keys of a processor: a partition's own first, then its GPU's."""
+        gpu_uuid = amdsmi_uuid(device.gpu.unique_id or 0, self.profile.model.device_id)
+        if partitions_in(device.gpu, self.profile.model.xcc_count) <= 1:
+            return gpu_uuid, device.gpu.bdf
+        return f"{gpu_uuid}-p{device.slot}", device.bus_id, gpu_uuid, device.gpu.bdf
+
+    def _gpu_reading(self, call: str, handle: object) -> FakeReading:
+        """The whole GPU's reading, on its primary processor only (NOT_SUPPORTED on the others)."""
+        device = self._device(call, handle)
+        if device.slot != 0:
+            raise AmdSmiLibraryException(_NOT_SUPPORTED)
+        gpu_uuid = amdsmi_uuid(device.gpu.unique_id or 0, self.profile.model.device_id)
+        return self.usage.reading((gpu_uuid, device.gpu.bdf), device.gpu.usage)
 
     def _event_subscribe(self, handle: FakeProcessorHandle, mask: int) -> None:
         self._device("amdsmi_init_gpu_event_notification", handle)
@@ -285,7 +359,8 @@ class FakeAmdSmi:
                 if len(out) >= num_elem:
                     break
                 self.delivered.add(key)
-                out.append({"processor_handle": handle.value, "event": kind.name, "message": message})
+                pointer = ctypes.c_void_p(handle.value)  # a new handle object, as the wrapper makes
+                out.append({"processor_handle": pointer, "event": kind.name, "message": message})
         if not out:
             raise AmdSmiLibraryException(_NO_DATA)
         return out
@@ -317,11 +392,17 @@ class FakeAmdSmi:
 
     def _device(self, call: str, handle: object) -> FakeDrmDevice:
         if not isinstance(handle, FakeProcessorHandle) or handle._owner is not self:
-            raise AmdSmiParameterException(f"{call}: not a processor handle of this library")
+            message = f"{call}: not a processor handle of this library"
+            raise AmdSmiParameterException(handle, FakeProcessorHandle, message)
         self._enter(call)
         if handle._device is None:
             raise AmdSmiLibraryException(_NOT_FOUND)
         return handle._device
+
+
+def _hex4(value: int | None) -> str:
+    """An id as the wrapper prints it (``0x`` and at least four digits), or N/A."""
+    return f"0x{value:04x}" if value else _NA
 
 
 def _present(value: _T | None) -> _T:

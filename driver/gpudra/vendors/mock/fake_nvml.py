@@ -3,7 +3,8 @@
 :class:`FakeNvml` has the pynvml functions the NVIDIA driver calls (the MIG ones from
 :mod:`~gpudra.vendors.mock.fake_nvml_mig` and :mod:`~gpudra.vendors.mock.fake_nvml_migops`, the NVLink
 ones from :mod:`~gpudra.vendors.mock.fake_nvml_links`, the event sets and ECC counter a health watcher
-reads from :mod:`~gpudra.vendors.mock.fake_nvml_events`),
+reads from :mod:`~gpudra.vendors.mock.fake_nvml_events`, energy, power and utilisation from
+:mod:`~gpudra.vendors.mock.fake_nvml_usage`),
 with pynvml's signatures and return types (``str`` for names and versions, ``int`` for enums,
 ``pynvml.c_nvmlDevice_t`` handles, ``pynvml.nvmlPciInfo_t`` and ``pynvml.c_nvmlMemory_t`` structures, whose
 ``char[]`` fields such as ``busId`` read back as ``str`` because pynvml's ``_PrintableStructure`` decodes
@@ -30,17 +31,25 @@ from gpudra.vendors.mock.fake_nvml_base import fail, present
 from gpudra.vendors.mock.fake_nvml_events import FakeEventCalls
 from gpudra.vendors.mock.fake_nvml_links import FakeLinkCalls
 from gpudra.vendors.mock.fake_nvml_migops import FakeMigOps
+from gpudra.vendors.mock.fake_nvml_usage import FakeUsageCalls
+from gpudra.vendors.mock.fake_usage import UsageModel, memory_used
 from gpudra.vendors.mock.profile import Profile
 from gpudra.vendors.sysfs import normalize_pci_bus_id, pci_device_link
 
 
-class FakeNvml(FakeMigOps, FakeLinkCalls, FakeEventCalls):
+class FakeNvml(FakeMigOps, FakeLinkCalls, FakeEventCalls, FakeUsageCalls):
     """Module-like stand-in for ``pynvml``; one instance is one simulated node (and one NVML library).
 
     ``FakeNvml(profile, state_file=None)``: with a ``state_file`` the node's MIG state (instances created,
     MIG mode changes) is kept in that JSON file across processes, as real MIG instances outlive the process
-    that made them (see :mod:`~gpudra.vendors.mock.fake_mig_state`).
+    that made them (see :mod:`~gpudra.vendors.mock.fake_mig_state`). ``usage``: the model of the devices'
+    energy, power, utilisation and memory in use (:mod:`~gpudra.vendors.mock.fake_nvml_usage`; default: one
+    of its own, without a usage file).
     """
+
+    def __init__(self, profile: Profile, state_file: Path | None = None, usage: UsageModel | None = None):
+        super().__init__(profile, state_file)
+        self.usage = usage or UsageModel()
 
     # -- system -------------------------------------------------------------------------------------------
     def nvmlInitWithFlags(self, flags: int) -> None:
@@ -134,14 +143,21 @@ class FakeNvml(FakeMigOps, FakeLinkCalls, FakeEventCalls):
         return present(self.gpu("nvmlDeviceGetCudaComputeCapability", handle).cuda_compute_capability)
 
     def nvmlDeviceGetMemoryInfo(self, handle: Any, version: int | None = None) -> Any:
-        gpu, mig = self.gpu_or_mig("nvmlDeviceGetMemoryInfo", handle)
+        with self.hardware_lock:
+            key = self.resolve("nvmlDeviceGetMemoryInfo", handle, ("gpu", "mig"))
+            index = self.index_of(key)
+            gpu, mig = self.profile.devices[index], (self.mig_of(key) if key[0] == "mig" else None)
+            util = self.gpu_utilization(index)  # the usage model: more in use when busier
         if mig is not None:
             total = present(mig.memory_bytes)
-            return pynvml.c_nvmlMemory_t(total=total, free=total, used=0)
+            used = memory_used(total, 0, util)
+            return pynvml.c_nvmlMemory_t(total=total, free=total - used, used=used)
         memory = present(gpu.memory)
         if version:  # the _v2 struct carries "reserved", which profiles do not describe
             raise fail(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        return pynvml.c_nvmlMemory_t(total=memory.total, free=memory.free, used=memory.used)
+        used = memory_used(memory.total, memory.used, util)
+        free = max(0, memory.free - (used - memory.used))
+        return pynvml.c_nvmlMemory_t(total=memory.total, free=free, used=used)
 
     def nvmlDeviceGetPciInfo_v3(self, handle: Any) -> Any:
         return self._pci_info("nvmlDeviceGetPciInfo_v3", handle)

@@ -21,13 +21,14 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from gpudra.model.applied import AppliedState
 from gpudra.model.health import Observation
 from gpudra.model.inventory import Inventory
+from gpudra.model.usage import DeviceUsage
 from gpudra.vendors.base import ClaimDevice, ClaimIdentity, DeviceEdits
 from gpudra.vendors.mock.amd_profile import AmdProfile, is_amd_profile, load_amd_profile, parse_amd_profile
 from gpudra.vendors.mock.node import FakeNode, NodeProfile
@@ -160,6 +161,11 @@ class HotSwapDriver:
         """The vendor driver's health watching (not under the lock: it runs until ``stop``); the hardware
         changes this driver makes are what it sees."""
         self._node.driver.watch_health(report, stop)
+
+    def read_usage(self, uuids: Iterable[str]) -> Mapping[str, DeviceUsage]:
+        """The vendor driver's readings of the fake hardware (not under the lock: a swap in flight costs at
+        most one sample's values)."""
+        return self._node.driver.read_usage(uuids)
 
     def edits(self, claim: ClaimIdentity, device: ClaimDevice, applied: AppliedState) -> DeviceEdits:
         return self._node.driver.edits(claim, device, applied)

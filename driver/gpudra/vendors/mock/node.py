@@ -13,10 +13,16 @@ next discovery pass then sees the new hardware: a GPU lost, a MIG layout changed
 compute/memory partition mode switched. What cannot change under a running process is refused with a
 :class:`~gpudra.vendors.mock.profile.ProfileError`: the vendor, or whether amdsmi is there at all.
 :mod:`~gpudra.vendors.mock.hotswap` calls it when the mock's profile file is edited.
+
+The devices' usage (energy, power, utilisation, memory in use) comes from one
+:class:`~gpudra.vendors.mock.fake_usage.UsageModel` per node, which the fake libraries answer from;
+:meth:`FakeNode.tick_usage` writes it into the sysfs tree of an AMD node without amdsmi (the files the AMD
+driver reads then).
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,11 +30,14 @@ from typing import TYPE_CHECKING
 from gpudra.vendors.base import HostRoots, VendorDriver, WatchOptions
 from gpudra.vendors.mock.amd_profile import AmdProfile
 from gpudra.vendors.mock.fake_nvml import FakeNvml, write_sysfs_tree
+from gpudra.vendors.mock.fake_usage import UsageModel
 from gpudra.vendors.mock.profile import Profile, ProfileError
 from gpudra.vendors.nvidia.driver import NvidiaDriver
 
 if TYPE_CHECKING:
     from gpudra.vendors.mock.fake_amdsmi import FakeAmdSmi
+
+log = logging.getLogger(__name__)
 
 NodeProfile = Profile | AmdProfile
 
@@ -39,6 +48,9 @@ class FakeNode:
 
     ``mig_state``: the file keeping an NVIDIA node's MIG instances across processes (see
     :mod:`~gpudra.vendors.mock.fake_mig_state`); without it they live as long as this node.
+
+    ``usage_file``: where another process may set the devices' utilisation (see
+    :mod:`~gpudra.vendors.mock.fake_usage`).
 
     Raises what the vendor driver raises when it cannot open (e.g. a profile injecting an ``nvmlInit``
     failure: :class:`~gpudra.vendors.base.DiscoveryError`), and ProfileError for a damaged ``mig_state``.
@@ -51,8 +63,11 @@ class FakeNode:
         roots: HostRoots | None = None,
         mig_state: Path | None = None,
         watch: WatchOptions | None = None,
+        *,
+        usage_file: Path | None = None,
     ) -> None:
         watch = watch or WatchOptions()
+        self.usage = UsageModel(usage_file)
         self._root = root
         self._profile = profile
         self.sysfs = root / "sys"
@@ -65,10 +80,10 @@ class FakeNode:
             from gpudra.vendors.amd.driver import AmdDriver
             from gpudra.vendors.mock.fake_amdsmi import FakeAmdSmi
 
-            self.amdsmi = FakeAmdSmi(profile) if profile.amdsmi is not None else None
+            self.amdsmi = FakeAmdSmi(profile, self.usage) if profile.amdsmi is not None else None
             self.driver = AmdDriver(self.sysfs, self.amdsmi, roots, health_poll_seconds=watch.poll_s)
         else:
-            self.nvml = FakeNvml(profile, mig_state)
+            self.nvml = FakeNvml(profile, mig_state, self.usage)
             self.driver = NvidiaDriver(
                 self.nvml, self.sysfs, roots, ignored_xids=watch.ignored_xids, health_poll_s=watch.poll_s
             )
@@ -106,6 +121,19 @@ class FakeNode:
         elif self.nvml is not None:
             self.nvml.serve(profile)
         self._profile = profile
+
+    def tick_usage(self) -> None:
+        """Before the driver reads usage: an AMD node without amdsmi gets its sysfs usage files written
+        (the fake libraries answer from the model directly). Never raises (a swap may move the tree)."""
+        profile = self._profile
+        if not isinstance(profile, AmdProfile) or self.amdsmi is not None:
+            return
+        from gpudra.vendors.mock.fake_amd_sysfs import write_usage_files
+
+        try:
+            write_usage_files(self.sysfs, profile, self.usage)
+        except OSError as err:
+            log.debug("mock usage files not written this time: %s", err)
 
     def _check(self, profile: NodeProfile) -> None:
         old, new = _vendor(self._profile), _vendor(profile)

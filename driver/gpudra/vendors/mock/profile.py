@@ -36,6 +36,7 @@ Schema (keys not listed are errors, except comment keys starting with ``_``)::
           "mig_mode": [0, 0], ...           # MIG keys: see profile_mig.py
           "fabric": {...}, "nvlink": {...}  # NVLink keys: see profile_links.py
           "events": [...], "ecc_uncorrected_volatile": 0  # health keys: see profile_events.py
+          "usage": {"utilization": 0.35, "idle_watts": 70, "max_watts": 700}   # see profile_usage.py
         }
       ],
       "p2p_status": {"NVLINK": [[null, 0], [0, null]]}    # see profile_links.py
@@ -81,6 +82,13 @@ from gpudra.vendors.mock.profile_mig import (
     GpuInstanceProfileInfo,
     MigDeviceProfile,
     mig_section,
+)
+from gpudra.vendors.mock.profile_usage import (
+    DEFAULT_USAGE,
+    USAGE_CALLS,
+    USAGE_KEYS,
+    UsageProfile,
+    usage_section,
 )
 from gpudra.vendors.sysfs import normalize_pci_bus_id
 
@@ -135,6 +143,7 @@ DEVICE_CALLS: Final = frozenset(
     }
     | MIG_CALLS - {"*"}
     | DYNAMIC_MIG_CALLS
+    | USAGE_CALLS
 )
 ALL_DEVICE_CALLS: Final = "*"
 
@@ -152,6 +161,7 @@ _DEVICE_KEYS: Final = frozenset(
     | MIG_KEYS
     | LINK_KEYS
     | HEALTH_KEYS
+    | USAGE_KEYS
 )  # fmt: skip
 _PCI_KEYS: Final = frozenset(
     {"busId", "busIdLegacy", "domain", "bus", "device", "pciDeviceId", "pciSubSystemId"}
@@ -221,6 +231,7 @@ class DeviceProfile:
     events: tuple[EventProfile, ...] = ()  # delivered once each by the profile swap showing them first
     event_types: tuple[str, ...] | None = EVENT_TYPES  # supported NVML event types (None: NOT_SUPPORTED)
     ecc_uncorrected_volatile: int | None = None  # volatile uncorrectable ECC count (None: no ECC)
+    usage: UsageProfile = DEFAULT_USAGE  # default utilisation and power model of the fake's readings
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +331,7 @@ def _device(item: object, where: str, position: int) -> DeviceProfile:
         **mig_section(raw, where),
         **links_section(raw, where),
         **health_section(raw, where),
+        **usage_section(raw, where),
     )
 
 

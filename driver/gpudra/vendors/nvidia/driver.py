@@ -32,6 +32,7 @@ from gpudra.vendors.nvidia.mig_dynamic import (
     created_device,
     intended_change,
 )
+from gpudra.vendors.nvidia.usage import DeviceUsage, NvmlUsage
 
 _NO_HANDLES: Mapping[str, Any] = MappingProxyType({})
 
@@ -61,6 +62,7 @@ class NvidiaDriver:
         self._open = True
         self._handles = _NO_HANDLES  # replaced whole, never changed in place: read without the lock
         self._mig = MigPartitioner(self._nvml, self.handle)
+        self._usage = NvmlUsage(self._nvml, self.handle)  # energy, power, utilisation, memory (usage.py)
 
     @property
     def name(self) -> str:
@@ -94,6 +96,10 @@ class NvidiaDriver:
         """:class:`~gpudra.vendors.base.HealthWatcher`: NVML events and polls over the devices of the latest
         discovery until ``stop`` is set or the driver closes (:mod:`~gpudra.vendors.nvidia.health`)."""
         self._health.watch(report, stop)
+
+    def read_usage(self, uuids: Iterable[str]) -> Mapping[str, DeviceUsage]:
+        """:class:`~gpudra.vendors.base.UsageReader` over NVML (:mod:`~gpudra.vendors.nvidia.usage`)."""
+        return self._usage.read(uuids) if self._open else {}
 
     def edits(self, claim: ClaimIdentity, device: ClaimDevice, applied: AppliedState) -> DeviceEdits:
         # Imported at the first prepare, not at start-up: the CDI model and the host readers are not
