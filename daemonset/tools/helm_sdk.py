@@ -1,10 +1,10 @@
 """Lint and render the gpudra chart with the real Helm v4 engine (the ``helm-sdkpy`` package).
 
 Runs in the Helm tool virtualenv (.ci/run makes it; ``$HELM_SDKPY_PYTHON`` is its interpreter), with the
-standard library and helm_sdkpy only. helm-sdkpy has no ``helm template``: rendering is a real
-``helm install``
-(no hooks, no wait) against a stand-in API server in this process that knows the kinds the chart uses,
-answers "not found" to every lookup and accepts every create. The release's manifest is what Helm rendered.
+standard library and helm_sdkpy only. helm-sdkpy has no ``helm template``: rendering is a real ``helm
+install`` (no hooks, no wait) against a stand-in API server in this process that knows the kinds the chart
+uses, answers "not found" to every lookup and accepts every create. The release's manifest is what Helm
+rendered.
 
     python helm_sdk.py lint CHART VALUES.json     # VALUES.json replaces the chart's values.yaml
     python helm_sdk.py render CHART < REQUESTS.json
@@ -105,8 +105,7 @@ class _Api(BaseHTTPRequestHandler):
         if path.endswith("/secrets"):  # Helm's release storage: no earlier release
             return self._send(200, {"kind": "SecretList", "apiVersion": "v1", "metadata": {}, "items": []})
         not_found = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound"}
-        return self._send(404, {**not_found,
-                                "code": 404})  # fmt: skip
+        return self._send(404, {**not_found, "code": 404})
 
     def _echo(self, code: int) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))

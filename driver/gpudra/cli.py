@@ -127,6 +127,11 @@ RUN_OPTS: Final = (
         "--rediscover-interval"),
     Opt("--grpc-workers", "GPUDRA_GRPC_WORKERS", count(1, 64, "kubelet calls served at once"), "4",
         "kubelet calls served at once (default 4; see docs/benchmarks.md)"),
+    Opt("--usage-metrics", "GPUDRA_USAGE_METRICS", choice("on", "off"), "on",
+        "with --metrics-port: sample every device's energy, power, utilisation and memory in use, and "
+        "export them per device and per claim holding it (docs/metrics.md); off: no sampling"),
+    Opt("--usage-interval", "GPUDRA_USAGE_INTERVAL",
+        seconds(zero_ok=False, what="a number of seconds above 0"), "10", "seconds between usage samples"),
 )  # fmt: skip
 
 
@@ -288,6 +293,8 @@ def _run(args: argparse.Namespace) -> int:
         rediscover_initial_s=args.rediscover_pending_interval,
         mig_dynamic=args.mig_management == "dynamic",
         fractional_gpus=args.fractional_gpus == "on",
+        usage_metrics=args.usage_metrics == "on",
+        usage_interval_s=args.usage_interval,
     )
     check(cfg)
     health = WatchOptions(ignored_xids=args.ignored_xids, poll_s=args.health_poll_interval)

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 CLUSTER=${CLUSTER:-gpudra}
 TIMEOUT=${TIMEOUT:-180s}
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml)
-IMAGE="gpudra:${VERSION}" # the tag daemonset/base/kustomization.yaml sets
+IMAGE="gpudra:${VERSION}" # the tag the chart sets (its appVersion; daemonset/overlays/mock)
 
 for tool in kind docker kubectl; do
   command -v "$tool" >/dev/null || { echo "up.sh: $tool is not installed" >&2; exit 1; }

@@ -215,7 +215,7 @@ def test_metrics_endpoint_counts_prepares(api: FakeApiServer, short_tmp: Path) -
     assert samples[("gpudra_claims_total", (("method", "NodePrepareResources"), ("result", "ok")))] == 1
     key = ("gpudra_grpc_call_duration_seconds_count", (("method", "NodePrepareResources"), ("result", "ok")))
     assert samples[key] == 2  # both calls completed; the missing claim failed inside its call
-    assert samples[("gpudra_devices", ())] == 8
+    assert samples[("gpudra_devices", (("type", "gpu"), ("vendor", "nvidia")))] == 8
     assert samples[("gpudra_prepared_devices", (("type", "gpu"),))] == 1
     assert samples[("gpudra_prepared_devices", (("type", "mig"),))] == 0
     errors = ("gpudra_claim_errors_total", (("kind", "not_found"), ("method", "NodePrepareResources")))

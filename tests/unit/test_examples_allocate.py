@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from gpudra.devtools.allocator import Allocation, Allocator
-from gpudra.planning import slices
+from gpudra.planning import sharing_config, slices
 from gpudra.planning.offer import plan_offer
 from gpudra.planning.partitions import MigPolicy
 from gpudra.vendors.select import open_driver
@@ -34,18 +34,25 @@ PROFILES: dict[str, tuple[str, ...]] = {
     "shared-claim-two-pods": ("dgx-h100",),
     "amd-partition": ("mi300x-8-cpx-nps4",),
     "dynamic-mig-1g10gb": ("dgx-h100", "dgx-h100-mig-all"),
+    "time-slicing-shared-claim": ("dgx-h100",),
+    "mps-shared-claim": ("dgx-h100",),
+    "fractional-gpu-three-claims": ("dgx-h100",),
+    "fractional-amd-memory": ("mi300x-8-spx-nps1",),
 }
 #: Scenarios published with dynamic MIG (the others with static MIG, as a cluster without the gate sees them).
 DYNAMIC = {"dynamic-mig-1g10gb"}
+#: Scenarios published with fractional GPUs (--fractional-gpus on, DRAConsumableCapacity on): every claim
+#: of the example lands on ONE device, each with a share of its own.
+FRACTIONAL = {"fractional-gpu-three-claims", "fractional-amd-memory"}
 
 
-def _slices(profile: str, dynamic: bool) -> list[dict[str, Any]]:
+def _slices(profile: str, dynamic: bool, fractional: bool = False) -> list[dict[str, Any]]:
     backend = open_driver("mock", profile, Path("/sys"))
     try:
         inv = backend.discover()
     finally:
         backend.close()
-    offer = plan_offer(inv, policy=MigPolicy(dynamic=dynamic))
+    offer = plan_offer(inv, policy=MigPolicy(dynamic=dynamic, fractional=fractional))
     return [dict(s) for s in slices.plan_slices(offer, "node", None, 1)]
 
 
@@ -74,12 +81,41 @@ def test_every_example_has_a_target_profile() -> None:
 
 @pytest.mark.parametrize(("scenario", "profile"), _cases())
 def test_example_is_allocatable_on_its_node(scenario: str, profile: str) -> None:
-    allocator = Allocator(_slices(profile, scenario in DYNAMIC), _classes(), node_name="node")
+    published = _slices(profile, scenario in DYNAMIC, scenario in FRACTIONAL)
+    allocator = Allocator(published, _classes(), node_name="node")
     claims = list(_claims(EXAMPLES / scenario / "example.yaml"))
     assert claims, f"{scenario} has no ResourceClaim(Template)"
-    for claim in claims:
+    held: list[dict[str, Any]] = []
+    for index, claim in enumerate(claims):
+        if scenario in FRACTIONAL:  # independent claims: each in a namespace of its own
+            claim["metadata"]["namespace"] = f"team-{index}"
         result = allocator.allocate(claim)
         assert isinstance(result, Allocation), f"{scenario} cannot be allocated on {profile}: {result}"
         assert result.devices
         if scenario in DYNAMIC and profile == "dgx-h100":  # no MIG device exists: only dynamic MIG has one
             assert all("-mig-1g10gb-19-" in d for d in result.devices), result.devices
+        allocator.commit(claim["metadata"]["name"], result)  # they are meant to run together
+        held.extend(dict(r) for r in result.as_dict()["devices"]["results"])
+    if scenario in FRACTIONAL:
+        assert len(claims) > 1
+        assert len({r["device"] for r in held}) == 1, held  # one GPU, as the example says
+        assert len({r["shareID"] for r in held}) == len(claims)
+
+
+def test_sharing_examples_use_the_config_api_as_decoded() -> None:
+    """The opaque configs of the examples decode with the driver's own decoders (gpudra.io/v1alpha1)."""
+    decoded = []
+    for folder in sorted(p for p in EXAMPLES.iterdir() if p.is_dir()):
+        for claim in _claims(folder / "example.yaml"):
+            for config in claim["spec"]["devices"].get("config", []):
+                params = config["opaque"]["parameters"]
+                decoded.append(sharing_config.KINDS[params["apiVersion"], params["kind"]](params))
+    configs = [d for d in decoded if isinstance(d, sharing_config.GpuConfig)]
+    assert len(configs) == len(decoded)
+    sharings = {c.sharing.strategy.value: c.sharing for c in configs if c.sharing is not None}
+    assert sorted(sharings) == ["MPS", "TimeSlicing"]
+    slicing, mps = sharings["TimeSlicing"].time_slicing, sharings["MPS"].mps
+    assert slicing is not None
+    assert slicing.interval.value == "Long"
+    assert mps is not None
+    assert (mps.default_active_thread_percentage, mps.default_pinned_device_memory_limit) == (50, 10 * 2**30)

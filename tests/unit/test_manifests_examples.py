@@ -26,6 +26,10 @@ SCENARIOS = {
     "shared-claim-two-pods",
     "amd-partition",
     "dynamic-mig-1g10gb",
+    "time-slicing-shared-claim",
+    "mps-shared-claim",
+    "fractional-gpu-three-claims",
+    "fractional-amd-memory",
 }
 CLASSES = {names.CLASS_GPU, names.CLASS_NVIDIA, names.CLASS_MIG, names.CLASS_AMD, names.CLASS_AMD_PARTITION}
 ATTRIBUTES = {v for k, v in vars(names).items() if k.startswith("ATTR_") and "/" not in v}

@@ -242,3 +242,19 @@ def test_fields_dropped_by_a_disabled_gate_are_reported_not_rewritten(
         p.stop()
         client.close()
         server.stop()
+
+
+def test_each_failed_attempt_is_reported_and_retried(api: FakeApiServer, kube: KubeClient) -> None:
+    api.delete_object("Node", NODE)  # the publisher cannot even learn its Node's UID: an API error
+    failures: list[str] = []
+    node = NodeStateStore(plan_offer(gpus(2)))
+    p = Publisher(kube, NODE, node, backoff=Backoff(initial_s=0.05, max_s=0.2), on_failed=failures.append)
+    p.start()
+    try:
+        assert wait_for(lambda: len(failures) >= 2)
+        api.put_object({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
+        assert p.synced.wait(10)
+        assert len(pool(api)) == 1
+        assert set(failures) == {"api"}
+    finally:
+        p.stop()

@@ -2,9 +2,10 @@
 
 A stand-in API server runs in-process. The real plugin discovers a mock DGX H100 and publishes its
 ResourceSlices. A kubelet stand-in then registers the plugin over the real registration socket, prepares
-one claim for one GPU over the real DRA socket, shows the CDI spec, and unprepares it. Exit code 0 means
-every step checked out. ``--scenario health`` (:mod:`gpudra.devtools.demo_health`) shows a GPU going
-unhealthy and recovering instead.
+one claim for one GPU over the real DRA socket, shows the CDI spec and the claim's usage and energy metrics
+(:mod:`gpudra.devtools.demo_usage`), and unprepares it. Exit code 0 means every step checked out.
+``--scenario health`` (:mod:`gpudra.devtools.demo_health`) shows a GPU going unhealthy and recovering
+instead.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import json
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
-from gpudra.devtools import kubeletsim
+from gpudra.devtools import demo_usage, kubeletsim
 from gpudra.devtools.fakeapi import FakeApiServer
 from gpudra.model import names
 from gpudra.runtime.app import Plugin
@@ -49,6 +51,7 @@ def allocate(api: FakeApiServer, device: str, name: str = "demo-gpu") -> str:
                 "devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": names.CLASS_GPU}}]}
             },
             "status": {
+                "reservedFor": [{"resource": "pods", "name": f"{name}-pod", "uid": str(uuid.uuid4())}],
                 "allocation": {
                     "devices": {
                         "results": [
@@ -96,10 +99,18 @@ def _play_kubelet(api: FakeApiServer, cfg: RunConfig) -> None:
         say(f"kubelet: NodePrepareResources default/demo-gpu -> {ids} ({took:.1f} ms)")
         spec = cfg.cdi_root / f"{names.CDI_VENDOR}-{names.CDI_CLASS}_{uid}.yaml"
         say(f"CDI spec {spec}", json.dumps(json.loads(spec.read_text()), indent=2))
+        gpu = next(d["attributes"]["uuid"]["string"] for s in slices for d in s["spec"]["devices"]
+                   if d["name"] == device)  # fmt: skip
+        busy = demo_usage.make_busy(cfg, gpu)
+        lines = demo_usage.show(cfg.metrics_port, uid, DemoError)
+        say(f"usage metrics of default/demo-gpu at :{cfg.metrics_port}/metrics (GPU made busy in {busy})",
+            "\n".join(lines))  # fmt: skip
         unprepared = client.unprepare([claim]).claims[uid]
         if unprepared.error or spec.exists():
             raise DemoError(f"unprepare failed: {unprepared.error or 'CDI spec still on disk'}")
         say("kubelet: NodeUnprepareResources default/demo-gpu -> ok, CDI spec removed")
+        demo_usage.wait_gone(cfg.metrics_port, uid, DemoError)
+        say("usage metrics: the claim's series are gone; the device series stay")
 
 
 def run(profile: str = "dgx-h100") -> int:
@@ -108,7 +119,8 @@ def run(profile: str = "dgx-h100") -> int:
     plugin: Plugin | None = None
     try:
         api.put_object({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
-        cfg = demo_config(root, api)
+        cfg = demo_config(root, api, metrics_port=demo_usage.free_port(),
+                          usage_interval_s=demo_usage.INTERVAL_S)  # fmt: skip
         say(f"stand-in API server at {api.url}; mock profile {profile}; work dir {root}")
         t0 = time.perf_counter()
         driver = open_driver("mock", profile, Path("/sys"), cfg.host_roots, cfg.effective_run_dir / "claims")

@@ -95,6 +95,7 @@ class Publisher:
         on_dropped: Callable[[list[str]], bool] | None = None,
         on_rejected: Callable[[ResourceSlice, str], bool] | None = None,
         before_first: Callable[[str | None], None] | None = None,
+        on_failed: Callable[[str], None] | None = None,
     ) -> None:
         self._api = api
         self._node = node_name
@@ -111,6 +112,8 @@ class Publisher:
         #: run once, with the Node's UID, before the first reconcile (the partitionable-devices probe); an
         #: API error in it is retried like any other
         self._before_first = before_first
+        #: told each failed attempt, "api" (the API server refused or did not answer) or "unexpected"
+        self._on_failed = on_failed or (lambda reason: None)
         # per slice: (what we sent, what the server kept) when the server dropped some of it
         self._accepted: dict[str, tuple[ResourceSlice, ResourceSlice]] = {}
         self.dropped_fields: list[str] = []  # fields the API server silently dropped (feature gates off)
@@ -160,6 +163,7 @@ class Publisher:
             try:
                 self._reconcile()
             except Exception as e:  # the watcher relists on its own errors; this thread retries its change
+                self._on_failed("api" if isinstance(e, KubeError) else "unexpected")
                 delay = next(delays)
                 log.warning("publishing the changed devices failed: %s; retrying in %.1fs", e, delay)
                 self._stop.wait(delay)
@@ -180,10 +184,12 @@ class Publisher:
             except KubeError as e:
                 if self._stop.is_set():
                     return
+                self._on_failed("api")
                 delay = next(delays)
                 log.warning("ResourceSlice publishing: %s; retrying in %.1fs", e, delay)
                 self._stop.wait(delay)
             except Exception:
+                self._on_failed("unexpected")
                 delay = next(delays)
                 log.exception("ResourceSlice publishing failed unexpectedly; retrying in %.1fs", delay)
                 self._stop.wait(delay)

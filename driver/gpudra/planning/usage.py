@@ -19,8 +19,9 @@ and pods, and two of its own: the GPU fraction it holds and the energy attribute
 * a device's **share** of its GPU is 1 for the whole GPU; for a MIG device or partition its memory over the
   GPU's (the GPU as discovered, else as its reading reports it, else the memory of the sibling devices
   published), so the shares of one GPU's devices sum to at most 1;
-* a device's part of the delta goes to the claims holding it in equal parts, counting only claims without
-  ``adminAccess`` when there is one (an admin-access claim watches a device another claim uses);
+* a device's part of the delta goes to the claims holding it, counting only claims without ``adminAccess``
+  when there is one (an admin-access claim watches a device another claim uses): in proportion to the memory
+  each consumed when all of them say (a device shared by consumable capacity), else in equal parts;
 * a claim holding a device gets nothing for the sample in which it first appears (its counter starts at 0,
   the energy before it held the device is not its own); a claim that is unprepared loses its series.
 """
@@ -48,6 +49,8 @@ class Holding:
     uuid: str  # the device's, or for a MIG device created at prepare the created one's
     admin_access: bool = False
     pods: tuple[str, ...] = ()
+    #: the device memory the claim's allocation consumed (a shared device's consumedCapacity); None: unknown
+    consumed_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +108,9 @@ def describe(published: Mapping[str, Device], holdings: Iterable[Holding]) -> di
             name = names.gpu_device_name(uuid)
             out[uuid] = DeviceInfo(name, uuid, child.vendor.value, DeviceKind.GPU.value, uuid)
     for h in holdings:
-        dev = published.get(h.device)
-        if h.uuid and h.uuid not in out and dev is not None:
-            out[h.uuid] = _info(h.device, dev, h.uuid)
+        held = published.get(h.device)
+        if h.uuid and h.uuid not in out and held is not None:
+            out[h.uuid] = _info(h.device, held, h.uuid)
     return out
 
 
@@ -133,19 +136,30 @@ def step(
         if info is None:
             continue
         share = _share(info, infos, readings)
-        payers = [h for h in held if not h.admin_access] or held
-        part = delta.get(info.gpu_uuid, 0.0) * share / len(payers)
+        weights = _weights(held)
         series = devices.get(uuid) or DeviceSeries(info, NO_USAGE)
-        for h in held:
+        for h, weight in zip(held, weights, strict=True):
             key = (h.claim_uid, h.device)
-            pays = h in payers
             before = ledger.attributed.get(key)
-            joules = 0.0 if before is None else before + (part if pays else 0.0)
+            part = delta.get(info.gpu_uuid, 0.0) * share * weight
+            joules = 0.0 if before is None else before + part
             attributed[key] = joules
-            fraction = share / len(payers) if pays else 0.0
-            holders.append(HolderSeries(series, h, fraction, joules))
+            holders.append(HolderSeries(series, h, share * weight, joules))
     snapshot = UsageSnapshot(tuple(devices[u] for u in sorted(devices)), tuple(holders))
     return snapshot, Ledger(kept | energy, attributed)
+
+
+def _weights(held: Sequence[Holding]) -> list[float]:
+    """Each holder's part of its device: by consumed memory when every paying holder has it, else equal;
+    admin-access holders pay nothing unless no other claim holds the device."""
+    payers = [h for h in held if not h.admin_access] or list(held)
+    consumed = [h.consumed_bytes or 0 for h in payers]
+    total = sum(consumed)
+    if total and all(consumed):
+        parts = {id(h): c / total for h, c in zip(payers, consumed, strict=True)}
+    else:
+        parts = {id(h): 1 / len(payers) for h in payers}
+    return [parts.get(id(h), 0.0) for h in held]
 
 
 def _rise(before: float | None, now: float) -> float:

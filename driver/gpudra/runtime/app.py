@@ -21,6 +21,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Protocol
@@ -30,6 +31,7 @@ from gpudra.kube.publisher import Publisher
 from gpudra.model.inventory import Inventory
 from gpudra.planning.offer import plan_offer
 from gpudra.runtime import health, preflight
+from gpudra.runtime.claimpods import ClaimPods, PodNotingClaims
 from gpudra.runtime.config import RunConfig
 from gpudra.runtime.errors import StartupError
 from gpudra.runtime.metrics import Metrics, NullMetrics
@@ -46,6 +48,7 @@ if TYPE_CHECKING:  # imported in Plugin.start, once publishing has begun (see th
     from gpudra.kubelet.health import HealthStreams
     from gpudra.kubelet.registration import Registrar
     from gpudra.kubelet.sockets import UnixServer
+    from gpudra.runtime.usage import UsageSampler
     from gpudra.state.prepare import Preparer
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,8 @@ class Plugin:
         self.registrar: Registrar | None = None
         self.metrics: Metrics = NullMetrics()
         self._probe: ProbeServerLike | None = None
+        self.claim_pods: ClaimPods | None = None  # pods prepare saw reserving claims (usage metrics only)
+        self.usage: UsageSampler | None = None
 
     def start(self) -> None:
         """Start everything, or raise :class:`StartupError` (after a Node Event, when the API is known)."""
@@ -132,8 +137,11 @@ class Plugin:
                 share.on_rejected(obj, err) or share.follow(mig.on_rejected(obj, err))
             ),
             before_first=lambda uid: probe_gates(kube, cfg.node_name, uid, mig, share),
+            on_failed=metrics.publish_failed,
         )
         self.publisher.start()
+        if cfg.usage_metrics and not isinstance(metrics, NullMetrics):
+            self.claim_pods = ClaimPods()
         self._serve_kubelet(kube, node, store, metrics)
         self.rediscovery = Rediscovery(
             self.driver,
@@ -146,6 +154,10 @@ class Plugin:
             on_change=self.health.refresh,
         )
         self.rediscovery.start()
+        if self.claim_pods is not None:  # usage metrics: a sampler thread, never on the prepare path
+            from gpudra.runtime.usage import serve_usage
+
+            self.usage = serve_usage(self.driver, node, store.snapshot, self.claim_pods, cfg.usage_interval_s)
         if cfg.mig_destroy_unowned and mig.policy.dynamic:
             inventory = node.current.offer.inventory
             if destroy_unowned(self.driver, inventory, created()):
@@ -211,7 +223,7 @@ class Plugin:
         return inv  # the vendor driver has logged the inventory's warnings
 
     def _discovered(self, seconds: float, inv: Inventory) -> None:
-        self.metrics.discovery(seconds, len(inv.devices))
+        self.metrics.discovery(seconds, Counter((d.vendor.value, d.kind.value) for d in inv.devices))
 
     def _checkpoint(self, kube: KubeClient) -> CheckpointStore:
         """The checkpoint store; a checkpoint that cannot be used and was not moved aside (the store does
@@ -254,8 +266,10 @@ class Plugin:
         settings = PrepareSettings(cfg.node_name, cfg.effective_state_dir, cfg.effective_run_dir)
         # The per-type device count walks every claim held: only worth it when someone scrapes it.
         on_prepared = None if isinstance(metrics, NullMetrics) else metrics.prepared_devices
+        pods = self.claim_pods  # with usage metrics: note the pods each claim prepare reads is reserved for
+        claims = ApiClaims(kube) if pods is None else PodNotingClaims(ApiClaims(kube), pods)
         self.preparer = preparer = Preparer(
-            ApiClaims(kube), node, store, CdiWriter(cfg.cdi_root),
+            claims, node, store, CdiWriter(cfg.cdi_root),
             driver=self.driver, settings=settings, on_prepared=on_prepared,
         )  # fmt: skip
         removed = preflight.remove_leftovers(cfg)
@@ -307,6 +321,8 @@ class Plugin:
         """Fast and complete: sockets removed, no thread left doing work (SIGTERM budget: 25 ms)."""
         if self.rediscovery is not None:
             self.rediscovery.stop()
+        if self.usage is not None:
+            self.usage.stop()
         if self.health is not None:
             self.health.stop()
         for timer in self._timers:

@@ -59,12 +59,12 @@ def reserved_pods(claim: ResourceClaim) -> tuple[str, ...]:
     """The names of the pods in ``status.reservedFor`` (entries of other resources are left out), sorted."""
     status: Mapping[str, object] = claim.get("status", {})
     entries = status.get("reservedFor")
-    names = {
-        e["name"]
-        for e in entries if isinstance(entries, list) else ()
-        if isinstance(e, dict) and e.get("resource") == "pods" and not e.get("apiGroup")
-        and isinstance(e.get("name"), str) and e["name"]
-    }  # fmt: skip
+    names: set[str] = set()
+    for e in entries if isinstance(entries, list) else ():
+        if isinstance(e, dict) and e.get("resource") == "pods" and not e.get("apiGroup"):
+            name = e.get("name")
+            if isinstance(name, str) and name:
+                names.add(name)
     return tuple(sorted(names))
 
 

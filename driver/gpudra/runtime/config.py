@@ -59,6 +59,8 @@ class RunConfig:
     #: quiet period per condition kind ("xid", "ecc", "reset", "thermal") before its taint goes
     health_quiet_s: Mapping[str, float] = field(default_factory=dict)
     ignored_xids: tuple[int, ...] = (13, 31, 43, 45, 68, 109)  # NVIDIA application Xids
+    usage_metrics: bool = True  # sample device usage for per-device and per-claim metrics (with metrics_port)
+    usage_interval_s: float = 10.0  # between usage samples
 
     @property
     def plugin_dir(self) -> Path:

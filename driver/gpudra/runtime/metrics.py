@@ -33,7 +33,12 @@ class Metrics(Protocol):
 
     def slices_published(self, generation: int) -> None: ...
 
-    def discovery(self, seconds: float, devices: int) -> None: ...
+    def discovery(self, seconds: float, devices: Mapping[tuple[str, str], int]) -> None:
+        """A discovery pass: its duration and the devices it found by (vendor, type)."""
+
+    def publish_failed(self, reason: str) -> None:
+        """Publishing the ResourceSlices failed once (``api``: the API server refused or did not answer;
+        ``unexpected``: anything else); it is retried."""
 
     def mig_management(self, dynamic: bool, dynamic_gpus: int) -> None:
         """The MIG management in effect (dynamic, or static after a fall-back) and the GPUs it partitions."""
@@ -67,7 +72,10 @@ class NullMetrics:
     def slices_published(self, generation: int) -> None:
         return None
 
-    def discovery(self, seconds: float, devices: int) -> None:
+    def discovery(self, seconds: float, devices: Mapping[tuple[str, str], int]) -> None:
+        return None
+
+    def publish_failed(self, reason: str) -> None:
         return None
 
     def mig_management(self, dynamic: bool, dynamic_gpus: int) -> None:
@@ -91,6 +99,9 @@ class PrometheusMetrics:
         """Raises OSError when ``addr:port`` cannot be bound."""
         import prometheus_client as prom
 
+        # No *_created series: one more series per counter, with a start time nobody queries.
+        prom.disable_created_metrics()  # type: ignore[no-untyped-call]
+
         self._calls = prom.Histogram(
             "gpudra_grpc_call_duration_seconds",
             "Duration of kubelet calls by method and result",
@@ -107,7 +118,13 @@ class PrometheusMetrics:
         self._publishes = prom.Counter("gpudra_slice_publishes_total", "ResourceSlice pool publications")
         self._generation = prom.Gauge("gpudra_slice_pool_generation", "Current ResourceSlice pool generation")
         self._discovery = prom.Gauge("gpudra_discovery_duration_seconds", "Duration of the last discovery")
-        self._devices = prom.Gauge("gpudra_devices", "Devices found by the last discovery")
+        self._devices = prom.Gauge(
+            "gpudra_devices", "Devices found by the last discovery", ["vendor", "type"]
+        )
+        self._device_kinds: set[tuple[str, str]] = set()
+        self._publish_failures = prom.Counter(
+            "gpudra_slice_publish_failures", "ResourceSlice publications that failed (retried)", ["reason"]
+        )
         self._mig_dynamic = prom.Gauge(
             "gpudra_mig_dynamic",
             "1 while MIG devices are created at prepare (dynamic MIG), 0 with static MIG (configured, or "
@@ -154,9 +171,14 @@ class PrometheusMetrics:
         self._publishes.inc()
         self._generation.set(generation)
 
-    def discovery(self, seconds: float, devices: int) -> None:
+    def discovery(self, seconds: float, devices: Mapping[tuple[str, str], int]) -> None:
         self._discovery.set(seconds)
-        self._devices.set(devices)
+        self._device_kinds |= set(devices)  # a kind no longer found reads 0, not its old count
+        for vendor, kind in self._device_kinds:
+            self._devices.labels(vendor, kind).set(devices.get((vendor, kind), 0))
+
+    def publish_failed(self, reason: str) -> None:
+        self._publish_failures.labels(reason).inc()
 
     def mig_management(self, dynamic: bool, dynamic_gpus: int) -> None:
         self._mig_dynamic.set(1 if dynamic else 0)

@@ -15,6 +15,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
+from dataclasses import replace
 from typing import Protocol
 
 from gpudra.kube.gateprobe import SliceApi, partitionable_fields
@@ -103,7 +104,7 @@ class MigManagement:
 
     def _fall_back(self, why: str) -> bool:
         with self._lock:
-            first, self._policy = self._policy.dynamic, MigPolicy(False)
+            first, self._policy = self._policy.dynamic, replace(self._policy, dynamic=False)
         if first:
             message = (
                 f"{why}. Falling back to static MIG: MIG-capable GPUs are published as the MIG layout they "
@@ -119,8 +120,9 @@ class MigManagement:
         node = self.node
         if node is None or not node.current.offer.policy.dynamic:
             return False
-        offer = node.current.offer
-        node.offer(plan_offer(offer.inventory, self._claim_created(), self._policy))
+        offer = node.current.offer  # the node's other choices (fractional GPUs) stay as they are
+        policy = replace(offer.policy, dynamic=self._policy.dynamic)
+        node.offer(plan_offer(offer.inventory, self._claim_created(), policy))
         return True
 
 

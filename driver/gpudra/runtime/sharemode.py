@@ -2,9 +2,9 @@
 
 ``--fractional-gpus on`` publishes devices with ``allowMultipleAllocations`` and capacity request policies
 (KEP-5075, :mod:`gpudra.planning.fractional`). A cluster whose ``DRAConsumableCapacity`` gate is off (alpha
-and off in Kubernetes 1.34 and 1.35) drops those fields without an error: the devices are then exclusive
-anyway, but a claim asking for ``capacity.requests.memory`` would never be allocated, and prepare must not
-treat a device as shared when the scheduler does not. So this node asks first and keeps watching:
+and off in Kubernetes 1.34 and 1.35) drops those fields without an error (and the claims' capacity
+requests too): the devices are then exclusive anyway, and prepare must not treat a device as shared when the
+scheduler does not. So this node asks first and keeps watching:
 
 - before the first publish, a probe slice with one shared device (pool ``<node>-gpudra-share-probe``) is
   created, read back and deleted (:func:`consumable_fields`);
@@ -196,10 +196,9 @@ class ShareMode:
             first, self._enabled = self._enabled, False
         if first:
             message = (
-                f"{why}. Falling back to exclusive devices: no device is published for sharing, and a claim "
-                "asking for capacity.requests.memory is not allocated on this node. Enable "
-                "DRAConsumableCapacity on the API server and scheduler (Kubernetes >= 1.34) and restart "
-                "gpudra to share GPUs by memory"
+                f"{why}. Falling back to exclusive devices: no device is published for sharing, so every "
+                "claim gets whole devices on this node. Enable DRAConsumableCapacity on the API server and "
+                "scheduler (Kubernetes >= 1.34) and restart gpudra to share GPUs by memory"
             )
             log.error("%s", message)
             self._metric(False)

@@ -1,7 +1,8 @@
 """Human-readable rendering of an inventory for ``gpudra discover``.
 
 Rows are sorted by device name, which puts each MIG device right under its parent GPU. A MIG-enabled GPU
-is listed as ``gpu (MIG)``: it is published only as its MIG devices.
+is listed as ``gpu (MIG)``: it is published only as its MIG devices. MEMORY is what the slices publish as
+``memory``: for an AMD compute partition, its share of the memory pool it draws from, with that pool.
 """
 
 from __future__ import annotations
@@ -18,6 +19,19 @@ _KIND_LABELS = (
 
 def _gib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**30:.1f} GiB"
+
+
+def _memory(d: Device) -> str:
+    """An AMD partition's fair share of its pool (as ``planning.devices`` publishes it), the pool beside it;
+    ``-`` when the pool or how many partitions share it is unknown (nothing is published then)."""
+    if d.kind is not DeviceKind.PARTITION:
+        return _gib(d.memory_bytes)
+    shared = d.partition.memory_shared_with if d.partition is not None else None
+    if d.memory_bytes is None or not shared:
+        return "-"
+    if shared == 1:
+        return _gib(d.memory_bytes)
+    return f"{_gib(d.memory_bytes // shared)} (pool {_gib(d.memory_bytes)} / {shared})"
 
 
 def _kind(d: Device) -> str:
@@ -38,7 +52,7 @@ def inventory_table(inv: Inventory) -> str:
                 device_name(d),
                 _kind(d),
                 _product(d),
-                _gib(d.memory_bytes),
+                _memory(d),
                 pci.bus_id if pci else "-",
                 str(pci.numa_node) if pci and pci.numa_node is not None else "-",
                 d.fabric_domain or "-",

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Final
 
+from gpudra.model.inventory import Device
 from gpudra.planning import usage
 from gpudra.planning.usage import Holding, Ledger, UsageSnapshot
 from gpudra.runtime.claimpods import ClaimPods
@@ -47,6 +48,7 @@ class UsageSampler:
         prepared: Callable[[], Mapping[str, ClaimRecord]],
         pods: ClaimPods,
         sink: Sink,
+        *,
         interval_s: float = DEFAULT_INTERVAL_S,
     ) -> None:
         self._reader = reader
@@ -71,7 +73,7 @@ class UsageSampler:
         t0, cpu0 = time.monotonic(), time.thread_time()
         offer = self._node.current.offer
         records = self._prepared()
-        held = holdings(records, self._pods)
+        held = holdings(records, offer.devices, self._pods)
         infos = usage.describe(offer.devices, held)
         readings = self._reader.read_usage(infos.keys())
         snapshot, self._ledger = usage.step(self._ledger, infos, held, readings)
@@ -100,9 +102,11 @@ class UsageSampler:
                     self._failed = None
 
 
-def holdings(records: Mapping[str, ClaimRecord], pods: ClaimPods) -> list[Holding]:
-    """The devices completed prepares hold, once per claim and device; a MIG device the claim's prepare
-    created is known by the UUID its recorded change holds."""
+def holdings(
+    records: Mapping[str, ClaimRecord], published: Mapping[str, Device], pods: ClaimPods
+) -> list[Holding]:
+    """The published devices completed prepares hold, once per claim and device, by UUID: a MIG device the
+    claim's prepare created by the one its recorded change holds."""
     out: list[Holding] = []
     for rec in records.values():
         if rec.state != PREPARE_COMPLETED:
@@ -110,15 +114,15 @@ def holdings(records: Mapping[str, ClaimRecord], pods: ClaimPods) -> list[Holdin
         reserved = pods.pods(rec.uid)
         seen: set[str] = set()
         for d in rec.devices:
-            if d.device in seen:
+            dev = published.get(d.device)
+            if dev is None or d.device in seen:
                 continue
             seen.add(d.device)
-            created = next((c.get("uuid") for c in rec.applied.changes if c.device == d.device and c.get("uuid")),
-                           None)  # fmt: skip
-            out.append(Holding(
-                rec.namespace, rec.name, rec.uid, d.device, created if isinstance(created, str) else "",
-                admin_access=d.admin_access, pods=reserved,
-            ))  # fmt: skip
+            made = next((c.get("uuid") for c in rec.applied.changes if c.device == d.device), None)
+            uuid = made if isinstance(made, str) and made else dev.uuid
+            if uuid:  # empty: a MIG device whose creation is not recorded (yet)
+                out.append(Holding(rec.namespace, rec.name, rec.uid, d.device, uuid,
+                                   admin_access=d.admin_access, pods=reserved))  # fmt: skip
     return out
 
 
@@ -134,8 +138,8 @@ def serve_usage(
     import prometheus_client
 
     collector = UsageCollector()
-    prometheus_client.REGISTRY.register(collector)  # type: ignore[arg-type]
-    sampler = UsageSampler(reader, node, prepared, pods, collector.update, interval_s)
+    prometheus_client.REGISTRY.register(collector)
+    sampler = UsageSampler(reader, node, prepared, pods, collector.update, interval_s=interval_s)
     sampler.start()
     log.info("usage metrics: sampling every %g s", interval_s)
     return sampler

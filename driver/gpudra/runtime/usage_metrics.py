@@ -31,7 +31,8 @@ _GAUGES: Final[tuple[tuple[str, str, Callable[[DeviceUsage], float | int | None]
     ("utilization_ratio", "Fraction of the last sample period the device was busy (0-1; none with MIG on)",
      lambda u: u.utilization),
     ("memory_used_bytes", "Device memory in use, in bytes", lambda u: u.memory_used_bytes),
-    ("memory_total_bytes", "Device memory as the library counts it, in bytes", lambda u: u.memory_total_bytes),
+    ("memory_total_bytes", "Device memory as the library counts it, in bytes",
+     lambda u: u.memory_total_bytes),
 )  # fmt: skip
 
 
@@ -51,7 +52,7 @@ class UsageCollector:
         self._stats = SamplerStats()
 
     def update(self, snapshot: UsageSnapshot, stats: SamplerStats) -> None:
-        self._snapshot, self._stats = snapshot, stats  # read whole by a scrape: each is replaced, never changed
+        self._snapshot, self._stats = snapshot, stats  # replaced whole, never changed: a scrape reads one
 
     def describe(self) -> list[Metric]:
         return []  # the series change with every sample: the registry must not collect to describe them
@@ -104,7 +105,9 @@ def _sampler(stats: SamplerStats) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         "gpudra_usage_sample_duration_seconds", "Wall time of the last usage sample", value=stats.last_seconds
     )
-    yield GaugeMetricFamily("gpudra_usage_devices_read", "Devices the last usage sample read", value=stats.devices)
+    yield GaugeMetricFamily(
+        "gpudra_usage_devices_read", "Devices the last usage sample read", value=stats.devices
+    )
 
 
 def _add(family: Any, samples: Iterator[tuple[list[str], float | int | None]]) -> None:

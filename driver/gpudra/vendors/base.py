@@ -8,7 +8,9 @@ model (:mod:`gpudra.model.inventory`, :mod:`gpudra.model.applied`, :mod:`gpudra.
 - :class:`Discoverer` — what the node has, again and again (hardware changes while the plugin runs);
 - :class:`DeviceEditor` — what a container needs to use one prepared device (CDI container edits);
 - :class:`ClaimApplier` — what a claim changes on the node at prepare (nothing for a static device; a MIG
-  instance, an MPS daemon, a setting later) and how to undo exactly that, after a crash too.
+  instance, an MPS daemon, a setting later) and how to undo exactly that, after a crash too;
+- :class:`UsageReader` — what each device is doing now (energy, power, utilisation, memory in use), for the
+  usage metrics.
 
 :class:`VendorDriver` is all of them plus a name and ``close``. The edit and error types every vendor returns
 live here as well, so vendor folders never import the layers that call them.

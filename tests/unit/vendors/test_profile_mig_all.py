@@ -125,8 +125,12 @@ def test_discover_yaml_respects_the_api_limits(capsys: pytest.CaptureFixture[str
         assert attributes["profile"] == {"string": "1g.10gb"}
         assert "fabricDomain" not in attributes  # MIG does no P2P
         assert set(device["capacity"]) == MIG_CAPACITIES
-        assert device["capacity"]["memory"] == {"value": str(ONE_G["memory_mib"] * MIB)}
-        assert device["capacity"]["multiprocessors"] == {"value": str(ONE_G["multiprocessors"])}
+        memory = str(ONE_G["memory_mib"] * MIB)
+        assert device["capacity"]["memory"]["value"] == memory
+        assert device["capacity"]["multiprocessors"]["value"] == str(ONE_G["multiprocessors"])
+        # static MIG devices are shared by default (--fractional-gpus): a claim asking nothing takes it all
+        assert device["allowMultipleAllocations"] is True
+        assert device["capacity"]["memory"]["requestPolicy"]["default"] == memory
     parents = Counter(d["attributes"]["parentUUID"]["string"] for d in devices)
     assert sorted(parents.values()) == [7] * 8
 

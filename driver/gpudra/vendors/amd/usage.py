@@ -17,8 +17,8 @@ answers them there. A partition never gets the GPU's energy or power.
 
 **sysfs**, without amdsmi (``bus/pci/devices/<bdf>/``: ``hwmon/hwmon*/energy1_input`` microjoules, where
 the ASIC has it; ``power1_average``, else ``power1_input``, microwatts; ``gpu_busy_percent``;
-``mem_info_vram_used`` and ``_total`` bytes): amdgpu's files are per PCI function, so per GPU; a partition's GPU gets them
-and the partition nothing. An unreadable or malformed file is ``None``.
+``mem_info_vram_used`` and ``_total`` bytes): amdgpu's files are per PCI function, so per GPU; a
+partition's GPU gets them and the partition nothing. An unreadable or malformed file is ``None``.
 """
 
 from __future__ import annotations
