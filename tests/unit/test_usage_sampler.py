@@ -14,11 +14,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpudra.cli import parse_args
+from gpudra.model.applied import AppliedState, Change
 from gpudra.model.k8stypes import ResourceClaim
 from gpudra.planning.offer import plan_offer
 from gpudra.runtime.claimpods import ClaimPods, PodNotingClaims, reserved_pods
 from gpudra.runtime.errors import UsageError
-from gpudra.runtime.usage import UsageSampler
+from gpudra.runtime.usage import UsageSampler, holdings
 from gpudra.runtime.usage_metrics import UsageCollector
 from gpudra.state.checkpoint import ClaimRecord, PreparedDevice
 from gpudra.state.node import NodeStateStore
@@ -159,3 +160,14 @@ def test_the_usage_flags_and_their_twins() -> None:
     for bad in (["--usage-interval", "0"], ["--usage-metrics", "maybe"]):
         with pytest.raises(UsageError, match=bad[0]):
             parse_args(["run", "--node-name", "n", *bad], environ={})
+
+
+def test_a_mig_device_a_claim_created_is_held_by_its_recorded_uuid(mock: MockDriver) -> None:
+    rig = Rig(mock)
+    name, device = next(iter(rig.node.current.offer.devices.items()))
+    prepared = PreparedDevice("gpu", "node-a", name, ())
+    changes = (Change.of("mock-file", name, path="/x"), Change.of("mig-instance", name, uuid="MIG-made"))
+    made = ClaimRecord(UID, "team-a", "tiny", "PrepareCompleted", (prepared,), None, AppliedState(changes))
+    plain = ClaimRecord(UID, "team-a", "tiny", "PrepareCompleted", (prepared,), None)
+    assert [h.uuid for h in holdings({UID: made}, rig.node.current.offer.devices, rig.pods)] == ["MIG-made"]
+    assert [h.uuid for h in holdings({UID: plain}, rig.node.current.offer.devices, rig.pods)] == [device.uuid]

@@ -118,8 +118,8 @@ def holdings(
             if dev is None or d.device in seen:
                 continue
             seen.add(d.device)
-            made = next((c.get("uuid") for c in rec.applied.changes if c.device == d.device), None)
-            uuid = made if isinstance(made, str) and made else dev.uuid
+            made = (c.get("uuid") for c in rec.applied.changes if c.device == d.device)
+            uuid = next((u for u in made if isinstance(u, str) and u), dev.uuid)
             if uuid:  # empty: a MIG device whose creation is not recorded (yet)
                 out.append(Holding(rec.namespace, rec.name, rec.uid, d.device, uuid,
                                    admin_access=d.admin_access, pods=reserved))  # fmt: skip

@@ -3,6 +3,7 @@ the test turns (energy integrates power over it)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from gpudra.model.inventory import DeviceKind
+from gpudra.vendors.mock.driver import open_mock_profile
 from gpudra.vendors.mock.fake_nvml import FakeNvml, write_sysfs_tree
 from gpudra.vendors.mock.fake_usage import UsageModel
 from gpudra.vendors.mock.profile import Profile, load_profile
@@ -17,7 +19,7 @@ from gpudra.vendors.nvidia.calls import Nvml
 from gpudra.vendors.nvidia.driver import NvidiaDriver
 from gpudra.vendors.nvidia.usage import RETRY_ABSENT, NvmlUsage
 
-from .helpers import variant
+from .helpers import builtin_json, variant
 
 H100 = "GPU-bb61b538-f5d8-b0ab-2cb5-fef794dece63"
 
@@ -132,3 +134,21 @@ def test_a_closed_driver_reads_nothing(tmp_path: Path) -> None:
     driver, _ = _open(tmp_path, load_profile("h100"), Clock())
     driver.close()
     assert driver.read_usage([H100]) == {}
+
+
+def test_editing_the_mock_profile_file_changes_the_utilisation(tmp_path: Path) -> None:
+    data = builtin_json("h100")
+    data["devices"][0]["usage"] = {"utilization": 0.1}
+    file = tmp_path / "node.json"
+    file.write_text(json.dumps(data))
+    driver = open_mock_profile(str(file), tmp_path / "claims")
+    try:
+        driver.discover()
+        before = driver.read_usage([H100])[H100].utilization
+        data["devices"][0]["usage"] = {"utilization": 0.6}
+        file.write_text(json.dumps(data, indent=1))  # another size: seen at the next discovery pass
+        driver.discover()
+        after = driver.read_usage([H100])[H100].utilization
+    finally:
+        driver.close()
+    assert (before, after) == (0.1, 0.6)
