@@ -1,5 +1,5 @@
-"""Command line: ``gpudra discover``, ``gpudra run``. (``gpudra-dev demo`` and the other development tools
-live in :mod:`gpudra.devtools`.)
+"""Command line: ``gpudra discover``, ``gpudra run``, ``gpudra explain``. (``gpudra-dev demo`` and the other
+development tools live in :mod:`gpudra.devtools`; ``gpudra explain`` runs ``gpudra-dev explain`` instead.)
 
 Every ``run`` flag has an environment twin (``NODE_NAME``, ``KUBECONFIG``, ``GPUDRA_*``) so a DaemonSet can
 configure it from the downward API; a flag given on the command line wins over its twin, and both go through
@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,7 @@ from gpudra.runtime.flags import (
 from gpudra.vendors.base import HostRoots, VendorDriver, WatchOptions
 
 BACKENDS = ("auto", "nvml", "amd", "mock")
+EXPLAIN_FIX: Final = "pip install 'gpudra[devtools]'"
 
 COMMON_OPTS: Final = (
     Opt("--verbose", "GPUDRA_VERBOSITY", count(0, 9, "a verbosity"), "0",
@@ -168,6 +170,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", choices=("table", "yaml", "json"), default="table")
     r = sub.add_parser("run", help="run the kubelet plugin")
     _add(r, (*COMMON_OPTS, *BACKEND_OPTS, *RUN_OPTS))
+    sub.add_parser("explain", add_help=False, help="why is my claim pending? (gpudra-dev explain, from "
+                   f"{EXPLAIN_FIX}; `gpudra explain --help`)")  # fmt: skip
     return parser
 
 
@@ -195,8 +199,23 @@ def _log_format_hint(argv: Sequence[str]) -> str:
     return os.environ.get("GPUDRA_LOG_FORMAT") or "text"
 
 
+def _explain(argv: Sequence[str]) -> int:
+    """``gpudra explain ...`` is ``gpudra-dev explain ...`` (the development tools, which the product never
+    imports): the ``gpudra-dev`` beside this Python, else the one on PATH, in place of this process."""
+    beside = Path(sys.executable).parent / "gpudra-dev"
+    tool = str(beside) if beside.is_file() and os.access(beside, os.X_OK) else shutil.which("gpudra-dev")
+    if tool is None:
+        logs.fatal("explain needs the development tools (gpudra-dev is not installed)", EXPLAIN_FIX)
+        return 2
+    sys.stdout.flush()
+    os.execvp(tool, [tool, "explain", *argv])  # replaces this process: never returns
+    return 2  # pragma: no cover
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["explain"]:
+        return _explain(argv[1:])
     try:
         args = parse_args(argv)
     except UsageError as e:

@@ -3,7 +3,9 @@
 - ``gpudra-dev demo [--profile NAME]``: the whole path on mock GPUs with an in-process stand-in API server;
   ``--scenario health``: a GPU goes unhealthy (an injected Xid) and recovers, on a mock DGX H100;
 - ``gpudra-dev fakeapi ...``: the stand-in Kubernetes API server alone (also
-  ``python -m gpudra.devtools.fakeapi``).
+  ``python -m gpudra.devtools.fakeapi``);
+- ``gpudra-dev explain ...``: why a claim is pending (``gpudra explain`` hands over to it); see
+  :mod:`gpudra.devtools.explain_cli`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "health: a GPU gets Xid 48, is tainted, refused and recovers (dgx-h100 only)",
     )
     sub.add_parser("fakeapi", help="the stand-in API server (all further arguments go to it)", add_help=False)
+    sub.add_parser("explain", help="why a claim is pending (all further arguments go to it)", add_help=False)
     args, rest = parser.parse_known_args(argv)
+    if args.command == "explain":
+        from gpudra.devtools.explain_cli import main as explain_main
+
+        return explain_main(rest)
     if args.command == "fakeapi":
         from gpudra.devtools.fakeapi.__main__ import main as fakeapi_main
 

@@ -17,7 +17,7 @@ import dataclasses
 import http.client
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +46,7 @@ _SliceRes = create_global_resource("resource.k8s.io", "v1", "ResourceSlice", "re
 _ClaimRes = create_namespaced_resource("resource.k8s.io", "v1", "ResourceClaim", "resourceclaims")
 _NodeRes = create_global_resource("", "v1", "Node", "nodes")
 _EventRes = create_namespaced_resource("", "v1", "Event", "events")
+_PodRes = create_namespaced_resource("", "v1", "Pod", "pods")
 
 T = TypeVar("T")
 
@@ -225,3 +226,41 @@ class KubeClient:
             )
         except KubeError as e:
             log.warning("could not record Node event %s: %s", reason, e)
+
+    # ---- Pods (MPS control daemons: gpudra.runtime.mps_pods) -------------------------------------------
+
+    def create_pod(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        meta = obj.get("metadata") or {}
+        namespace, name = meta.get("namespace", ""), meta.get("name", "")
+        res = _translate(
+            f"create Pod {namespace}/{name}",
+            lambda: self._client.create(_PodRes.from_dict(dict(obj)), namespace=namespace),
+        )
+        return _plain(res)
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        op = f"get Pod {namespace}/{name}"
+        if not namespace or not name:  # an empty segment would turn the GET into a LIST
+            raise KubeError(f"{op}: a namespace and a name are required", 400, "BadRequest")
+        return _plain(_translate(op, lambda: self._client.get(_PodRes, name, namespace=namespace)))
+
+    def delete_pod(self, namespace: str, name: str, grace_period_s: int | None = None) -> None:
+        op = f"delete Pod {namespace}/{name}"
+        if not namespace or not name:  # an empty segment would delete the collection
+            raise KubeError(f"{op}: a namespace and a name are required", 400, "BadRequest")
+        _translate(
+            op,
+            lambda: self._client.delete(_PodRes, name, namespace=namespace, grace_period=grace_period_s),
+        )
+
+    def list_pods(
+        self, namespace: str, labels: Mapping[str, str], node_name: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The Pods of ``namespace`` with all of ``labels`` (and bound to ``node_name`` when given)."""
+        fields: dict[str, Any] | None = None if node_name is None else {"spec.nodeName": node_name}
+
+        def run() -> list[dict[str, Any]]:
+            found = self._client.list(_PodRes, namespace=namespace, labels=dict(labels), fields=fields)
+            return [_plain(o) for o in found]
+
+        return _translate(f"list Pods in {namespace}", run)

@@ -75,7 +75,26 @@ EVENTS: Final = Resource(
     ),
 )
 
-RESOURCES: Final = (RESOURCE_SLICES, RESOURCE_CLAIMS, DEVICE_CLASSES, NODES, EVENTS)
+PODS: Final = Resource(
+    "",
+    "pods",
+    "Pod",
+    True,
+    (
+        "metadata.name",
+        "metadata.namespace",
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "status.phase",
+        "status.podIP",
+        "status.nominatedNodeName",
+    ),
+    status_subresource=True,
+)
+
+RESOURCES: Final = (RESOURCE_SLICES, RESOURCE_CLAIMS, DEVICE_CLASSES, NODES, EVENTS, PODS)
 
 
 def lookup(name: str) -> Resource:

@@ -68,6 +68,7 @@ ErrorType = Literal[
     "FieldValueDuplicate",
     "FieldValueNotSupported",
     "FieldValueForbidden",
+    "FieldValueNotFound",
 ]
 
 _TYPE_TEXT: Final[dict[str, str]] = {
@@ -78,6 +79,7 @@ _TYPE_TEXT: Final[dict[str, str]] = {
     "FieldValueDuplicate": "Duplicate value",
     "FieldValueNotSupported": "Unsupported value",
     "FieldValueForbidden": "Forbidden",
+    "FieldValueNotFound": "Not found",
 }
 _NO_VALUE: Final = frozenset({"FieldValueRequired", "FieldValueForbidden", "FieldValueTooLong"})
 

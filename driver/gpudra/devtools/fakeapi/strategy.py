@@ -7,8 +7,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from gpudra.devtools.fakeapi import decode, formats, gates, validation
-from gpudra.devtools.fakeapi.resources import RESOURCE_CLAIMS, RESOURCE_SLICES, Resource
+from gpudra.devtools.fakeapi import decode, formats, gates, pods, validation
+from gpudra.devtools.fakeapi.resources import PODS, RESOURCE_CLAIMS, RESOURCE_SLICES, Resource
 from gpudra.devtools.fakeapi.status import FieldError
 
 __all__ = ["Strategy", "now_rfc3339", "strategy_for"]
@@ -136,9 +136,30 @@ class ClaimStrategy(Strategy):
         return errors
 
 
+class PodStrategy(Strategy):
+    """Pods (:mod:`gpudra.devtools.fakeapi.pods`): ``status`` only through ``/status``; new Pods are
+    ``Pending``."""
+
+    def __init__(self) -> None:
+        super().__init__(PODS)
+
+    def prepare_create(self, obj: JSON) -> None:
+        super().prepare_create(obj)
+        pods.default_pod(obj)
+
+    def prepare_update(self, new: JSON, old: JSON) -> None:
+        super().prepare_update(new, old)
+        new["status"] = copy.deepcopy(old.get("status") or {})
+
+    def validate(self, obj: JSON, old: JSON | None) -> list[FieldError]:
+        return pods.validate_pod(obj, old)
+
+
 def strategy_for(res: Resource, feature_gates: gates.FeatureGates) -> Strategy:
     if res == RESOURCE_SLICES:
         return SliceStrategy(feature_gates)
     if res == RESOURCE_CLAIMS:
         return ClaimStrategy()
+    if res == PODS:
+        return PodStrategy()
     return Strategy(res, tracks_generation=res.plural == "deviceclasses")

@@ -255,7 +255,8 @@ def test_discovery(api: Api, server: FakeApiServer) -> None:
     assert resources["resourceclaims"]["namespaced"] is True
     assert "resourceclaims/status" in resources
     assert "watch" in resources["resourceslices"]["verbs"]
-    assert {r["name"] for r in api.get("/api/v1").body["resources"]} == {"nodes", "events"}
+    core = {r["name"] for r in api.get("/api/v1").body["resources"]}
+    assert core == {"nodes", "events", "pods", "pods/status"}
 
 
 @pytest.mark.parametrize("path", ["/apis/resource.k8s.io/v1/widgets", "/nope", "/api/v1/namespaces/x/nodes"])
