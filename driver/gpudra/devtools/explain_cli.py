@@ -49,7 +49,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser(prog: str = "gpudra-dev explain") -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
+    p = _Parser(
+        prog=prog,
+        description="Why is my claim pending? Each claim's verdict per node and per request, then every "
+        "device with its selectors evaluated, why a matching one cannot be given, and the constraints.",
+        epilog="exit status: 0 every claim fits, 1 one does not (pending or an error), 2 could not explain",
+    )
     p.add_argument("claims", nargs="*", metavar="CLAIM", help="a ResourceClaim (or ResourceClaimTemplate) in "
                    "the cluster: namespace/name, or name in --namespace")  # fmt: skip
     p.add_argument("-f", "--filename", action="append", default=[], metavar="FILE",

@@ -150,6 +150,21 @@ def _chosen(ctx: _Context, request: Request) -> int | None:
     return next((i for i, a in enumerate(request.alternatives) if a.name in taken), None)
 
 
+def _error_summary(
+    ctx: _Context, alt: Alternative, reasons: Sequence[str], devices: Sequence[DeviceReport]
+) -> str:
+    """The first selector error as this (sub)request's devices show it, else the scheduler's words."""
+    failing = [d for d in devices if d.errors]
+    if not failing:
+        text = reasons[0] if reasons else "an error"
+        for prefix in (f"claim {ctx.parsed.label}, request {alt.name}: ", f"claim {ctx.parsed.label}: "):
+            text = text.removeprefix(prefix)
+        return f"{text}; {ABORTS}"
+    error = failing[0].errors[0]
+    where = f"{error.source} selector #{error.index}"
+    return f"{where}: {error.error} on {len(failing)} of {len(devices)} devices; {ABORTS}"
+
+
 def _verdict(
     ctx: _Context, request: Request, position: int, devices: Sequence[DeviceReport]
 ) -> tuple[RequestVerdict, str, tuple[str, ...]]:
@@ -159,13 +174,11 @@ def _verdict(
         allocated = [d.name for d in devices if d.allocated]
         return RequestVerdict.ALLOCATED, f"allocated {names(allocated)}", ()
     if chosen is not None and position > chosen:
-        return RequestVerdict.NOT_NEEDED, f"not tried: {request.alternatives[chosen].name} came first", ()
+        return RequestVerdict.NOT_NEEDED, f"not tried: {request.alternatives[chosen].name} was allocated", ()
     verdict, reasons = _solo(ctx, alt)
     after = f"; the scheduler took {request.alternatives[chosen].name}" if chosen is not None else ""
     if verdict is RequestVerdict.ERROR:
-        failing = sum(1 for d in devices if d.errors)
-        first = _strip(alt, reasons[0]) if reasons else "a selector error"
-        return verdict, f"{first} (fails on {failing} of {len(devices)} devices); {ABORTS}", reasons
+        return verdict, _error_summary(ctx, alt, reasons, devices), reasons
     if verdict is RequestVerdict.UNSATISFIABLE:
         text = "; ".join(_strip(alt, r) for r in reasons) or "cannot be allocated"
         return verdict, text + after, reasons

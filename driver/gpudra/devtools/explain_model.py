@@ -194,7 +194,9 @@ class ValueGroup:
 
 @dataclass(frozen=True, slots=True)
 class ConstraintReport:
-    """A constraint over the selected, available devices of one (sub)request."""
+    """A constraint over the selected, available devices of one (sub)request. ``needed`` is what this
+    (sub)request needs; the other requests a constraint covers add theirs (the allocator's reasons say
+    whether the claim as a whole can hold it)."""
 
     index: int
     distinct: bool

@@ -41,9 +41,9 @@ def _selector_word(s: SelectorResult) -> str:
 def _detail(device: DeviceReport) -> str:
     """What else matters about a selected device: the capacity a share takes, taints it tolerates."""
     parts = [
-        f"{c.name} {show(c.consumes)} of {show(c.total - c.used)} free"
+        f"{c.name}: needs {show(c.consumes)}, {show(c.total - c.used)} free"
         for c in device.capacity
-        if c.used or c.holders or c.consumes != c.total
+        if c.consumes and (c.used or c.consumes != c.total)
     ]
     parts += [f"taint {t} tolerated" for t in device.taints if t.tolerated]
     parts += [f"taint {t} (does not block)" for t in device.taints if not t.tolerated and not t.blocks]

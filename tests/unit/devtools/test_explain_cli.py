@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from gpudra.devtools import explain_cli
-from tests.unit.devtools.explain_rig import NODE, claim, exactly, published
+from tests.unit.devtools.explain_rig import NODE, REPO, claim, exactly, published
 
 FIX = "pip install 'gpudra[devtools]'"
 
@@ -174,3 +174,82 @@ def test_gpudra_dev_explain_without_the_cel_evaluator_says_how_to_get_it(tmp_pat
         proc.stderr
         == f"gpudra: explain needs the development tools (the CEL evaluator is not installed) — {FIX}\n"
     )
+
+
+BIG_GPU = """\
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaim
+metadata: {name: big-gpu, namespace: team-a}
+spec:
+  devices:
+    requests:
+    - name: gpu
+      exactly:
+        deviceClassName: gpu.gpudra.io
+        selectors:
+        - cel:
+            expression: >-
+              device.attributes['gpudra.io'].migCapable &&
+              device.capacity['gpudra.io'].memory.compareTo(quantity('40Gi')) >= 0
+"""
+
+
+def test_the_readme_shows_a_real_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command = "$ gpudra explain -f big-gpu.yaml --profile mi300x-8-spx-nps1"
+    readme = (REPO / "README.md").read_text()
+    shown = readme.split(f"{command}\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "big-gpu.yaml").write_text(BIG_GPU)
+    monkeypatch.chdir(tmp_path)
+    assert explain_cli.main(command.split()[3:]) == 1
+    assert capsys.readouterr().out.rstrip("\n") == shown.rstrip("\n")
+
+
+def test_the_json_shape_is_the_documented_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    distinct = [{"distinctAttribute": "gpudra.io/uuid"}]
+    four = claim("four", exactly("gpus", "gpu.gpudra.io", count=4), constraints=distinct)
+    path = _write(tmp_path / "c.yaml", four)
+    code, doc = _json(capsys, "-f", path, "--profile", "h100", "--fractional-gpus=off")
+    assert code == 1
+    assert set(doc) == {"apiVersion", "kind", "verdict", "claims"}
+    assert (doc["apiVersion"], doc["kind"]) == ("explain.gpudra.io/v1", "Explanation")
+    assert doc["verdict"] == "pending"
+    (claim_doc,) = doc["claims"]
+    assert set(claim_doc) == {"claim", "kind", "source", "verdict", "summary", "nodes"}
+    (node,) = claim_doc["nodes"]
+    assert set(node) == {
+        "node", "devicesFrom", "verdict", "summary", "reasons", "warnings", "held", "allocation", "pools",
+        "requests",
+    }  # fmt: skip
+    assert node["pools"] == [{"pool": f"gpudra.io/{NODE}", "devices": 26, "problem": None}]
+    (request,) = node["requests"]
+    assert set(request) == {
+        "request", "subrequest", "name", "verdict", "summary", "reasons", "deviceClass", "allocationMode",
+        "count", "needed", "adminAccess", "capacityRequests", "tolerations", "selectors", "checked",
+        "matching", "available", "errors", "allocated", "devices", "constraints",
+    }  # fmt: skip
+    device = next(d for d in request["devices"] if d["selected"])
+    assert set(device) == {
+        "device", "driver", "pool", "selected", "available", "allocated", "selectors", "unavailable",
+        "inUseBy", "taints", "counters", "countersShared", "capacity", "capacityRefused",
+    }  # fmt: skip
+    assert set(device["counters"][0]) == {"counterSet", "counter", "consumes", "left", "total", "fits"}
+    (constraint,) = request["constraints"]
+    uuid = device["device"].replace("gpu-", "GPU-", 1)
+    assert constraint == {
+        "index": 0, "kind": "distinctAttribute", "attribute": "gpudra.io/uuid", "requests": [], "needed": 4,
+        "groups": [{"value": f"'{uuid}'", "devices": [device["device"]]}],
+        "withoutValue": [], "satisfiable": False,
+    }  # fmt: skip
+
+
+def test_all_devices_names_every_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path / "c.yaml", claim("one", exactly("gpu", "gpu.gpudra.io")))
+    static = ["--profile", "dgx-h100", "--mig-management=static"]
+    assert explain_cli.main(["-f", path, *static]) == 0
+    assert " and 3 more" in capsys.readouterr().out
+    assert explain_cli.main(["-f", path, *static, "--all-devices"]) == 0
+    out = capsys.readouterr().out
+    assert " more" not in out
+    assert "gpu-0b100000-0000-0000-0000-000000000007" in out

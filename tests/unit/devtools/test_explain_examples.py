@@ -42,11 +42,11 @@ def test_example_is_explained_as_allocatable(scenario: str, profile: str) -> Non
         for request in node["requests"]:
             if request["subrequest"] is None:
                 assert request["verdict"] == "allocated", request["summary"]
-            devices = {d["device"]: d for d in request["devices"]}
+            by_name = {d["device"]: d for d in request["devices"]}
             for name in request["allocated"]:
-                assert devices[name]["selected"]
-                assert devices[name]["available"]
-                assert all(s["result"] == "match" for s in devices[name]["selectors"])
+                assert by_name[name]["selected"]
+                assert by_name[name]["available"]
+                assert all(s["result"] == "match" for s in by_name[name]["selectors"])
         shares += [r["device"] for r in node["allocation"] if "shareID" in r]
     if scenario in FRACTIONAL:  # every claim of the example takes a share of the same device
         assert len(shares) == len(document["claims"]) > 1

@@ -249,3 +249,25 @@ def test_requests_that_fit_alone_but_not_together() -> None:
     assert doc["verdict"] == "pending"
     assert [r["verdict"] for r in node_of(doc)["requests"]] == ["satisfiable", "satisfiable"]
     assert "each can be allocated alone, but not all together" in node_of(doc)["reasons"][0]
+
+
+def test_an_error_the_search_does_not_reach_is_still_named() -> None:
+    """The scheduler evaluates devices lazily: this claim gets the first GPU, but the same selector aborts
+    it the day that GPU is taken and a MIG placement (without ``fabricDomain``) is evaluated."""
+    every = {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "DeviceClass",
+        "metadata": {"name": "every.example.com"},
+        "spec": {"selectors": [{"cel": {"expression": "device.driver == 'gpudra.io'"}}]},
+    }
+    fabric = "device.attributes['gpudra.io'].fabricDomain != ''"
+    doc = explain([claim("any", exactly("gpu", "every.example.com", fabric))], target("gb200-nvl72-tray"),
+                  extra_classes=[every])  # fmt: skip
+    assert doc["verdict"] == "allocatable"
+    request = only_request(doc)
+    assert request["verdict"] == "allocated"
+    assert request["errors"] == len(request["devices"]) - 4  # every device but the 4 whole GPUs
+    assert f"selector errors on {request['errors']} device(s)" in request["summary"]
+    failing = next(d for d in request["devices"] if d["selectors"][1]["result"] == "error")
+    guard = "'fabricDomain' in device.attributes['gpudra.io']"
+    assert failing["selectors"][1]["guarded"] == f"{guard} && {fabric}"
