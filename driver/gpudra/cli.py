@@ -19,7 +19,7 @@ import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
 from gpudra import __version__
 from gpudra.runtime import logs
@@ -43,6 +43,9 @@ from gpudra.runtime.flags import (
     seconds,
 )
 from gpudra.vendors.base import HostRoots, VendorDriver, WatchOptions
+
+if TYPE_CHECKING:
+    from gpudra.vendors.nvidia.sharing import MpsOptions
 
 BACKENDS = ("auto", "nvml", "amd", "mock")
 EXPLAIN_FIX: Final = "pip install 'gpudra[devtools]'"
@@ -92,6 +95,10 @@ RUN_OPTS: Final = (
     Opt("--amd-additional-gids", "GPUDRA_AMD_ADDITIONAL_GIDS", BOOLEAN, "true",
         "AMD: add the render node's group via CDI additionalGids; needs a runtime that knows CDI 0.7.0 "
         "(containerd >= 1.7.16 or 2.x, CRI-O >= 1.30)", action="bool"),
+    Opt("--mps-launcher", "GPUDRA_MPS_LAUNCHER", choice("pod", "process"), None,
+        "how claims' MPS daemons run, outliving plugin restarts: pod (a Pod per daemon in the plugin's "
+        "namespace, with its image; the default) or process (a detached process: for hosts without a "
+        "container; the mock backend always uses it)"),
     Opt("--mig-destroy-unowned", "GPUDRA_MIG_DESTROY_UNOWNED", BOOLEAN, "false",
         "dynamic MIG: at start, destroy the MIG devices no claim of this node created (an old layout, or "
         "one a lost checkpoint left) on MIG-capable GPUs, so they are partitioned at prepare again; NVML "
@@ -242,10 +249,11 @@ def _open_driver(
     roots: HostRoots | None = None,
     files_dir: Path | None = None,
     health: WatchOptions | None = None,
+    mps: MpsOptions | None = None,
 ) -> VendorDriver:
     from gpudra.vendors.select import open_driver
 
-    return open_driver(args.backend, args.profile, args.sysfs_root, roots, files_dir, health=health)
+    return open_driver(args.backend, args.profile, args.sysfs_root, roots, files_dir, health=health, mps=mps)
 
 
 def _discover(args: argparse.Namespace) -> int:
@@ -312,12 +320,16 @@ def _run(args: argparse.Namespace) -> int:
         rediscover_initial_s=args.rediscover_pending_interval,
         mig_dynamic=args.mig_management == "dynamic",
         fractional_gpus=args.fractional_gpus == "on",
+        mps_launcher=args.mps_launcher or "pod",
         usage_metrics=args.usage_metrics == "on",
         usage_interval_s=args.usage_interval,
     )
     check(cfg)
     health = WatchOptions(ignored_xids=args.ignored_xids, poll_s=args.health_poll_interval)
-    driver = _open_driver(args, cfg.host_roots, cfg.effective_run_dir / "claims", health)
+    from gpudra.runtime.mps_setup import mps_options
+
+    mps = mps_options(cfg)  # the mock backend runs its fake MPS daemons as processes, whatever is asked
+    driver = _open_driver(args, cfg.host_roots, cfg.effective_run_dir / "claims", health, mps)
     try:
         code = serve(Plugin(cfg, driver))
     except FatalError as e:

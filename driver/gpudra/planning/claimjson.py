@@ -19,10 +19,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Final, TypeVar
 
 from gpudra.model import names
+from gpudra.model.quantity import parse_quantity
 from gpudra.planning import claimnames
+from gpudra.planning.apirules import MAX_ATTRIBUTES_AND_CAPACITIES, check_qualified_name
 from gpudra.planning.claimnames import NameFormat
 from gpudra.planning.config import OpaqueConfig
 from gpudra.planning.devicemeta import POD_CLAIM_NAME_ANNOTATION
@@ -56,6 +59,8 @@ class AllocatedDevice:
     device: str  # a DNS label
     admin_access: bool = False
     share_id: str | None = None  # a normalized UID
+    #: ``consumedCapacity``: (capacity name, exact quantity), sorted by name; empty when absent
+    consumed_capacity: tuple[tuple[str, Fraction], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +124,33 @@ def _our_result(result: JsonObject, path: str) -> AllocatedDevice:
         device=_formatted(result, "device", path, claimnames.DNS_LABEL),
         admin_access=_optional(result, "adminAccess", f"{path}.adminAccess", _bool) or False,
         share_id=share_id,
+        consumed_capacity=_consumed(result, f"{path}.consumedCapacity"),
     )
+
+
+def _consumed(result: JsonObject, path: str) -> tuple[tuple[str, Fraction], ...]:
+    """``consumedCapacity``: capacity names (``[domain/]identifier``) to non-negative quantities."""
+    consumed = _optional(result, "consumedCapacity", path, _object)
+    if consumed is None:
+        return ()
+    if len(consumed) > MAX_ATTRIBUTES_AND_CAPACITIES:
+        raise ClaimJsonError(path, f"must have at most {MAX_ATTRIBUTES_AND_CAPACITIES} entries")
+    out = []
+    for name, raw in consumed.items():
+        where = f"{path}[{name}]"
+        try:
+            check_qualified_name(name)
+        except ValueError as e:
+            raise ClaimJsonError(where, f"invalid capacity name: {e}") from None
+        text = _string(raw, where)
+        try:
+            value = parse_quantity(text)
+        except ValueError as e:
+            raise ClaimJsonError(where, str(e)) from None
+        if value < 0:
+            raise ClaimJsonError(where, f"{json.dumps(text)} is negative")
+        out.append((name, value))
+    return tuple(sorted(out))
 
 
 # ---- opaque configs -----------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 
 from gpudra.model import names
 from gpudra.model.inventory import Device
@@ -46,6 +47,17 @@ class DeviceToPrepare:
     admin_access: bool = False
     share_id: str | None = None
     configs: tuple[object, ...] = ()
+    #: the allocation's ``consumedCapacity`` (a shared device): (capacity name, exact quantity), by name
+    consumed_capacity: tuple[tuple[str, Fraction], ...] = ()
+    #: where the claim holds this result, for messages only (``status.allocation.devices.results[2]``)
+    path: str = field(default="", compare=False)
+
+    def consumed(self, capacity: str) -> Fraction | None:
+        """What the allocation consumed of ``capacity``; None when it does not say."""
+        for name, value in self.consumed_capacity:
+            if name == capacity:
+                return value
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +168,8 @@ def _device_to_prepare(
         admin_access=d.admin_access,
         share_id=d.share_id,
         configs=configs.get(d.request, ()),
+        consumed_capacity=d.consumed_capacity,
+        path=d.path,
     )
 
 

@@ -276,6 +276,7 @@ class Plugin:
         if removed:
             log.info("removed %d leftover temp file(s) of interrupted writes", removed)
         self._roll_back_later(preparer)
+        preparer.reconcile()  # MPS daemons: prepared claims' ones that died started again, orphans stopped
         preparer.collect_garbage()
         # grpc_workers prepares at once; the reserve threads keep unprepare and probes free of them.
         registrars = dra.registrars(preparer, metrics, prepare_slots=cfg.grpc_workers)

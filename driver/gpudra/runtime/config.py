@@ -55,6 +55,7 @@ class RunConfig:
     mig_dynamic: bool = True  # --mig-management dynamic (partitionable devices) or static
     mig_destroy_unowned: bool = False  # dynamic MIG: destroy MIG devices no claim created, at start
     fractional_gpus: bool = True  # --fractional-gpus: publish devices for claims to share by memory
+    mps_launcher: str = "pod"  # --mps-launcher: MPS daemons as Pods ("pod") or detached processes ("process")
     health_monitoring: bool = True  # watch device health (taints, refusals, the kubelet's health stream)
     #: quiet period per condition kind ("xid", "ecc", "reset", "thermal") before its taint goes
     health_quiet_s: Mapping[str, float] = field(default_factory=dict)

@@ -16,13 +16,13 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 from gpudra.model import cdi
+from gpudra.model.applied import AppliedState
 from gpudra.model.health import ConditionKind
-from gpudra.model.k8stypes import ResourceClaim
 from gpudra.planning import plan
 from gpudra.planning.offer import Offer
 from gpudra.planning.plan import ClaimPlan, ClaimRef, PlanError
@@ -30,27 +30,17 @@ from gpudra.state import recovery
 from gpudra.state.cdi import CdiWriter
 from gpudra.state.checkpoint import CheckpointStore, ClaimRecord, PreparedDevice, Txn, UnwritableRecord
 from gpudra.state.claimfiles import Built, ClaimFiles
+from gpudra.state.claimsource import ClaimReadError, ClaimSource
+from gpudra.state.discard import Failed, discard, others_now
 from gpudra.state.node import NodeStateStore
 from gpudra.state.unprepare import unprepare_claims
 from gpudra.vendors.base import ApplyError, ClaimDevice, EditsError, VendorDriver
 
+__all__ = ["ClaimReadError", "ClaimResult", "ClaimSource", "PrepareSettings", "Preparer"]
+
 log = logging.getLogger(__name__)
 
 State = Literal["PrepareStarted", "PrepareCompleted"]
-
-
-class ClaimReadError(Exception):
-    """The ResourceClaim could not be read from the API (``not_found`` when it does not exist)."""
-
-    def __init__(self, message: str, *, not_found: bool = False) -> None:
-        super().__init__(message)
-        self.not_found = not_found
-
-
-class ClaimSource(Protocol):
-    def get_claim(self, namespace: str, name: str) -> ResourceClaim:
-        """The claim as the API holds it; raises :class:`ClaimReadError`."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +149,7 @@ class Preparer:
                 self._report(txn)
         except OSError as e:
             for r, written in done:
-                if isinstance(written, Built):
-                    self._discard(r.plan.ref, written)
+                self._discard(r.plan.ref, written, others_now(self._store, r.plan.ref.uid))
                 results[r.plan.ref.uid] = _unrecorded(r.plan.ref, e)
 
     def _report(self, txn: Txn) -> None:
@@ -258,12 +247,19 @@ class Preparer:
                 log.warning("prepare %s: %s", r.plan.ref, r.built.error)
                 results[uid] = r.built
                 continue
+            try:  # what it intends, against what the other claims hold (a GPU setting they share)
+                settled = self._driver.settle(r.built.applied, recovery.others(txn, uid))
+                built = r.built if settled is r.built.applied else replace(r.built, applied=settled)
+            except ApplyError as e:
+                log.warning("prepare %s: %s", r.plan.ref, e)
+                results[uid] = ClaimResult(error=f"cannot prepare devices: {e}", error_kind="device_in_use")
+                continue
             try:
-                txn.put(_record(r.plan.ref, "PrepareStarted", r.built))
+                txn.put(_record(r.plan.ref, "PrepareStarted", built))
             except UnwritableRecord as e:  # a value the checkpoint could not read back: this claim only
                 results[uid] = _unrecordable(r.plan.ref, e)
                 continue
-            started.append((r, r.built))
+            started.append((r, built))
             with self._inflight_lock:
                 self._inflight.add(uid)
         txn.commit()
@@ -305,54 +301,44 @@ class Preparer:
     def interrupted(self) -> dict[str, ClaimRecord]:
         return recovery.interrupted(self._store)
 
-    def _apply_and_write(self, r: _Ready, built: Built, offer: Offer) -> Built | str:
+    def _apply_and_write(self, r: _Ready, built: Built, offer: Offer) -> Built | Failed:
         """No lock held: the driver's changes, then the claim's files. Returns what was built (with the
-        applied state) or why the claim failed, having undone what it did."""
+        applied state) or what failed, for :meth:`_complete` to undo under the lock."""
         ref, intended = r.plan.ref, built.applied
         try:
             applied = self._driver.apply(ref, r.devices, intended)
         except ApplyError as e:
             log.warning("prepare %s: %s", ref, e)
-            return f"cannot prepare devices: {e}"
+            return Failed(f"cannot prepare devices: {e}", intended)
         try:
             if applied != intended:  # the hardware assigned ids the edits depend on
                 built = self._files.build(r.plan, r.devices, offer, applied)
             self._files.write(ref.uid, built)
         except (EditsError, cdi.CdiSpecError, OSError) as e:
             log.warning("prepare %s: %s", ref, e)
-            self._discard(ref, built)
-            return f"cannot prepare devices: {e}"
+            return Failed(f"cannot prepare devices: {e}", applied, replace(built, applied=applied))
         return built
 
-    def _discard(self, ref: ClaimRef, built: Built) -> None:
-        """Undo a claim that will not complete: its files, then the driver's changes. Best effort, never
-        raising: the claim already fails for the first error, which is the one to report."""
-        try:
-            self._files.remove_built(ref.uid, built)
-        except OSError as e:
-            log.error("prepare %s: could not remove the files of a failed prepare: %s", ref, e)
-        try:
-            self._driver.undo(built.applied)
-        except ApplyError as e:
-            log.error("prepare %s: could not undo the changes of a failed prepare: %s", ref, e)
+    def _discard(self, ref: ClaimRef, outcome: Built | Failed, others: Iterable[AppliedState]) -> None:
+        discard(ref, outcome, self._files, self._driver, others)
 
-    def _complete(self, txn: Txn, r: _Ready, outcome: Built | str) -> ClaimResult:
+    def _complete(self, txn: Txn, r: _Ready, outcome: Built | Failed) -> ClaimResult:
         """Second turn with the lock: PrepareCompleted, unless applying or writing failed or the claim was
         unprepared meanwhile (then what this call did goes again)."""
         ref = r.plan.ref
         if txn.get(ref.uid) is None:
-            if isinstance(outcome, Built):
-                self._discard(ref, outcome)
+            self._discard(ref, outcome, recovery.others(txn, ref.uid))
             msg = f"claim {ref.uid} was unprepared while it was being prepared"
             log.warning("prepare %s: %s", ref, msg)
             return ClaimResult(error=msg, error_kind="unprepared")
-        if isinstance(outcome, str):
+        if isinstance(outcome, Failed):
+            self._discard(ref, outcome, recovery.others(txn, ref.uid))
             txn.remove(ref.uid)
-            return ClaimResult(error=outcome, error_kind="io")
+            return ClaimResult(error=outcome.message, error_kind="io")
         try:
             txn.put(_record(ref, "PrepareCompleted", outcome))
         except UnwritableRecord as e:
-            self._discard(ref, outcome)
+            self._discard(ref, outcome, recovery.others(txn, ref.uid))
             txn.remove(ref.uid)
             return _unrecordable(ref, e)
         log.debug("prepared %s: %s", ref, ", ".join(d.device for d in outcome.prepared))
@@ -370,6 +356,11 @@ class Preparer:
         """The probes' check of the plugin's own state: the checkpoint can be locked and read. Raises when
         it cannot; hangs while another process holds its lock. The API server plays no part."""
         self._store.snapshot()
+
+    def reconcile(self) -> None:
+        """At start: the vendor driver's changes brought in line with the recorded claims (an MPS daemon of
+        a prepared claim restarted, one of no claim stopped; see :func:`gpudra.state.recovery.reconcile`)."""
+        recovery.reconcile(self._store, self._driver)
 
     def collect_garbage(self) -> list[str]:
         """Remove CDI specs no checkpoint entry owns (see :func:`gpudra.state.recovery.collect_garbage`)."""

@@ -9,13 +9,19 @@
   The vendor driver's undo finds a half-made change by what was intended (a MIG device by its placement), so
   a crash between creating something and recording its ids leaks nothing.
 - :func:`collect_garbage`: CDI specs no record owns, unless damage may have lost their records.
+- :func:`reconcile`: what the recorded claims hold on the node and is gone (an MPS daemon), or runs for no
+  claim, brought back in line by the vendor driver.
+
+Undoing passes the vendor driver the other claims' recorded states (:func:`others`), read under the same
+lock: a GPU setting several claims hold is put back only by the last of them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
+from gpudra.model.applied import AppliedState
 from gpudra.state.checkpoint import CheckpointStore, ClaimRecord, Txn
 from gpudra.state.claimfiles import ClaimFiles
 from gpudra.vendors.base import ApplyError, ClaimApplier
@@ -23,11 +29,16 @@ from gpudra.vendors.base import ApplyError, ClaimApplier
 log = logging.getLogger(__name__)
 
 
+def others(txn: Txn, uid: str) -> Iterator[AppliedState]:
+    """The recorded states of every claim but ``uid`` (lazily: a driver with nothing shared never looks)."""
+    return (rec.applied for rec in txn.claims.values() if rec.uid != uid)
+
+
 def roll_back(txn: Txn, record: ClaimRecord, driver: ClaimApplier, files: ClaimFiles) -> bool:
     """Undo a half-done prepare (its changes as recorded, then its files) and drop its record."""
     ref = f"{record.namespace}/{record.name} ({record.uid})"
     try:
-        driver.undo(record.applied)
+        driver.undo(record.applied, others(txn, record.uid))
         files.remove(record.uid, record)
     except (ApplyError, OSError) as e:
         log.error("rolling back the interrupted prepare of claim %s failed: %s", ref, e)
@@ -82,3 +93,17 @@ def collect_garbage(store: CheckpointStore, files: ClaimFiles) -> list[str]:
             "unprepares them: %s", len(kept), ", ".join(sorted(kept)),
         )  # fmt: skip
     return removed
+
+
+def reconcile(store: CheckpointStore, driver: ClaimApplier) -> None:
+    """At start: the vendor driver brings back what completed claims hold and is gone, and ends what no
+    recorded claim holds (:meth:`~gpudra.vendors.base.ClaimApplier.reconcile`). Under the checkpoint lock,
+    so no prepare or unprepare changes the claims meanwhile; never raises."""
+    try:
+        with store.transaction(durable=False) as txn:
+            records = list(txn.claims.values())
+            held = [r.applied for r in records if r.state == "PrepareCompleted"]
+            pending = [r.applied for r in records if r.state != "PrepareCompleted"]
+            driver.reconcile(held, pending)
+    except Exception:  # start-up goes on: what could not be reconciled is the driver's to log
+        log.exception("reconciling the node with the prepared claims failed")

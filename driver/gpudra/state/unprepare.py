@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from gpudra.planning.plan import ClaimRef
 from gpudra.state.checkpoint import CheckpointStore, Txn
 from gpudra.state.claimfiles import ClaimFiles
+from gpudra.state.recovery import others
 from gpudra.vendors.base import ApplyError, ClaimApplier
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def _undo(txn: Txn, ref: ClaimRef, driver: ClaimApplier, files: ClaimFiles) -> s
     if record is None:
         return _undo_unrecorded(ref, files)
     try:
-        driver.undo(record.applied)
+        driver.undo(record.applied, others(txn, ref.uid))  # a GPU setting others hold stays
         files.remove(ref.uid, record)
     except ApplyError as e:
         log.warning("unprepare %s: %s", ref, e)

@@ -8,7 +8,8 @@ model (:mod:`gpudra.model.inventory`, :mod:`gpudra.model.applied`, :mod:`gpudra.
 - :class:`Discoverer` — what the node has, again and again (hardware changes while the plugin runs);
 - :class:`DeviceEditor` — what a container needs to use one prepared device (CDI container edits);
 - :class:`ClaimApplier` — what a claim changes on the node at prepare (nothing for a static device; a MIG
-  instance, an MPS daemon, a setting later) and how to undo exactly that, after a crash too;
+  instance, a GPU setting shared with other claims, an MPS daemon) and how to undo exactly that, after a
+  crash too;
 - :class:`UsageReader` — what each device is doing now (energy, power, utilisation, memory in use), for the
   usage metrics.
 
@@ -113,21 +114,43 @@ class DeviceEditor(Protocol):
 
 
 class ClaimApplier(Protocol):
+    """Prepare's changes on the node. Several claims may hold one GPU (shares, ``adminAccess``), so a change
+    of a whole GPU (a time-slice interval, a compute mode) is shared: :meth:`settle` and :meth:`undo` see the
+    applied states of the other claims recorded in the checkpoint (applied, or intended while they prepare),
+    read under the checkpoint's lock, so a setting is checked against them and put back by its last user."""
+
     def intend(self, claim: ClaimIdentity, devices: Sequence[ClaimDevice]) -> AppliedState:
         """What :meth:`apply` will change, decided without changing anything (recorded before it runs, so
         a crash in the middle can be rolled back). Raises :class:`ApplyError` for a claim it cannot serve."""
+        ...
+
+    def settle(self, intended: AppliedState, others: Iterable[AppliedState]) -> AppliedState:
+        """``intended`` made consistent with what the other claims recorded now hold (a shared setting's
+        original value taken over from them), under the checkpoint lock before it is recorded; raises
+        :class:`ApplyError` when it contradicts them (another time-slice interval on the same GPU). Returns
+        ``intended`` itself when nothing of it is shared."""
         ...
 
     def apply(
         self, claim: ClaimIdentity, devices: Sequence[ClaimDevice], intended: AppliedState
     ) -> AppliedState:
         """Make the changes and return what was really done (ids the hardware assigned included). On
-        failure, raise :class:`ApplyError` having undone whatever part was done."""
+        failure, raise :class:`ApplyError` having undone whatever part only this claim holds; the caller
+        then undoes ``intended`` with the other claims' states (:meth:`undo`), which puts back shared
+        settings only where no other claim holds them."""
         ...
 
-    def undo(self, applied: AppliedState) -> None:
+    def undo(self, applied: AppliedState, others: Iterable[AppliedState] = ()) -> None:
         """Reverse ``applied`` (as recorded, or as intended when apply may have been cut short): idempotent,
-        a change already gone is success. Raises :class:`ApplyError` for what could not be undone."""
+        a change already gone is success. A shared setting another claim of ``others`` still holds stays.
+        Raises :class:`ApplyError` for what could not be undone."""
+        ...
+
+    def reconcile(self, held: Sequence[AppliedState], pending: Sequence[AppliedState]) -> None:
+        """At start, with every claim's recorded state (``held``: completed prepares; ``pending``: prepares
+        that have not completed, which roll-back or their own call will settle): bring back what a completed
+        claim holds and is gone (an MPS daemon that died with its node's restart of it), and end what no
+        claim holds (a daemon whose claim was lost). Never raises: what it cannot do is logged."""
         ...
 
 
@@ -167,11 +190,17 @@ class StaticDevices:
     def intend(self, claim: ClaimIdentity, devices: Sequence[ClaimDevice]) -> AppliedState:
         return NOTHING_APPLIED
 
+    def settle(self, intended: AppliedState, others: Iterable[AppliedState]) -> AppliedState:
+        return intended
+
     def apply(
         self, claim: ClaimIdentity, devices: Sequence[ClaimDevice], intended: AppliedState
     ) -> AppliedState:
         return intended
 
-    def undo(self, applied: AppliedState) -> None:
+    def undo(self, applied: AppliedState, others: Iterable[AppliedState] = ()) -> None:
         if not applied.empty:
             raise ApplyError(f"this driver changes nothing at prepare, yet a claim recorded {applied}")
+
+    def reconcile(self, held: Sequence[AppliedState], pending: Sequence[AppliedState]) -> None:
+        return None

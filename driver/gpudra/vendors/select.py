@@ -9,6 +9,7 @@ from gpudra.vendors.base import DiscoveryError, HostRoots, VendorDriver, WatchOp
 from gpudra.vendors.mock.profile import ProfileError, builtin_profile_names
 from gpudra.vendors.nvidia.calls import MOCK_HINT
 from gpudra.vendors.nvidia.driver import NvidiaDriver
+from gpudra.vendors.nvidia.sharing import MpsOptions, SharingOptions
 
 BackendKind = Literal["auto", "nvml", "amd", "mock"]
 BACKEND_KINDS: Final[tuple[str, ...]] = get_args(BackendKind)
@@ -28,6 +29,7 @@ def open_driver(
     files_dir: Path | None = None,
     *,
     health: WatchOptions | None = None,
+    mps: MpsOptions | None = None,
 ) -> VendorDriver:
     """Open the driver ``kind``; raises :class:`DiscoveryError` with a message meant for the user.
 
@@ -37,7 +39,9 @@ def open_driver(
     profile, a fake sysfs tree and fake amdsmi; a profile given as a JSON file is watched, and editing it is
     a hardware change the next discovery sees (:mod:`gpudra.vendors.mock.hotswap`). ``roots`` are where the
     host's device nodes and driver files are (hardware drivers); ``files_dir`` is where the mock writes the
-    description files containers mount (default: a private temporary directory).
+    description files containers mount (default: a private temporary directory). ``mps``: where claims' MPS
+    daemons live and how they run on an NVIDIA node (default: no MPS); the mock runs its fake daemons as
+    detached processes in its run dir, whatever ``mps`` says.
     """
     roots = roots or HostRoots()
     health = health or WatchOptions()
@@ -46,22 +50,26 @@ def open_driver(
     if profile is not None:
         raise DiscoveryError(f"--profile {profile!r} only applies to --backend mock (backend is {kind!r})")
     if kind == "nvml":
-        return _open_nvml(sysfs_root, roots, health)
+        return _open_nvml(sysfs_root, roots, health, mps)
     if kind == "auto":
-        return _open_auto(sysfs_root, roots, health)
+        return _open_auto(sysfs_root, roots, health, mps)
     if kind == "amd":
         return _open_amd(sysfs_root, roots, health)
     raise DiscoveryError(f"unknown backend {kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
 
 
-def _open_nvml(sysfs_root: Path, roots: HostRoots, health: WatchOptions) -> NvidiaDriver:
+def _open_nvml(
+    sysfs_root: Path, roots: HostRoots, health: WatchOptions, mps: MpsOptions | None = None
+) -> NvidiaDriver:
     try:
         import pynvml  # importing it does not load libnvidia-ml; nvmlInit in the driver does
     except ImportError as err:  # pragma: no cover - pynvml is a pinned dependency
         raise DiscoveryError(f"the pynvml package (nvidia-ml-py) is not installed: {err}") from err
+    sharing = SharingOptions(mps=mps or MpsOptions())
     return NvidiaDriver(
-        pynvml, sysfs_root, roots, ignored_xids=health.ignored_xids, health_poll_s=health.poll_s
-    )
+        pynvml, sysfs_root, roots, ignored_xids=health.ignored_xids, health_poll_s=health.poll_s,
+        sharing=sharing,
+    )  # fmt: skip
 
 
 def _open_amd(sysfs_root: Path, roots: HostRoots, health: WatchOptions) -> VendorDriver:
@@ -71,9 +79,11 @@ def _open_amd(sysfs_root: Path, roots: HostRoots, health: WatchOptions) -> Vendo
     return AmdDriver(sysfs_root, load_amdsmi(), roots, health_poll_seconds=health.poll_s)
 
 
-def _open_auto(sysfs_root: Path, roots: HostRoots, health: WatchOptions) -> VendorDriver:
+def _open_auto(
+    sysfs_root: Path, roots: HostRoots, health: WatchOptions, mps: MpsOptions | None
+) -> VendorDriver:
     try:
-        driver = _open_nvml(sysfs_root, roots, health)
+        driver = _open_nvml(sysfs_root, roots, health, mps)
         count = driver.device_count()
     except DiscoveryError:
         if _has_amd(sysfs_root):

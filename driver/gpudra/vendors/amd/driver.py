@@ -1,20 +1,28 @@
 """The AMD vendor driver: sysfs/KFD discovery (amdsmi where it loads), container edits for GPUs and
 partitions, health monitoring (:mod:`.health`). Prepare changes nothing on the node:
-:class:`StaticDevices`."""
+:class:`StaticDevices`.
+
+Sharing: several claims may share an AMD GPU or partition by memory (a ``shareID`` and a consumed
+``memory`` in each allocation, which the scheduler keeps within the device). ROCm has no per-process VRAM
+limit, and its compute limit, CU masking, is chosen inside the process (per HIP stream, or the
+``HSA_CU_MASK`` variable the runtime reads from the process's own environment), so the process can lift it:
+nothing enforces a share on the node and nothing is recorded. A share larger than the device is refused, and
+so is a sharing setting only NVIDIA has (MPS, a time-slice interval): :mod:`gpudra.planning.sharing_plan`."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from gpudra.model.applied import AppliedState
+from gpudra.model.applied import NOTHING_APPLIED, AppliedState
 from gpudra.model.health import Observation
 from gpudra.model.inventory import Inventory
+from gpudra.planning.sharing_plan import SharingError, plan_sharing
 from gpudra.vendors.amd.discovery import AmdDiscovery
 from gpudra.vendors.amd.health import POLL_SECONDS, RAS_POLL_SECONDS, AmdHealthMonitor
 from gpudra.vendors.amd.usage import AmdUsage, DeviceUsage
-from gpudra.vendors.base import ClaimDevice, ClaimIdentity, DeviceEdits, HostRoots, StaticDevices
+from gpudra.vendors.base import ApplyError, ClaimDevice, ClaimIdentity, DeviceEdits, HostRoots, StaticDevices
 
 
 class AmdDriver(StaticDevices):
@@ -68,6 +76,14 @@ class AmdDriver(StaticDevices):
         latest discovery, under the lock that serialises amdsmi."""
         with self._lock:
             return self._usage.read(uuids, self._latest)
+
+    def intend(self, claim: ClaimIdentity, devices: Sequence[ClaimDevice]) -> AppliedState:
+        """Nothing to change; the claim's sharing is checked (see the module)."""
+        try:
+            plan_sharing(devices)
+        except SharingError as e:
+            raise ApplyError(str(e)) from e
+        return NOTHING_APPLIED
 
     def edits(self, claim: ClaimIdentity, device: ClaimDevice, applied: AppliedState) -> DeviceEdits:
         from gpudra.vendors.amd.edits import amd_device_edits  # at the first prepare, not at start-up

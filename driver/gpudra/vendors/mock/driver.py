@@ -43,10 +43,12 @@ from gpudra.vendors.base import (
     WatchOptions,
 )
 from gpudra.vendors.mock.edits import description_file_name, device_description, mock_edits
+from gpudra.vendors.mock.fake_nvml_policy import POLICY_FILE
 from gpudra.vendors.mock.fake_usage import USAGE_FILE
 from gpudra.vendors.mock.hotswap import HotSwapDriver, ProfileFile, is_builtin, load_node_profile
 from gpudra.vendors.mock.node import FakeNode, NodeProfile
 from gpudra.vendors.nvidia.mig_dynamic import created_device
+from gpudra.vendors.nvidia.sharing import MpsOptions, mps_edits
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ log = logging.getLogger(__name__)
 FILE_CHANGE: Final = "mock-file"
 #: The fake hardware's MIG state (instances created, MIG mode switched), kept across plugin restarts.
 MIG_STATE_FILE: Final = "mock-mig-state.json"
+#: Where claims' MPS daemons (the fake control daemon) have their directories, in the run dir.
+MPS_DIR: Final = "mps"
 
 
 class MockDriver:
@@ -94,7 +98,9 @@ class MockDriver:
         dev = created_device(device.device, device.name, applied.changes)  # a MIG device made at prepare
         for change in applied.of_kind(FILE_CHANGE):
             if change.device == device.name:
-                return DeviceEdits(mock_edits(dev, claim.uid, device.name, change.text("path")))
+                edits = mock_edits(dev, claim.uid, device.name, change.text("path"))
+                mps = mps_edits(device.name, applied)  # its claim's MPS daemon (the fake one)
+                return DeviceEdits(edits if mps is None else edits.merge(mps))
         raise EditsError(f"device {device.name}: no description file was prepared for it")
 
     def intend(self, claim: ClaimIdentity, devices: Sequence[ClaimDevice]) -> AppliedState:
@@ -105,6 +111,15 @@ class MockDriver:
             for d in devices
         )
         return AppliedState(inner.changes + files, inner.created_devices)
+
+    def settle(self, intended: AppliedState, others: Iterable[AppliedState]) -> AppliedState:
+        inner, files = _split(intended)
+        if inner.empty:
+            return intended
+        settled = self._inner.settle(inner, others)
+        if settled == inner:
+            return intended
+        return AppliedState(settled.changes + files, settled.created_devices)
 
     def apply(
         self, claim: ClaimIdentity, devices: Sequence[ClaimDevice], intended: AppliedState
@@ -125,10 +140,13 @@ class MockDriver:
             raise ApplyError(f"cannot write the mock device description: {e}") from e
         return AppliedState(inner.changes + files, inner.created_devices)
 
-    def undo(self, applied: AppliedState) -> None:
+    def undo(self, applied: AppliedState, others: Iterable[AppliedState] = ()) -> None:
         inner, files = _split(applied)
         self._remove(files)
-        self._inner.undo(inner)
+        self._inner.undo(inner, others)
+
+    def reconcile(self, held: Sequence[AppliedState], pending: Sequence[AppliedState]) -> None:
+        self._inner.reconcile([_split(s)[0] for s in held], [_split(s)[0] for s in pending])
 
     @staticmethod
     def _remove(files: Sequence[Change], *, strict: bool = True) -> None:
@@ -182,8 +200,11 @@ def open_mock(
     # state lives beside the description files (the run dir: one boot). Without files_dir, in the tree.
     state = (files_dir.parent if files_dir is not None else root) / MIG_STATE_FILE
     usage = state.with_name(USAGE_FILE)  # tests and the demo set the fake GPUs' utilisation there
+    # Compute modes, time-slices and MPS daemons outlive the plugin too (kill -9 included): the run dir.
+    policy, mps = state.with_name(POLICY_FILE), MpsOptions(state.with_name(MPS_DIR), ready_timeout_s=10.0)
     try:
-        node = FakeNode(profile, root, mig_state=state, watch=health, usage_file=usage)
+        node = FakeNode(profile, root, mig_state=state, watch=health, usage_file=usage, policy_file=policy,
+                        mps=mps)  # fmt: skip
     except BaseException:
         tmp.cleanup()
         raise

@@ -4,7 +4,8 @@
 :mod:`~gpudra.vendors.mock.fake_nvml_mig` and :mod:`~gpudra.vendors.mock.fake_nvml_migops`, the NVLink
 ones from :mod:`~gpudra.vendors.mock.fake_nvml_links`, the event sets and ECC counter a health watcher
 reads from :mod:`~gpudra.vendors.mock.fake_nvml_events`, energy, power and utilisation from
-:mod:`~gpudra.vendors.mock.fake_nvml_usage`),
+:mod:`~gpudra.vendors.mock.fake_nvml_usage`, the compute mode from
+:mod:`~gpudra.vendors.mock.fake_nvml_policy`),
 with pynvml's signatures and return types (``str`` for names and versions, ``int`` for enums,
 ``pynvml.c_nvmlDevice_t`` handles, ``pynvml.nvmlPciInfo_t`` and ``pynvml.c_nvmlMemory_t`` structures, whose
 ``char[]`` fields such as ``busId`` read back as ``str`` because pynvml's ``_PrintableStructure`` decodes
@@ -31,25 +32,31 @@ from gpudra.vendors.mock.fake_nvml_base import fail, present
 from gpudra.vendors.mock.fake_nvml_events import FakeEventCalls
 from gpudra.vendors.mock.fake_nvml_links import FakeLinkCalls
 from gpudra.vendors.mock.fake_nvml_migops import FakeMigOps
+from gpudra.vendors.mock.fake_nvml_policy import FakePolicyCalls, GpuPolicyStore
 from gpudra.vendors.mock.fake_nvml_usage import FakeUsageCalls
 from gpudra.vendors.mock.fake_usage import UsageModel, memory_used
 from gpudra.vendors.mock.profile import Profile
 from gpudra.vendors.sysfs import normalize_pci_bus_id, pci_device_link
 
 
-class FakeNvml(FakeMigOps, FakeLinkCalls, FakeEventCalls, FakeUsageCalls):
+class FakeNvml(FakeMigOps, FakeLinkCalls, FakeEventCalls, FakeUsageCalls, FakePolicyCalls):
     """Module-like stand-in for ``pynvml``; one instance is one simulated node (and one NVML library).
 
     ``FakeNvml(profile, state_file=None)``: with a ``state_file`` the node's MIG state (instances created,
     MIG mode changes) is kept in that JSON file across processes, as real MIG instances outlive the process
     that made them (see :mod:`~gpudra.vendors.mock.fake_mig_state`). ``usage``: the model of the devices'
     energy, power, utilisation and memory in use (:mod:`~gpudra.vendors.mock.fake_nvml_usage`; default: one
-    of its own, without a usage file).
+    of its own, without a usage file). ``policy_file``: where the GPUs' compute modes and time-slices are kept
+    across processes (:mod:`~gpudra.vendors.mock.fake_nvml_policy`; without one, in this object).
     """
 
-    def __init__(self, profile: Profile, state_file: Path | None = None, usage: UsageModel | None = None):
+    def __init__(
+        self, profile: Profile, state_file: Path | None = None, usage: UsageModel | None = None,
+        policy_file: Path | None = None,
+    ):  # fmt: skip
         super().__init__(profile, state_file)
         self.usage = usage or UsageModel()
+        self.policy = GpuPolicyStore(policy_file)
 
     # -- system -------------------------------------------------------------------------------------------
     def nvmlInitWithFlags(self, flags: int) -> None:

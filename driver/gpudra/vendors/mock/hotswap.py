@@ -173,13 +173,19 @@ class HotSwapDriver:
     def intend(self, claim: ClaimIdentity, devices: Sequence[ClaimDevice]) -> AppliedState:
         return self._node.driver.intend(claim, devices)
 
+    def settle(self, intended: AppliedState, others: Iterable[AppliedState]) -> AppliedState:
+        return self._node.driver.settle(intended, others)
+
     def apply(
         self, claim: ClaimIdentity, devices: Sequence[ClaimDevice], intended: AppliedState
     ) -> AppliedState:
         return self._node.driver.apply(claim, devices, intended)
 
-    def undo(self, applied: AppliedState) -> None:
-        self._node.driver.undo(applied)
+    def undo(self, applied: AppliedState, others: Iterable[AppliedState] = ()) -> None:
+        self._node.driver.undo(applied, others)
+
+    def reconcile(self, held: Sequence[AppliedState], pending: Sequence[AppliedState]) -> None:
+        self._node.driver.reconcile(held, pending)
 
     def close(self) -> None:
         with self._lock:

@@ -30,9 +30,11 @@ from typing import TYPE_CHECKING
 from gpudra.vendors.base import HostRoots, VendorDriver, WatchOptions
 from gpudra.vendors.mock.amd_profile import AmdProfile
 from gpudra.vendors.mock.fake_nvml import FakeNvml, write_sysfs_tree
+from gpudra.vendors.mock.fake_nvml_policy import FakeTimeSlicer
 from gpudra.vendors.mock.fake_usage import UsageModel
 from gpudra.vendors.mock.profile import Profile, ProfileError
 from gpudra.vendors.nvidia.driver import NvidiaDriver
+from gpudra.vendors.nvidia.sharing import MpsOptions, SharingOptions
 
 if TYPE_CHECKING:
     from gpudra.vendors.mock.fake_amdsmi import FakeAmdSmi
@@ -52,6 +54,10 @@ class FakeNode:
     ``usage_file``: where another process may set the devices' utilisation (see
     :mod:`~gpudra.vendors.mock.fake_usage`).
 
+    ``policy_file``: where an NVIDIA node's compute modes and time-slices are kept across processes (see
+    :mod:`~gpudra.vendors.mock.fake_nvml_policy`). ``mps``: where claims' MPS daemons live; the mock runs the
+    fake control daemon (:mod:`~gpudra.vendors.mock.fake_mps_control`) as detached processes.
+
     Raises what the vendor driver raises when it cannot open (e.g. a profile injecting an ``nvmlInit``
     failure: :class:`~gpudra.vendors.base.DiscoveryError`), and ProfileError for a damaged ``mig_state``.
     """
@@ -65,6 +71,8 @@ class FakeNode:
         watch: WatchOptions | None = None,
         *,
         usage_file: Path | None = None,
+        policy_file: Path | None = None,
+        mps: MpsOptions | None = None,
     ) -> None:
         watch = watch or WatchOptions()
         self.usage = UsageModel(usage_file)
@@ -83,10 +91,11 @@ class FakeNode:
             self.amdsmi = FakeAmdSmi(profile, self.usage) if profile.amdsmi is not None else None
             self.driver = AmdDriver(self.sysfs, self.amdsmi, roots, health_poll_seconds=watch.poll_s)
         else:
-            self.nvml = FakeNvml(profile, mig_state, self.usage)
+            self.nvml = FakeNvml(profile, mig_state, self.usage, policy_file)
             self.driver = NvidiaDriver(
-                self.nvml, self.sysfs, roots, ignored_xids=watch.ignored_xids, health_poll_s=watch.poll_s
-            )
+                self.nvml, self.sysfs, roots, ignored_xids=watch.ignored_xids, health_poll_s=watch.poll_s,
+                sharing=SharingOptions(FakeTimeSlicer(self.nvml), _fake_mps(mps)),
+            )  # fmt: skip
 
     @property
     def profile(self) -> NodeProfile:
@@ -148,6 +157,18 @@ class FakeNode:
     def close(self) -> None:
         """Close the vendor driver (which shuts its library down); the tree stays for the caller to remove."""
         self.driver.close()
+
+
+def _fake_mps(mps: MpsOptions | None) -> MpsOptions:
+    """``mps`` with the fake control binary (and, unless given, detached processes of it)."""
+    if mps is None or mps.root is None:
+        return MpsOptions()
+    from dataclasses import replace
+
+    from gpudra.vendors.mock.fake_mps_control import control_command
+    from gpudra.vendors.nvidia.mps import MpsControl
+
+    return replace(mps, control=mps.control or MpsControl(control_command()))
 
 
 def _vendor(profile: NodeProfile) -> str:

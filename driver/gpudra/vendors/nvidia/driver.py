@@ -5,8 +5,10 @@ last successful discovery pass found (for code that acts on a device later: MIG 
 Discovery passes are serialised (the re-discovery loop and start-up may ask at once), so the handle map
 always is the latest pass's; edits read only the host's files. Prepare changes nothing on the node for
 static full GPUs and pre-made MIG devices; a MIG device published for dynamic MIG is created at prepare and
-destroyed at unprepare (:mod:`~gpudra.vendors.nvidia.mig_dynamic`). Device health is watched through NVML
-events and polls (:mod:`~gpudra.vendors.nvidia.health`).
+destroyed at unprepare (:mod:`~gpudra.vendors.nvidia.mig_dynamic`). Sharing (time-slicing, MPS, fractional
+shares enforced with MPS) sets whole-GPU settings and runs a claim's MPS daemon
+(:mod:`~gpudra.vendors.nvidia.sharing`), after the MIG device it may serve exists. Device health is watched
+through NVML events and polls (:mod:`~gpudra.vendors.nvidia.health`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any
 
-from gpudra.model.applied import NOTHING_APPLIED, AppliedState
+from gpudra.model.applied import NOTHING_APPLIED, AppliedState, Change
 from gpudra.model.health import Observation
 from gpudra.model.inventory import Inventory
 from gpudra.vendors.base import ApplyError, ClaimDevice, ClaimIdentity, DeviceEdits, DiscoveryError, HostRoots
@@ -32,6 +34,11 @@ from gpudra.vendors.nvidia.mig_dynamic import (
     created_device,
     intended_change,
 )
+from gpudra.vendors.nvidia.mps import MpsControl, MpsDaemons
+from gpudra.vendors.nvidia.mps_process import MpsProcessLauncher
+from gpudra.vendors.nvidia.sharing import KINDS as SHARING_KINDS
+from gpudra.vendors.nvidia.sharing import GpuSharing, SharingOptions, mps_edits
+from gpudra.vendors.nvidia.timeslice import GpuSettings, NvidiaSmiTimeSlicer
 from gpudra.vendors.nvidia.usage import DeviceUsage, NvmlUsage
 
 _NO_HANDLES: Mapping[str, Any] = MappingProxyType({})
@@ -45,11 +52,14 @@ class NvidiaDriver:
     Health watching (:meth:`watch_health`) ignores the Xids in ``ignored_xids`` (the whole list; None:
     NVIDIA's defaults, :data:`~gpudra.vendors.nvidia.health_xid.DEFAULT_IGNORED_XIDS`) and checks every
     GPU's presence and ECC counter every ``health_poll_s`` seconds; ValueError for a negative Xid or period.
+    ``sharing``: how time-slices are set and where MPS daemons run (default: nvidia-smi under the driver
+    root, and no MPS).
     """
 
     def __init__(
         self, nvml: ModuleType | object, sysfs_root: Path = Path("/sys"), roots: HostRoots | None = None,
         *, ignored_xids: Iterable[int] | None = None, health_poll_s: float = DEFAULT_POLL_S,
+        sharing: SharingOptions | None = None,
     ):  # fmt: skip
         self._nvml = Nvml(nvml)
         self._health = HealthWatchers(  # first: it checks its parameters before NVML is initialised
@@ -62,6 +72,7 @@ class NvidiaDriver:
         self._open = True
         self._handles = _NO_HANDLES  # replaced whole, never changed in place: read without the lock
         self._mig = MigPartitioner(self._nvml, self.handle)
+        self._sharing = _sharing(self._nvml, self.handle, self._roots, sharing or SharingOptions())
         self._usage = NvmlUsage(self._nvml, self.handle)  # energy, power, utilisation, memory (usage.py)
 
     @property
@@ -106,27 +117,56 @@ class NvidiaDriver:
         # needed to publish, and the first slice goes out sooner without them (measured ~8 ms).
         from gpudra.vendors.nvidia.edits import nvidia_device_edits
 
-        return nvidia_device_edits(created_device(device.device, device.name, applied.changes), self._roots)
+        dev = created_device(device.device, device.name, applied.changes)
+        edits = nvidia_device_edits(dev, self._roots)
+        mps = mps_edits(device.name, applied)
+        return edits if mps is None else DeviceEdits(edits.edits.merge(mps), edits.extra_cdi_ids)
 
     def intend(self, claim: ClaimIdentity, devices: Sequence[ClaimDevice]) -> AppliedState:
-        changes = tuple(c for c in (intended_change(d) for d in devices) if c is not None)
+        mig = tuple(c for c in (intended_change(d) for d in devices) if c is not None)
+        changes = mig + self._sharing.intend(claim, devices)
         return AppliedState(changes) if changes else NOTHING_APPLIED
+
+    def settle(self, intended: AppliedState, others: Iterable[AppliedState]) -> AppliedState:
+        if not intended.changes:
+            return intended
+        settled = self._sharing.settle(intended.changes, others)
+        return intended if settled == intended.changes else AppliedState(settled, intended.created_devices)
 
     def apply(
         self, claim: ClaimIdentity, devices: Sequence[ClaimDevice], intended: AppliedState
     ) -> AppliedState:
         if intended.empty and not any(d.device.mig_managed for d in devices):
             return intended
-        done = self._mig.apply(devices, intended.changes)
+        mig, sharing = _split(intended.changes)
+        done = self._mig.apply(devices, mig)
+        try:
+            shared = self._sharing.apply(devices, sharing, done)
+        except ApplyError:
+            self._mig.undo(done, quiet=True)
+            raise
         created = tuple(c.text("uuid") for c in done if c.kind == MIG_INSTANCE)
-        return AppliedState(tuple(done), created) if done else NOTHING_APPLIED
+        changes = tuple(done) + tuple(shared)
+        return AppliedState(changes, created) if changes else NOTHING_APPLIED
 
-    def undo(self, applied: AppliedState) -> None:
-        unknown = sorted({c.kind for c in applied.changes} - {MIG_INSTANCE, MIG_MODE})
+    def undo(self, applied: AppliedState, others: Iterable[AppliedState] = ()) -> None:
+        unknown = sorted({c.kind for c in applied.changes} - {MIG_INSTANCE, MIG_MODE, *SHARING_KINDS})
         if unknown:
             raise ApplyError(f"the NVIDIA driver does not know the recorded change(s) {unknown}")
-        if applied.changes:
-            self._mig.undo(applied.changes)
+        mig, sharing = _split(applied.changes)
+        failures = self._sharing.undo(sharing, others) if sharing else []
+        if mig:  # after the daemon that may serve a MIG device is gone
+            try:
+                self._mig.undo(mig)
+            except ApplyError as e:
+                failures.append(str(e))
+        if failures:
+            raise ApplyError("; ".join(failures))
+
+    def reconcile(self, held: Sequence[AppliedState], pending: Sequence[AppliedState]) -> None:
+        """At start: the MPS daemons of prepared claims run, and none else (see
+        :meth:`~gpudra.vendors.nvidia.sharing.GpuSharing.reconcile`)."""
+        self._sharing.reconcile(held, pending)
 
     def close(self) -> None:
         """``nvmlShutdown`` once (the handles go with it); later calls do nothing. The health watchers are
@@ -143,3 +183,24 @@ class NvidiaDriver:
     def _check_open(self) -> None:
         if not self._open:
             raise DiscoveryError("the NVML driver is closed")
+
+
+def _split(changes: Sequence[Change]) -> tuple[tuple[Change, ...], tuple[Change, ...]]:
+    """The MIG changes, and the sharing ones."""
+    sharing = tuple(c for c in changes if c.kind in SHARING_KINDS)
+    return tuple(c for c in changes if c.kind not in SHARING_KINDS), sharing
+
+
+def _sharing(
+    nvml: Nvml, handle: Callable[[str], Any | None], roots: HostRoots, options: SharingOptions
+) -> GpuSharing:
+    settings = GpuSettings(nvml, handle, options.timeslicer or NvidiaSmiTimeSlicer(roots.driver))
+    mps = options.mps
+    daemons = None
+    if mps.root is not None:
+        control = mps.control or MpsControl.under_driver_root(roots.driver)
+        launcher = mps.launcher or MpsProcessLauncher(control.command)
+        daemons = MpsDaemons(
+            mps.root, launcher, control, host_root=mps.host_root, ready_timeout_s=mps.ready_timeout_s
+        )
+    return GpuSharing(settings, daemons)
