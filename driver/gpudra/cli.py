@@ -45,7 +45,7 @@ from gpudra.runtime.flags import (
 from gpudra.vendors.base import HostRoots, VendorDriver, WatchOptions
 
 if TYPE_CHECKING:
-    from gpudra.vendors.nvidia.sharing import MpsOptions
+    from gpudra.vendors.nvidia.sharing_options import MpsOptions
 
 BACKENDS = ("auto", "nvml", "amd", "mock")
 EXPLAIN_FIX: Final = "pip install 'gpudra[devtools]'"

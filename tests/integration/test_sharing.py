@@ -311,3 +311,17 @@ def test_a_share_the_gpu_cannot_give_fails_that_claim_only(
         assert client.unprepare([good, bad]).claims[good.uid].error == ""
     assert not _daemon_dir(plugin, good).exists()
     plugin.assert_alive()
+
+
+def test_a_daemon_that_cannot_start_fails_the_claim_and_puts_the_gpu_back(
+    api: FakeApiServer, plugin: PluginProcess
+) -> None:
+    gpu = device_names(api)[3]
+    (plugin.state_dir / MPS_DIR).write_text("not a directory\n")  # no daemon directory can be made
+    claim = _claim(api, "mps", [{"device": gpu}], config=_config({"strategy": "MPS"}))
+    with plugin.client() as client:
+        error = client.prepare([claim]).claims[claim.uid].error
+    assert error.startswith("cannot prepare devices: MPS daemon of the claim: cannot create the directories")
+    assert (plugin.state_dir / POLICY_FILE).exists()  # the fake GPU's compute mode was set ...
+    assert _policy(plugin) == {}  # ... and is DEFAULT again
+    plugin.assert_alive()

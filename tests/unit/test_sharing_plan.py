@@ -77,17 +77,21 @@ def test_time_slicing_sets_the_interval_and_compute_mode_default() -> None:
 
 def test_time_slicing_on_a_mig_device_sets_nothing_and_refuses_an_interval() -> None:
     assert plan_sharing([dev(MIG, MigDeviceConfig(Sharing(Strategy.TIME_SLICING)))]).empty
-    assert plan_sharing([dev(MIG, ts(Interval.DEFAULT))]).empty
     why = r"device gpu-0 is a MIG device: GpuConfig sharing\.timeSlicingConfig\.interval Short cannot be set"
     with pytest.raises(SharingError, match=why):
         plan_sharing([dev(MIG, ts(Interval.SHORT))])
 
 
-def test_the_kind_made_for_the_device_wins() -> None:
+def test_each_kind_governs_the_devices_of_its_type() -> None:
     mig_config = MigDeviceConfig(Sharing(Strategy.MPS, mps=MpsConfig(30)))
-    plan = plan_sharing([dev(MIG, ts(Interval.LONG), mig_config)])  # the GpuConfig's interval is not used
-    assert plan.mps == MpsPlan((MpsDevice("gpu-0", "MIG-0"),), 30)
-    assert plan.settings == ()  # no compute mode on a MIG device
+    plan = plan_sharing([dev(MIG, ts(Interval.LONG), mig_config), dev(H100B, ts(Interval.LONG), mig_config)])
+    assert plan.mps == MpsPlan((MpsDevice("gpu-0", "MIG-0"),), 30)  # the MIG device: its MigDeviceConfig
+    assert plan.settings[0] == GpuSetting("GPU-1", TIMESLICE, 3, "gpu-0")  # the GPU: its GpuConfig
+    assert plan_sharing([dev(MIG, GpuConfig(None))]).empty  # no sharing settings: nothing to govern
+    with pytest.raises(SharingError, match="is a MIG device: its sharing settings must be in a MigDevice"):
+        plan_sharing([dev(MIG, ts(Interval.DEFAULT))])
+    with pytest.raises(SharingError, match="is a GPU: its sharing settings must be in a GpuConfig"):
+        plan_sharing([dev(H100, mig_config)])
 
 
 def test_mps_owning_a_whole_gpu_is_exclusive_process() -> None:

@@ -2,6 +2,7 @@
 
 - ``gpudra-dev demo [--profile NAME]``: the whole path on mock GPUs with an in-process stand-in API server;
   ``--scenario health``: a GPU goes unhealthy (an injected Xid) and recovers, on a mock DGX H100;
+  ``--scenario sharing``: GPUs shared by claims (fractional shares enforced with MPS, time-slicing);
 - ``gpudra-dev fakeapi ...``: the stand-in Kubernetes API server alone (also
   ``python -m gpudra.devtools.fakeapi``);
 - ``gpudra-dev explain ...``: why a claim is pending (``gpudra explain`` hands over to it); see
@@ -27,10 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--profile", default="dgx-h100", help="mock profile (default: dgx-h100)")
     demo.add_argument(
         "--scenario",
-        choices=("basic", "health"),
+        choices=("basic", "health", "sharing"),
         default="basic",
         help="basic (default): publish, register, prepare and unprepare one claim; "
-        "health: a GPU gets Xid 48, is tainted, refused and recovers (dgx-h100 only)",
+        "health: a GPU gets Xid 48, is tainted, refused and recovers (dgx-h100 only); "
+        "sharing: three claims share one H100, each limited by its MPS daemon; time-slicing (dgx-h100 only)",
     )
     sub.add_parser("fakeapi", help="the stand-in API server (all further arguments go to it)", add_help=False)
     sub.add_parser("explain", help="why a claim is pending (all further arguments go to it)", add_help=False)
@@ -45,13 +47,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fakeapi_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.scenario == "health" and args.profile != "dgx-h100":
-        parser.error("--scenario health runs on the dgx-h100 profile only")
+    if args.scenario != "basic" and args.profile != "dgx-h100":
+        parser.error(f"--scenario {args.scenario} runs on the dgx-h100 profile only")
     logs.setup(args.verbose, "text")
     if args.scenario == "health":
         from gpudra.devtools import demo_health
 
         return demo_health.run()
+    if args.scenario == "sharing":
+        from gpudra.devtools import demo_sharing
+
+        return demo_sharing.run()
     from gpudra.devtools import demo as demo_module
 
     return demo_module.run(args.profile)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from fractions import Fraction
 
 from gpudra.model import names
@@ -50,7 +51,7 @@ class DeviceToPrepare:
     #: the allocation's ``consumedCapacity`` (a shared device): (capacity name, exact quantity), by name
     consumed_capacity: tuple[tuple[str, Fraction], ...] = ()
     #: where the claim holds this result, for messages only (``status.allocation.devices.results[2]``)
-    path: str = field(default="", compare=False)
+    path: str = dataclass_field(default="", compare=False)
 
     def consumed(self, capacity: str) -> Fraction | None:
         """What the allocation consumed of ``capacity``; None when it does not say."""

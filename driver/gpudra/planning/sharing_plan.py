@@ -10,9 +10,10 @@ its decoded ``GpuConfig`` / ``MigDeviceConfig`` (:mod:`gpudra.planning.sharing_c
   only lower both (the smaller value wins); strategy ``TimeSlicing`` cannot enforce a share and is an error.
   A share of all the memory (the request policy's default: a claim that asks for no memory) is the whole
   device, exclusive in effect, and is not limited.
+- **Which config**: ``GpuConfig`` governs an NVIDIA GPU, ``MigDeviceConfig`` a MIG device (both may apply
+  to a request that can get either); sharing settings only in a config of the other kind are an error.
 - **TimeSlicing** on a full GPU: the GPU's time-slice interval (``Default`` included) and compute mode
-  ``DEFAULT``. On a MIG device only the ``Default`` interval exists (NVIDIA sets none on MIG): another
-  interval is an error.
+  ``DEFAULT``. A MIG device has no interval of its own (NVIDIA sets none on MIG): nothing is set.
 - **MPS**: one daemon per claim, serving every device of the claim that uses MPS, with the config's limits.
   A full GPU gets compute mode ``EXCLUSIVE_PROCESS`` when the claim's daemon owns it whole (no other claim
   can be on it), ``DEFAULT`` when it is shared (a share, or ``adminAccess``). Compute modes are per GPU, so
@@ -218,25 +219,34 @@ def conflict(wanted: Iterable[GpuSetting], held: Iterable[GpuSetting]) -> str | 
 
 
 def _effective(d: DeviceToPrepare) -> _Chosen | None:
-    """The sharing config of ``d``: the kind made for it (MigDeviceConfig for a MIG device, GpuConfig for
-    a GPU) when both apply, else the one that does; None without sharing settings."""
+    """The sharing config of ``d``; None without sharing settings. Each kind governs the devices of its
+    own type (``GpuConfig`` an NVIDIA GPU, ``MigDeviceConfig`` a MIG device): a config of the other kind
+    with sharing settings, and no config of the device's own kind, is an error. Other vendors have no kind
+    of their own: whichever applies is checked by :func:`_check_other_vendor`."""
     gpu = next((c for c in d.configs if isinstance(c, GpuConfig)), None)
     mig = next((c for c in d.configs if isinstance(c, MigDeviceConfig)), None)
+    if d.device.vendor is not Vendor.NVIDIA:
+        found = [(k, c.sharing) for k, c in ((GPU_CONFIG, gpu), (MIG_DEVICE_CONFIG, mig))
+                 if c is not None and c.sharing is not None]  # fmt: skip
+        return _Chosen(*found[0]) if found else None
     is_mig = d.device.kind is DeviceKind.MIG
-    ordered = ((MIG_DEVICE_CONFIG, mig), (GPU_CONFIG, gpu))
-    candidates = ordered if is_mig else ordered[::-1]
-    kind, config = next(((k, c) for k, c in candidates if c is not None), (GPU_CONFIG, None))
-    if config is None or config.sharing is None:
+    own_kind, own = (MIG_DEVICE_CONFIG, mig) if is_mig else (GPU_CONFIG, gpu)
+    other_kind, other = (GPU_CONFIG, gpu) if is_mig else (MIG_DEVICE_CONFIG, mig)
+    if own is not None:
+        return None if own.sharing is None else _Chosen(own_kind, own.sharing)
+    if other is None or other.sharing is None:
         return None
-    chosen = _Chosen(kind, config.sharing)
-    interval = _interval(chosen)
-    if d.device.kind is not DeviceKind.GPU and interval is not Interval.DEFAULT:
-        what = "a MIG device" if is_mig else f"a {d.device.kind.value}"
+    interval = _interval(_Chosen(other_kind, other.sharing))
+    what = "a MIG device" if is_mig else "a GPU"
+    if is_mig and interval is not Interval.DEFAULT:
         raise SharingError(
-            f"device {d.name} is {what}: {kind} sharing.timeSlicingConfig.interval {interval.value} cannot "
-            "be set on it (the time-slice interval is a setting of a whole GPU; leave the interval out)"
+            f"device {d.name} is {what}: {other_kind} sharing.timeSlicingConfig.interval {interval.value} "
+            "cannot be set on it (the time-slice interval is a setting of a whole GPU)"
         )
-    return chosen
+    raise SharingError(
+        f"device {d.name} is {what}: its sharing settings must be in a {own_kind} ({other_kind} is for "
+        f"{'GPUs' if is_mig else 'MIG devices'}; a request that may get either can carry both kinds)"
+    )
 
 
 def _interval(chosen: _Chosen) -> Interval:

@@ -29,7 +29,7 @@ from gpudra.kube.errors import KubeError
 from gpudra.runtime.config import RunConfig
 from gpudra.runtime.mps_pods import MpsPodLauncher, MpsPodSettings, PodApi
 from gpudra.vendors.nvidia.mps import MpsDaemonInfo, MpsDaemonSpec, MpsError
-from gpudra.vendors.nvidia.sharing import MpsOptions
+from gpudra.vendors.nvidia.sharing_options import MpsOptions
 
 MPS_DIR: Final = "mps"
 NAMESPACE_FILE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")

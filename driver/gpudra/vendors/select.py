@@ -9,7 +9,7 @@ from gpudra.vendors.base import DiscoveryError, HostRoots, VendorDriver, WatchOp
 from gpudra.vendors.mock.profile import ProfileError, builtin_profile_names
 from gpudra.vendors.nvidia.calls import MOCK_HINT
 from gpudra.vendors.nvidia.driver import NvidiaDriver
-from gpudra.vendors.nvidia.sharing import MpsOptions, SharingOptions
+from gpudra.vendors.nvidia.sharing_options import MpsOptions, SharingOptions
 
 BackendKind = Literal["auto", "nvml", "amd", "mock"]
 BACKEND_KINDS: Final[tuple[str, ...]] = get_args(BackendKind)

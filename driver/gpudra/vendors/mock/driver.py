@@ -48,7 +48,7 @@ from gpudra.vendors.mock.fake_usage import USAGE_FILE
 from gpudra.vendors.mock.hotswap import HotSwapDriver, ProfileFile, is_builtin, load_node_profile
 from gpudra.vendors.mock.node import FakeNode, NodeProfile
 from gpudra.vendors.nvidia.mig_dynamic import created_device
-from gpudra.vendors.nvidia.sharing import MpsOptions, mps_edits
+from gpudra.vendors.nvidia.sharing_options import MpsOptions
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ class MockDriver:
         dev = created_device(device.device, device.name, applied.changes)  # a MIG device made at prepare
         for change in applied.of_kind(FILE_CHANGE):
             if change.device == device.name:
+                from gpudra.vendors.nvidia.sharing import mps_edits  # at the first prepare
+
                 edits = mock_edits(dev, claim.uid, device.name, change.text("path"))
                 mps = mps_edits(device.name, applied)  # its claim's MPS daemon (the fake one)
                 return DeviceEdits(edits if mps is None else edits.merge(mps))

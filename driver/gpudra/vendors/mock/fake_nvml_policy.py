@@ -30,7 +30,7 @@ import pynvml
 from gpudra.fsutil import atomic_write
 from gpudra.vendors.mock.fake_nvml_base import FakeNvmlBase, fail
 from gpudra.vendors.mock.profile import ProfileError
-from gpudra.vendors.nvidia.timeslice import TimeSliceError
+from gpudra.vendors.nvidia.sharing_options import TimeSliceError
 
 POLICY_FILE: Final = "mock-gpu-policy.json"
 POLICY_VERSION: Final = 1
@@ -42,21 +42,22 @@ _EXCLUSIVE_THREAD: Final = 1
 
 
 class GpuPolicyStore:
-    """The settings per GPU UUID; with ``path``, loaded from and saved to that file (see the module)."""
+    """The settings per GPU UUID; with ``path``, read from that file at every call and saved to it after
+    every change (another plugin process on the node may have changed it: a rolling update)."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._gpus = self._load()
+        self._gpus = self._load()  # a damaged file is refused when the fake is made
 
     def get(self, uuid: str, key: str) -> int:
         with self._lock:
-            return self._gpus.get(uuid, {}).get(key, 0)
+            return self._current().get(uuid, {}).get(key, 0)
 
     def set(self, uuid: str, key: str, value: int) -> None:
         """Record ``key`` = ``value`` for ``uuid`` (a default value leaves the file without it)."""
         with self._lock:
-            gpus = {k: dict(v) for k, v in self._gpus.items()}
+            gpus = {k: dict(v) for k, v in self._current().items()}
             entry = gpus.setdefault(uuid, {})
             entry[key] = value
             if not any(entry.values()):
@@ -64,13 +65,18 @@ class GpuPolicyStore:
             self._save(gpus)
             self._gpus = gpus
 
+    def _current(self) -> dict[str, dict[str, int]]:
+        if self.path is not None:
+            self._gpus = self._load()
+        return self._gpus
+
     def _load(self) -> dict[str, dict[str, int]]:
         if self.path is None:
             return {}
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
+        except (FileNotFoundError, NotADirectoryError):
+            return {}  # a directory that is a file is the plugin's start-up check to report
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ProfileError(f"GPU policy state file {str(self.path)!r}: {err}") from err
         return _decode(raw, str(self.path))

@@ -34,7 +34,7 @@ from gpudra.vendors.mock.fake_nvml_policy import FakeTimeSlicer
 from gpudra.vendors.mock.fake_usage import UsageModel
 from gpudra.vendors.mock.profile import Profile, ProfileError
 from gpudra.vendors.nvidia.driver import NvidiaDriver
-from gpudra.vendors.nvidia.sharing import MpsOptions, SharingOptions
+from gpudra.vendors.nvidia.sharing_options import MpsOptions, SharingOptions
 
 if TYPE_CHECKING:
     from gpudra.vendors.mock.fake_amdsmi import FakeAmdSmi

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType, ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 from gpudra.model.applied import NOTHING_APPLIED, AppliedState, Change
 from gpudra.model.health import Observation
@@ -34,14 +34,14 @@ from gpudra.vendors.nvidia.mig_dynamic import (
     created_device,
     intended_change,
 )
-from gpudra.vendors.nvidia.mps import MpsControl, MpsDaemons
-from gpudra.vendors.nvidia.mps_process import MpsProcessLauncher
-from gpudra.vendors.nvidia.sharing import KINDS as SHARING_KINDS
-from gpudra.vendors.nvidia.sharing import GpuSharing, SharingOptions, mps_edits
-from gpudra.vendors.nvidia.timeslice import GpuSettings, NvidiaSmiTimeSlicer
+from gpudra.vendors.nvidia.sharing_options import SharingOptions
 from gpudra.vendors.nvidia.usage import DeviceUsage, NvmlUsage
 
+if TYPE_CHECKING:  # imported at the first claim (or start-up's reconcile), after the first publish
+    from gpudra.vendors.nvidia.sharing import GpuSharing
+
 _NO_HANDLES: Mapping[str, Any] = MappingProxyType({})
+_MIG_KINDS: Final = frozenset({MIG_INSTANCE, MIG_MODE})
 
 
 class NvidiaDriver:
@@ -72,12 +72,26 @@ class NvidiaDriver:
         self._open = True
         self._handles = _NO_HANDLES  # replaced whole, never changed in place: read without the lock
         self._mig = MigPartitioner(self._nvml, self.handle)
-        self._sharing = _sharing(self._nvml, self.handle, self._roots, sharing or SharingOptions())
+        self._sharing_options = sharing or SharingOptions()
+        self._sharing_made: GpuSharing | None = None
+        self._sharing_lock = threading.Lock()
         self._usage = NvmlUsage(self._nvml, self.handle)  # energy, power, utilisation, memory (usage.py)
 
     @property
     def name(self) -> str:
         return "nvml"
+
+    @property
+    def _sharing(self) -> GpuSharing:
+        """Time-slices, compute modes and MPS daemons (:mod:`~gpudra.vendors.nvidia.sharing`), made at first
+        use: the first ResourceSlice does not wait for those modules."""
+        with self._sharing_lock:
+            if self._sharing_made is None:
+                from gpudra.vendors.nvidia.sharing import gpu_sharing
+
+                options = self._sharing_options
+                self._sharing_made = gpu_sharing(self._nvml, self.handle, self._roots.driver, options)
+            return self._sharing_made
 
     def device_count(self) -> int:
         """Number of GPUs NVML sees (includes GPUs that discovery would skip)."""
@@ -116,6 +130,7 @@ class NvidiaDriver:
         # Imported at the first prepare, not at start-up: the CDI model and the host readers are not
         # needed to publish, and the first slice goes out sooner without them (measured ~8 ms).
         from gpudra.vendors.nvidia.edits import nvidia_device_edits
+        from gpudra.vendors.nvidia.sharing import mps_edits
 
         dev = created_device(device.device, device.name, applied.changes)
         edits = nvidia_device_edits(dev, self._roots)
@@ -128,7 +143,7 @@ class NvidiaDriver:
         return AppliedState(changes) if changes else NOTHING_APPLIED
 
     def settle(self, intended: AppliedState, others: Iterable[AppliedState]) -> AppliedState:
-        if not intended.changes:
+        if all(c.kind in _MIG_KINDS for c in intended.changes):
             return intended
         settled = self._sharing.settle(intended.changes, others)
         return intended if settled == intended.changes else AppliedState(settled, intended.created_devices)
@@ -141,7 +156,7 @@ class NvidiaDriver:
         mig, sharing = _split(intended.changes)
         done = self._mig.apply(devices, mig)
         try:
-            shared = self._sharing.apply(devices, sharing, done)
+            shared = self._sharing.apply(devices, sharing, done) if sharing else []
         except ApplyError:
             self._mig.undo(done, quiet=True)
             raise
@@ -150,10 +165,13 @@ class NvidiaDriver:
         return AppliedState(changes, created) if changes else NOTHING_APPLIED
 
     def undo(self, applied: AppliedState, others: Iterable[AppliedState] = ()) -> None:
-        unknown = sorted({c.kind for c in applied.changes} - {MIG_INSTANCE, MIG_MODE, *SHARING_KINDS})
-        if unknown:
-            raise ApplyError(f"the NVIDIA driver does not know the recorded change(s) {unknown}")
         mig, sharing = _split(applied.changes)
+        if sharing:
+            from gpudra.vendors.nvidia.sharing import KINDS
+
+            unknown = sorted({c.kind for c in sharing} - set(KINDS))
+            if unknown:
+                raise ApplyError(f"the NVIDIA driver does not know the recorded change(s) {unknown}")
         failures = self._sharing.undo(sharing, others) if sharing else []
         if mig:  # after the daemon that may serve a MIG device is gone
             try:
@@ -166,7 +184,8 @@ class NvidiaDriver:
     def reconcile(self, held: Sequence[AppliedState], pending: Sequence[AppliedState]) -> None:
         """At start: the MPS daemons of prepared claims run, and none else (see
         :meth:`~gpudra.vendors.nvidia.sharing.GpuSharing.reconcile`)."""
-        self._sharing.reconcile(held, pending)
+        if self._sharing_options.mps.root is not None:
+            self._sharing.reconcile(held, pending)
 
     def close(self) -> None:
         """``nvmlShutdown`` once (the handles go with it); later calls do nothing. The health watchers are
@@ -186,21 +205,6 @@ class NvidiaDriver:
 
 
 def _split(changes: Sequence[Change]) -> tuple[tuple[Change, ...], tuple[Change, ...]]:
-    """The MIG changes, and the sharing ones."""
-    sharing = tuple(c for c in changes if c.kind in SHARING_KINDS)
-    return tuple(c for c in changes if c.kind not in SHARING_KINDS), sharing
-
-
-def _sharing(
-    nvml: Nvml, handle: Callable[[str], Any | None], roots: HostRoots, options: SharingOptions
-) -> GpuSharing:
-    settings = GpuSettings(nvml, handle, options.timeslicer or NvidiaSmiTimeSlicer(roots.driver))
-    mps = options.mps
-    daemons = None
-    if mps.root is not None:
-        control = mps.control or MpsControl.under_driver_root(roots.driver)
-        launcher = mps.launcher or MpsProcessLauncher(control.command)
-        daemons = MpsDaemons(
-            mps.root, launcher, control, host_root=mps.host_root, ready_timeout_s=mps.ready_timeout_s
-        )
-    return GpuSharing(settings, daemons)
+    """The MIG changes, and the others (sharing's)."""
+    mig = tuple(c for c in changes if c.kind in _MIG_KINDS)
+    return mig, tuple(c for c in changes if c.kind not in _MIG_KINDS)

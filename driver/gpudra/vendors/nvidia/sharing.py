@@ -22,10 +22,9 @@ The containers of a claim's MPS devices get the daemon's pipe and shm directorie
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from gpudra.model.applied import AppliedState, Change
 from gpudra.model.cdi import ContainerEdits, Mount
@@ -40,11 +39,12 @@ from gpudra.vendors.nvidia.mps import (
     MpsDaemons,
     MpsDaemonSpec,
     MpsError,
-    MpsLauncher,
     daemon_id_for,
 )
 from gpudra.vendors.nvidia.mps_control import PIPE_DIR_ENV
-from gpudra.vendors.nvidia.timeslice import GpuSettings, TimeSlicer
+from gpudra.vendors.nvidia.mps_process import MpsProcessLauncher
+from gpudra.vendors.nvidia.sharing_options import MpsOptions, SharingOptions
+from gpudra.vendors.nvidia.timeslice import GpuSettings, NvidiaSmiTimeSlicer
 
 log = logging.getLogger(__name__)
 
@@ -59,27 +59,6 @@ KINDS: Final = (SETTING, MPS_DAEMON)
 #: What a setting is put back to when the value it replaced is not known.
 _DEFAULTS: Final = {sharing_plan.TIMESLICE: 0, sharing_plan.COMPUTE_MODE: 0}
 _MOUNT_OPTIONS: Final = ("rw", "nosuid", "nodev", "bind")
-
-
-@dataclass(frozen=True, slots=True)
-class MpsOptions:
-    """Where claims' MPS daemons live and how they run. ``root`` None: MPS is not available here (a claim
-    asking for it fails). ``launcher`` None: detached processes of the control binary; ``control`` None:
-    ``nvidia-cuda-mps-control`` under the driver root."""
-
-    root: Path | None = None
-    host_root: Path | None = None  # ``root`` as the container runtime sees it; None: the same
-    launcher: MpsLauncher | None = None
-    control: MpsControl | None = None
-    ready_timeout_s: float = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class SharingOptions:
-    """``timeslicer`` None: ``nvidia-smi compute-policy`` under the driver root."""
-
-    timeslicer: TimeSlicer | None = None
-    mps: MpsOptions = field(default_factory=MpsOptions)
 
 
 def mps_edits(device: str, applied: AppliedState) -> ContainerEdits | None:
@@ -317,3 +296,20 @@ def _where(daemons: MpsDaemons, change: Change) -> str:
     """Where the change's daemon runs: as its directory says (a restart moves it), else as recorded."""
     recorded = change.get("where")
     return daemons.where(change.text("daemon")) or (recorded if isinstance(recorded, str) else "")
+
+
+def gpu_sharing(
+    nvml: Any, handle: Callable[[str], Any | None], driver_root: Path, options: SharingOptions
+) -> GpuSharing:
+    """The sharing part of an NVIDIA driver (``nvml``: its :class:`~gpudra.vendors.nvidia.calls.Nvml`)."""
+    settings = GpuSettings(nvml, handle, options.timeslicer or NvidiaSmiTimeSlicer(driver_root))
+    return GpuSharing(settings, _daemons(driver_root, options.mps))
+
+
+def _daemons(driver_root: Path, mps: MpsOptions) -> MpsDaemons | None:
+    if mps.root is None:
+        return None
+    control = mps.control or MpsControl.under_driver_root(driver_root)
+    launcher = mps.launcher or MpsProcessLauncher(control.command)
+    timeout = mps.ready_timeout_s
+    return MpsDaemons(mps.root, launcher, control, host_root=mps.host_root, ready_timeout_s=timeout)

@@ -20,12 +20,15 @@ import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from gpudra.planning.sharing_plan import COMPUTE_MODE, TIMESLICE, shown
 from gpudra.vendors.base import ApplyError
 from gpudra.vendors.nvidia.calls import Nvml, NvmlError
 from gpudra.vendors.nvidia.driver_root import BIN_DIR, LIB_DIRS
+from gpudra.vendors.nvidia.sharing_options import TimeSliceError, TimeSlicer
+
+__all__ = ["GpuSettings", "NvidiaSmiTimeSlicer", "TimeSliceError", "TimeSlicer"]
 
 SMI: Final = "nvidia-smi"
 LEVELS: Final = range(4)
@@ -35,20 +38,6 @@ _WHY: Final = {
     "NOT_SUPPORTED": "this GPU or its driver does not support it",
     "GPU_IS_LOST": "the GPU is lost (fallen off the bus)",
 }
-
-
-class TimeSliceError(Exception):
-    """The time-slice could not be set (the message says why, for the claim)."""
-
-
-class TimeSlicer(Protocol):
-    def set_timeslice(self, uuid: str, level: int) -> None:
-        """Set GPU ``uuid``'s compute time-slice to ``level`` (0-3); raises :class:`TimeSliceError`."""
-        ...
-
-    def timeslice(self, uuid: str) -> int | None:
-        """The level set now, None when it cannot be known."""
-        ...
 
 
 class NvidiaSmiTimeSlicer:
