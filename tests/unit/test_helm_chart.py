@@ -91,9 +91,9 @@ def test_every_rendered_object_is_valid_for_every_supported_version() -> None:
     assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
 
 
-#: Switches the chart offers ahead of the plugin (issue 15's MPS launcher): while `gpudra run` has no such
-#: flag, the chart's default leaves it unset and test_mps_launcher_is_a_plugin_flag skips, saying so.
-AHEAD_OF_THE_PLUGIN = {"GPUDRA_MPS_LAUNCHER"}
+#: Switches the chart may offer before `gpudra run` has the flag (none today): the chart's default must
+#: leave such a variable unset.
+AHEAD_OF_THE_PLUGIN: set[str] = set()
 
 
 def test_every_daemonset_setting_is_a_flag_the_plugin_accepts() -> None:
@@ -114,11 +114,6 @@ def test_every_daemonset_setting_is_a_flag_the_plugin_accepts() -> None:
 
 @pytest.mark.parametrize("launcher", ["pod", "process"])
 def test_mps_launcher_is_a_plugin_flag(launcher: str) -> None:
-    if "GPUDRA_MPS_LAUNCHER" not in known_twins():
-        pytest.skip(
-            "gpudra run has no --mps-launcher yet: features.mpsLauncher sets GPUDRA_MPS_LAUNCHER (and, for "
-            "pod, the Role) ahead of the plugin, which ignores it until issue 15's MPS launcher lands"
-        )
     args = cli.parse_args(["run"], {"NODE_NAME": "n", "GPUDRA_MPS_LAUNCHER": launcher})
     assert args.mps_launcher == launcher
 
@@ -187,6 +182,10 @@ def test_mps_pods_get_exactly_their_role_in_the_release_namespace() -> None:
     assert not chart_kinds(
         chart_objects(renders, "features-off"), "Role"
     )  # launcher "process": no pod rights
+    # the default launcher is the plugin's, "pod": the default install can start the daemon Pods
+    assert [r["metadata"]["name"] for r in chart_kinds(chart_objects(renders, "default"), "Role")] == [
+        role["metadata"]["name"]
+    ]
 
 
 def test_metrics_service_and_policy_follow_the_values() -> None:

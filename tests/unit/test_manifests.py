@@ -46,6 +46,8 @@ MODELS = {
     ("v1", "Pod"): "V1Pod",
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): "V1ClusterRole",
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "V1ClusterRoleBinding",
+    ("rbac.authorization.k8s.io/v1", "Role"): "V1Role",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "V1RoleBinding",
     ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"): "V1ValidatingAdmissionPolicy",
     (
         "admissionregistration.k8s.io/v1",
@@ -162,7 +164,17 @@ def test_cluster_role_is_exactly_the_least_privilege_list(overlay: tuple[str, li
     assert all(
         set(rule) == {"apiGroups", "resources", "verbs"} for rule in rules
     )  # no resourceNames, no URLs
-    assert not [o for o in overlay[1] if o["kind"] in ("Role", "RoleBinding")]  # MPS pods: off by default
+    # MPS daemons run as Pods by default (--mps-launcher pod): a Role for exactly that, in the plugin's own
+    # namespace; the mock runs its daemons as processes and gets none
+    roles = [o for o in overlay[1] if o["kind"] == "Role"]
+    if overlay[0] == "mock":
+        assert not roles and not [o for o in overlay[1] if o["kind"] == "RoleBinding"]
+    else:
+        [role] = roles
+        assert role["rules"] == [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "delete"]}
+        ]
+        assert role["metadata"]["namespace"] == _one(overlay[1], "ServiceAccount")["metadata"]["namespace"]
 
 
 def test_binding_names_the_plugin_service_account(overlay: tuple[str, list[Obj]]) -> None:
