@@ -54,20 +54,29 @@ def probe_slice(node_name: str, node_uid: str | None) -> ResourceSlice:
 def partitionable_fields(api: SliceApi, node_name: str, node_uid: str | None) -> Answer:
     """Whether the API server keeps a counter set (``kept``), drops it (``dropped``), or refuses the probe
     as invalid (``refused``). Other API errors are raised (:class:`KubeError`) for the caller to retry."""
-    obj = probe_slice(node_name, node_uid)
+    stored = round_trip(api, probe_slice(node_name, node_uid), "partitionable-devices")
+    if stored is None:
+        return "refused"
+    return "kept" if stored.get("spec", {}).get("sharedCounters") else "dropped"
+
+
+def round_trip(api: SliceApi, obj: ResourceSlice, what: str) -> ResourceSlice | None:
+    """Create the probe slice ``obj``, delete it again and return what the API server stored (read back:
+    fields of a gate that is off are gone); None when the server refused it as invalid (422, logged as the
+    ``what`` probe). A probe a crash left behind is replaced. Other API errors raise :class:`KubeError`."""
     name = obj["metadata"]["name"]
     try:
         stored = _create(api, obj, name)
     except KubeError as e:
         if e.code == 422:
-            log.warning("the API server refused the partitionable-devices probe: %s", e)
-            return "refused"
+            log.warning("the API server refused the %s probe: %s", what, e)
+            return None
         raise
     try:
         api.delete_slice(name)
     except KubeError as e:
         log.warning("could not delete the probe ResourceSlice %s: %s", name, e)
-    return "kept" if stored.get("spec", {}).get("sharedCounters") else "dropped"
+    return stored
 
 
 def _create(api: SliceApi, obj: ResourceSlice, name: str) -> ResourceSlice:

@@ -31,8 +31,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import replace
 from typing import Final, Literal, Protocol
 
-from gpudra.kube.errors import KubeError
-from gpudra.kube.gateprobe import SliceApi
+from gpudra.kube.gateprobe import SliceApi, round_trip
 from gpudra.model import names
 from gpudra.model.k8stypes import ResourceSlice
 from gpudra.planning import fractional
@@ -86,34 +85,14 @@ def probe_slice(node_name: str, node_uid: str | None) -> ResourceSlice:
 def consumable_fields(api: SliceApi, node_name: str, node_uid: str | None) -> Answer:
     """Whether the API server keeps a shared device's fields (``kept``), drops them (``dropped``), or refuses
     the probe as invalid (``refused``). Other API errors are raised for the caller to retry."""
-    obj = probe_slice(node_name, node_uid)
-    name = obj["metadata"]["name"]
-    try:
-        stored = _create(api, obj, name)
-    except KubeError as e:
-        if e.code == 422:
-            log.warning("the API server refused the consumable-capacity probe: %s", e)
-            return "refused"
-        raise
-    try:
-        api.delete_slice(name)
-    except KubeError as e:
-        log.warning("could not delete the probe ResourceSlice %s: %s", name, e)
+    stored = round_trip(api, probe_slice(node_name, node_uid), "consumable-capacity")
+    if stored is None:
+        return "refused"
     devices = stored.get("spec", {}).get("devices", [])
     if not devices or not fractional.shared(devices[0]):
         return "dropped"
     memory = devices[0].get("capacity", {}).get("memory")
     return "kept" if memory is not None and "requestPolicy" in memory else "dropped"
-
-
-def _create(api: SliceApi, obj: ResourceSlice, name: str) -> ResourceSlice:
-    try:
-        return api.create_slice(obj)
-    except KubeError as e:
-        if not e.conflict:
-            raise
-    api.delete_slice(name)  # a probe a crash left behind
-    return api.create_slice(obj)
 
 
 class ShareMode:
