@@ -8,6 +8,7 @@ import ipaddress
 import os
 import socket
 import stat
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,6 +108,9 @@ def test_metrics_listen_on_loopback_and_the_probe_where_it_is_told(
     plugin.start()
     try:
         loopback = {ipaddress.ip_address("127.0.0.1")}
+        deadline = time.monotonic() + 10  # both servers are up soon after the sockets; bounded wait
+        while not (_listening(metrics) and _listening(probe)) and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert _listening(metrics) == _listening(probe) == loopback  # nothing else
         direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an http_proxy
         with direct.open(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as answer:
